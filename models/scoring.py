@@ -1,0 +1,90 @@
+"""Anomaly maps and image scores from an image and its reconstruction.
+
+A reconstruction-based detector calls anomalous what it cannot reconstruct. The map is a
+per-pixel dissimilarity between x and x_hat:
+
+- ``"l2"``: the squared residual averaged over channels, mean_c (x - x_hat)^2 (the classic);
+- ``"ssim"``: (1 - SSIM(x, x_hat)) / 2 per pixel, SSIM with an 11-px Gaussian window
+  (sigma 1.5), as in Bergmann et al., "Improving Unsupervised Defect Segmentation by
+  Applying Structural Similarity to Autoencoders", VISAPP 2019;
+
+optionally smoothed by a Gaussian of ``score_sigma`` px (0 = off), which suppresses
+single-pixel reconstruction noise that is not a defect. The image score reduces the map:
+``"mean"`` (for the unsmoothed l2 map this is the classic ||x - x_hat||^2 / (C H W)),
+``"max"``, or ``"topk"`` (mean of the largest ``score_topk`` fraction of pixels).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+SCORE_MAPS = ("l2", "ssim")
+SCORE_REDUCTIONS = ("mean", "max", "topk")
+
+
+def _gaussian_kernel1d(sigma: float, device, dtype) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (B, C, H, W) tensor per channel, reflect padding."""
+    if sigma <= 0:
+        return x
+    k = _gaussian_kernel1d(sigma, x.device, x.dtype)
+    c, r = x.shape[1], k.numel() // 2
+    # Reflect padding needs pad < size; fall back to replicate for tiny maps.
+    mode = "reflect" if r < min(x.shape[-2:]) else "replicate"
+    x = F.pad(x, (r, r, r, r), mode=mode)
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return x
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM of two (B, C, H, W) images in [0, 1], averaged over channels -> (B, H, W)."""
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = gaussian_blur(x, sigma), gaussian_blur(y, sigma)
+    var_x = gaussian_blur(x * x, sigma) - mu_x**2
+    var_y = gaussian_blur(y * y, sigma) - mu_y**2
+    cov = gaussian_blur(x * y, sigma) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return s.mean(dim=1)
+
+
+def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, *, score_map: str = "l2", score_sigma: float = 0.0) -> torch.Tensor:
+    """(B, C, H, W) image and reconstruction -> (B, H, W) map, >= 0, larger = more anomalous."""
+    assert x.shape == x_hat.shape, f"image {tuple(x.shape)} and reconstruction {tuple(x_hat.shape)} differ"
+    x, x_hat = x.float(), x_hat.float()
+    if score_map == "l2":
+        m = (x - x_hat).pow(2).mean(dim=1)
+    elif score_map == "ssim":
+        m = ((1.0 - ssim_map(x, x_hat)) / 2.0).clamp_min(0.0)
+    else:
+        raise ValueError(f"unknown score_map {score_map!r}; valid: {', '.join(SCORE_MAPS)}")
+    if score_sigma > 0:
+        m = gaussian_blur(m.unsqueeze(1), score_sigma).squeeze(1)  # (B, H, W)
+    return m
+
+
+def reduce_map(maps: torch.Tensor, *, score_reduce: str = "mean", score_topk: float = 0.01) -> torch.Tensor:
+    """(B, H, W) maps -> (B,) image scores."""
+    flat = maps.flatten(1)  # (B, H*W)
+    if score_reduce == "mean":
+        return flat.mean(dim=1)
+    if score_reduce == "max":
+        return flat.amax(dim=1)
+    if score_reduce == "topk":
+        k = max(1, int(round(score_topk * flat.shape[1])))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+    raise ValueError(f"unknown score_reduce {score_reduce!r}; valid: {', '.join(SCORE_REDUCTIONS)}")
+
+
+def describe(score_map: str, score_sigma: float, score_reduce: str, score_topk: float) -> str:
+    """Short name of a scoring rule for the results row, e.g. 'l2|sigma4|max'."""
+    reduce = f"top{score_topk:g}" if score_reduce == "topk" else score_reduce
+    return f"{score_map}|sigma{score_sigma:g}|{reduce}"

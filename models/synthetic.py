@@ -1,0 +1,5 @@
+"""PLACEHOLDER being written (issue 2): the built-in demo dataset."""
+
+
+def make_synthetic_dataset(out_dir, seed=0):
+    raise NotImplementedError
