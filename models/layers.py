@@ -2,11 +2,15 @@
 
 The encoder halves the resolution and widens the channels at every stage
 (Conv-BN-LeakyReLU, stride 2); the decoder mirrors it with transposed convolutions and
-ends in a sigmoid so reconstructions live in [0, 1] like the images.
+ends in a sigmoid so reconstructions live in [0, 1] like the images. CAE and VAE put a
+dense bottleneck vector between the two (MapToVector / VectorToMap); ``check_conv_size``
+is the shared image-size check.
 """
 from __future__ import annotations
 
 from torch import nn
+
+from .errors import ConfigError
 
 
 def down_block(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -53,3 +57,50 @@ class ConvDecoder(nn.Module):
 
     def forward(self, h):
         return self.to_pixels(self.stages(h)).sigmoid()  # (B, out_channels, H, W)
+
+
+def check_conv_size(image_size: int, widths: tuple[int, ...], *, model: str) -> None:
+    """Raise ConfigError unless ConvEncoder(widths) can take ``image_size`` px images.
+
+    Each stage halves the side, so the side must be a multiple of 2**len(widths); the
+    message names sizes that work so the user can pick one.
+    """
+    if len(widths) == 0 or any(int(w) != w or w < 1 for w in widths):
+        raise ConfigError(f"{model}: widths must be a non-empty tuple of positive integers, got {widths!r}.")
+    stride = 2 ** len(widths)
+    if image_size % stride:
+        lower = max(stride, image_size // stride * stride)
+        examples = sorted({lower, lower + stride, *(s for s in (64, 128, 256) if s % stride == 0)})
+        raise ConfigError(
+            f"{model}: image_size {image_size} is not a multiple of {stride}, the stride of its "
+            f"{len(widths)} encoder stages (widths={tuple(widths)}); valid sizes are multiples of {stride}, "
+            f"e.g. {', '.join(map(str, examples))}, or change widths."
+        )
+
+
+class MapToVector(nn.Module):
+    """Dense bottleneck in: (B, C, h, w) feature map -> (B, out_features) vector."""
+
+    def __init__(self, *, channels: int, side: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(channels * side * side, out_features)
+
+    def forward(self, h):
+        return self.linear(h.flatten(1))  # (B, C*h*w) -> (B, out_features)
+
+
+class VectorToMap(nn.Module):
+    """Dense bottleneck out: (B, in_features) vector -> (B, C, h, w) map for ConvDecoder.
+
+    The LeakyReLU keeps the dense layer and the first transposed convolution from
+    collapsing into one linear map.
+    """
+
+    def __init__(self, *, in_features: int, channels: int, side: int):
+        super().__init__()
+        self.shape = (channels, side, side)
+        self.linear = nn.Linear(in_features, channels * side * side)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, z):
+        return self.act(self.linear(z)).view(z.shape[0], *self.shape)  # (B, C, h, w)
