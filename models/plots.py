@@ -1,0 +1,434 @@
+"""Figures: the model comparison from the results CSV, anomaly-map galleries, GRF figures.
+
+Everything here draws on ``matplotlib.figure.Figure`` objects with the Agg canvas, never on
+pyplot's global state: nothing is switched at import time, nothing leaks between calls,
+and the same code runs headless (CLI, tests) and in a notebook (which shows the PNGs).
+
+The comparison figures read only the results table (DESIGN section 6); the entry point
+for the command line is ``make_all_figures(df, out_dir)``. Each model keeps one colour in
+every figure (``model_colors``); categories are ordered textures, then objects, then
+custom categories, and the split is marked where it helps reading.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DatasetError
+
+# Display names and the canonical order of the registry's models.
+MODEL_LABELS = {"cae": "CAE", "vae": "VAE", "vit_vae": "ViT-VAE", "vae_grf": "VAE-GRF"}
+METRIC_LABELS = {
+    "image_auroc": "Image AUROC",
+    "pixel_auroc": "Pixel AUROC",
+    "aupro": "AU-PRO (FPR ≤ 0.3)",
+    "f1": "F1 (threshold from val normals)",
+    "f1_max": "F1 max (oracle threshold)",
+}
+SHORT_LABELS = {"image_auroc": "AUROC", "pixel_auroc": "AUROC", "aupro": "AU-PRO", "f1": "F1", "f1_max": "F1"}
+TYPE_ORDER = ("texture", "object", "custom")
+REQUIRED_COLUMNS = ("dataset", "category", "category_type", "model", "image_auroc", "pixel_auroc", "aupro", "f1")
+FIGURE_NAMES = ("f1_score_comparison.png", "roc_auc_comparison.png", "roc_auc_heatmap.png", "metrics_distribution.png")
+DPI = 130
+
+
+# --------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def model_label(name: str) -> str:
+    return MODEL_LABELS.get(name, name)
+
+
+def model_colors(names) -> dict[str, tuple]:
+    """Model name -> RGB, stable across figures: registry models keep fixed colours,
+    other names take the following colours of the palette in sorted order."""
+    import seaborn as sns
+
+    palette = sns.color_palette("colorblind", 10)
+    known = list(MODEL_LABELS)
+    colors = {name: palette[i] for i, name in enumerate(known)}
+    extra = sorted(n for n in set(names) if n not in colors)
+    for i, name in enumerate(extra):
+        colors[name] = palette[(len(known) + i) % len(palette)]
+    return {n: colors[n] for n in names}
+
+
+def _new_figure(width: float, height: float):
+    """A pyplot-free figure on the Agg canvas (constrained layout keeps labels apart)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, out_path) -> Path:
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=DPI, facecolor="white")
+    return out_path
+
+
+def _style():
+    """Seaborn look applied only while a figure is drawn (a context, not a global switch)."""
+    import contextlib
+
+    import seaborn as sns
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(sns.axes_style("whitegrid"))
+    stack.enter_context(sns.plotting_context("notebook", font_scale=0.9))
+    return stack
+
+
+def prepare_results(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows to plot: one per (dataset, category, model), ordered for display.
+
+    The CSV is a cache that may hold several configs of the same pair (another seed,
+    image size, ...); the most recently finished row is the one plotted. Adds the column
+    ``label`` (the category, suffixed with its dataset when several datasets are present).
+    """
+    if df is None or len(df) == 0:
+        raise DatasetError("the results table is empty; run `python -m models run` (or the notebook) first.")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DatasetError(
+            f"the results table lacks column(s) {', '.join(missing)}; "
+            "use a CSV written by `python -m models run` or experiment.run_grid."
+        )
+    d = df.copy()
+    d["category"] = d["category"].astype(str)
+    d["category_type"] = d["category_type"].fillna("custom").astype(str)
+    if "finished_at" in d.columns:
+        d = d.sort_values("finished_at", kind="stable")
+    d = d.drop_duplicates(["dataset", "category", "model"], keep="last")
+    several = d["dataset"].nunique() > 1
+    d["label"] = d["category"] + (" (" + d["dataset"].astype(str) + ")" if several else "")
+    type_rank = {t: i for i, t in enumerate(TYPE_ORDER)}
+    d["_type_rank"] = d["category_type"].map(lambda t: type_rank.get(t, len(TYPE_ORDER)))
+    model_rank = {m: i for i, m in enumerate(MODEL_LABELS)}
+    d["_model_rank"] = d["model"].map(lambda m: model_rank.get(m, len(model_rank)))
+    d = d.sort_values(["_type_rank", "category", "dataset", "_model_rank", "model"], kind="stable")
+    return d.drop(columns=["_type_rank", "_model_rank"]).reset_index(drop=True)
+
+
+def _categories(d: pd.DataFrame) -> list[tuple[str, str]]:
+    """Ordered (label, category_type) pairs."""
+    return list(dict.fromkeys(zip(d["label"], d["category_type"])))
+
+
+def _models(d: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(d["model"]))
+
+
+def _dataset_note(d: pd.DataFrame) -> str:
+    return "dataset: " + ", ".join(sorted(d["dataset"].astype(str).unique()))
+
+
+def _mark_type_groups(ax, cats: list[tuple[str, str]], *, axis: str = "x", label_y: float | None = None):
+    """Dashed separators between category types, and the type name over each group."""
+    types = [t for _, t in cats]
+    starts = [i for i in range(len(types)) if i == 0 or types[i] != types[i - 1]]
+    if len(starts) < 2 and types and types[0] == "custom":
+        return
+    bounds = starts + [len(types)]
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if s > 0:
+            if axis == "x":
+                ax.axvline(s - 0.5, color="0.35", ls="--", lw=1)
+            else:
+                ax.axhline(s, color="white", lw=3)
+        if axis == "x" and label_y is not None:
+            ax.text((s + e - 1) / 2, label_y, f"{types[s]}s" if types[s] != "custom" else "custom",
+                    ha="center", va="center", fontsize=9, color="0.25", style="italic")
+
+
+# --------------------------------------------------------------------------------------
+# Comparison figures (results table -> PNG)
+
+
+def _grouped_bars(ax, d, metric, cats, models, colors, *, oracle: str | None = None):
+    """Bars of ``metric`` per category (x) and model (hue); NaN cells are marked 'n/a'."""
+    n = len(models)
+    width = 0.8 / n
+    x = np.arange(len(cats))
+    index = {lab: i for i, (lab, _) in enumerate(cats)}
+    for j, m in enumerate(models):
+        rows = d[d["model"] == m]
+        xs = np.array([index[lab] for lab in rows["label"]]) - 0.4 + width * (j + 0.5)
+        ys = rows[metric].to_numpy(dtype=float)
+        ok = np.isfinite(ys)
+        ax.bar(xs[ok], ys[ok], width=width * 0.92, color=colors[m], label=model_label(m))
+        for xi in xs[~ok]:
+            ax.text(xi, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
+        if oracle is not None:
+            yo = rows[oracle].to_numpy(dtype=float)
+            ok = np.isfinite(yo)
+            ax.scatter(xs[ok], yo[ok], marker="_", s=(width * 300) ** 2 / 40, color="black", lw=1.5, zorder=3,
+                       label="F1 max (oracle)" if j == 0 else None)
+    ax.set_xticks(x, [lab for lab, _ in cats], rotation=40, ha="right", rotation_mode="anchor")
+    ax.set_xlim(-0.6, len(cats) - 0.4)
+    ax.set_ylim(0, 1.12)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.grid(axis="x", visible=False)
+    _mark_type_groups(ax, cats, label_y=1.06)
+
+
+def _bar_width(n_cats: int, n_models: int) -> float:
+    return float(np.clip(2.5 + 0.22 * n_cats * max(n_models, 2), 7.0, 22.0))
+
+
+def f1_score_comparison(df: pd.DataFrame, out_path) -> Path:
+    """Grouped bars of F1 at the honest threshold (from val normals) per category x model,
+    with the oracle F1 max as a black tick over each bar for reference."""
+    d = prepare_results(df)
+    cats, models = _categories(d), _models(d)
+    colors = model_colors(models)
+    with _style():
+        fig = _new_figure(_bar_width(len(cats), len(models)), 4.6)
+        ax = fig.add_subplot()
+        oracle = "f1_max" if "f1_max" in d.columns else None
+        _grouped_bars(ax, d, "f1", cats, models, colors, oracle=oracle)
+        ax.set_xlabel("category")
+        ax.set_title(f"F1 per category and model ({_dataset_note(d)})")
+        fig.legend(loc="outside right center", frameon=False)
+    return _save(fig, out_path)
+
+
+def roc_auc_comparison(df: pd.DataFrame, out_path) -> Path:
+    """Grouped bars of image AUROC (top) and pixel AUROC (bottom) per category x model."""
+    d = prepare_results(df)
+    cats, models = _categories(d), _models(d)
+    colors = model_colors(models)
+    with _style():
+        fig = _new_figure(_bar_width(len(cats), len(models)), 8.0)
+        axes = fig.subplots(2, 1, sharex=True)
+        for ax, metric in zip(axes, ("image_auroc", "pixel_auroc")):
+            _grouped_bars(ax, d, metric, cats, models, colors)
+            ax.axhline(0.5, color="0.3", lw=1, ls=":")
+            ax.set_title(f"{METRIC_LABELS[metric]} (dotted line: chance)", fontsize=10)
+        axes[0].tick_params(labelbottom=False)
+        axes[1].set_xlabel("category")
+        fig.suptitle(f"ROC AUC per category and model ({_dataset_note(d)})")
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", frameon=False)
+    return _save(fig, out_path)
+
+
+def results_table(df: pd.DataFrame, metric: str = "image_auroc") -> pd.DataFrame:
+    """Category x model table of ``metric`` with texture / object / overall mean rows.
+
+    Index: the categories (ordered textures, objects, custom), then "texture mean" and
+    "object mean" when that type is present, then "overall mean" (the mean over
+    categories, NaN cells skipped). Columns: display names of the models.
+    """
+    d = prepare_results(df)
+    cats, models = _categories(d), _models(d)
+    table = d.pivot(index="label", columns="model", values=metric).reindex(
+        index=[lab for lab, _ in cats], columns=models
+    )
+    types = pd.Series({lab: t for lab, t in cats})
+    rows = [table]
+    for t in ("texture", "object"):
+        if (types == t).any() and (types != t).any():
+            rows.append(table[types.reindex(table.index).eq(t).to_numpy()].mean().to_frame(f"{t} mean").T)
+    rows.append(table.mean().to_frame("overall mean").T)
+    out = pd.concat(rows)
+    out.columns = [model_label(m) for m in out.columns]
+    out.index.name = "category"
+    out.columns.name = METRIC_LABELS.get(metric, metric)
+    return out
+
+
+def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
+    """Annotated heatmaps (category x model) of image AUROC and pixel AUROC, with mean rows.
+
+    Colour scale fixed to [0, 1] and centred on 0.5 (chance): red is worse than chance,
+    yellow is chance, green is good, whatever the data range.
+    """
+    import seaborn as sns
+
+    d = prepare_results(df)
+    cats = _categories(d)
+    with _style():
+        n_rows = len(cats) + 3
+        n_models = len(_models(d))
+        fig = _new_figure(max(7.0, 2.0 + 2.6 * n_models), max(3.5, 1.2 + 0.34 * n_rows))
+        axes = fig.subplots(1, 2, sharey=True)
+        for k, (ax, metric) in enumerate(zip(axes, ("image_auroc", "pixel_auroc"))):
+            table = results_table(d, metric)
+            sns.heatmap(table, ax=ax, annot=True, fmt=".2f", vmin=0, vmax=1, center=0.5, cmap="RdYlGn",
+                        linewidths=0.5, linecolor="white", cbar=k == 1, annot_kws={"fontsize": 8},
+                        cbar_kws={"label": "AUROC (0.5 = chance)", "shrink": 0.8})
+            ax.grid(False)
+            ax.set_facecolor("0.93")  # NaN cells (metric not computable) stay light grey
+            for (i, j) in zip(*np.nonzero(table.isna().to_numpy())):
+                ax.text(j + 0.5, i + 0.5, "n/a", ha="center", va="center", fontsize=8, color="0.45")
+            ax.axhline(len(cats), color="black", lw=1.5)  # categories above, means below
+            _mark_type_groups(ax, cats, axis="y")
+            ax.set_title(METRIC_LABELS[metric])
+            ax.set_xlabel("model")
+            ax.set_ylabel("category" if k == 0 else "")
+            ax.tick_params(axis="x", rotation=0)
+            ax.tick_params(axis="y", rotation=0)
+        fig.suptitle(f"ROC AUC per category and model ({_dataset_note(d)})")
+    return _save(fig, out_path)
+
+
+def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
+    """Per model, the distribution over categories of image AUROC, pixel AUROC, AU-PRO and F1:
+    a box per model and one marker per category (circle: texture, triangle: object)."""
+    import seaborn as sns
+
+    d = prepare_results(df)
+    models = _models(d)
+    colors = model_colors(models)
+    labels = [model_label(m) for m in models]
+    markers = {"texture": "o", "object": "^", "custom": "s"}
+    rng = np.random.default_rng(0)  # jitter only; fixed so the PNG is reproducible
+    with _style():
+        fig = _new_figure(max(8.0, 3.0 + 1.6 * len(models)), 7.5)
+        axes = fig.subplots(2, 2).ravel()
+        for ax, metric in zip(axes, ("image_auroc", "pixel_auroc", "aupro", "f1")):
+            sub = d[["model", "category_type", metric]].dropna()
+            if sub.empty:
+                ax.text(0.5, 0.5, "not computable\n(no ground-truth masks)", ha="center", va="center",
+                        transform=ax.transAxes, color="0.4")
+                ax.set_xticks(range(len(labels)), labels)
+            else:
+                sns.boxplot(data=sub.assign(name=sub["model"].map(model_label)), x="name", y=metric, hue="name",
+                            order=labels, hue_order=labels, palette=[colors[m] for m in models], ax=ax,
+                            showfliers=False, width=0.55, legend=False, boxprops={"alpha": 0.55})
+                for t, marker in markers.items():
+                    pts = sub[sub["category_type"] == t]
+                    if pts.empty:
+                        continue
+                    xs = pts["model"].map({m: i for i, m in enumerate(models)}).to_numpy(dtype=float)
+                    ax.scatter(xs + rng.uniform(-0.15, 0.15, len(xs)), pts[metric], marker=marker, s=22,
+                               color="0.15", alpha=0.8, zorder=3, label=t)
+            if metric != "f1" and metric != "aupro":
+                ax.axhline(0.5, color="0.3", lw=1, ls=":")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(METRIC_LABELS[metric], fontsize=10)
+            ax.set_xlabel("model")
+            ax.set_ylabel(SHORT_LABELS[metric])
+        handles, names = [], []
+        for ax in axes:
+            for h, n in zip(*ax.get_legend_handles_labels()):
+                if n not in names:
+                    handles.append(h)
+                    names.append(n)
+        if handles:
+            fig.legend(handles, [f"{n} category" for n in names], loc="outside lower center", ncols=len(names),
+                       frameon=False)
+        fig.suptitle(f"Metrics across categories, per model ({_dataset_note(d)})")
+    return _save(fig, out_path)
+
+
+def make_all_figures(df: pd.DataFrame, out_dir) -> list[Path]:
+    """The four comparison figures of DESIGN section 7, written to ``out_dir``; their paths."""
+    out_dir = Path(out_dir)
+    d = prepare_results(df)
+    makers = (f1_score_comparison, roc_auc_comparison, roc_auc_heatmap, metrics_distribution)
+    return [make(d, out_dir / name) for make, name in zip(makers, FIGURE_NAMES)]
+
+
+# --------------------------------------------------------------------------------------
+# Anomaly-map gallery (trained models + test split -> PNG)
+
+
+def _pick_examples(labels: np.ndarray, defect_types: list[str], n_good: int, n_defect: int) -> list[int]:
+    """Deterministic picks: good images evenly spaced, defects round-robin over defect types."""
+    good = np.flatnonzero(labels == 0)
+    picks = [int(i) for i in good[np.unique(np.linspace(0, len(good) - 1, n_good).round().astype(int))]] if (
+        n_good > 0 and len(good)) else []
+    by_type: dict[str, list[int]] = {}
+    for i in np.flatnonzero(labels == 1):
+        by_type.setdefault(defect_types[i], []).append(int(i))
+    queues = [by_type[t] for t in sorted(by_type)]
+    chosen: list[int] = []
+    k = 0
+    while len(chosen) < n_defect and any(k < len(q) for q in queues):
+        chosen += [q[k] for q in queues if k < len(q)][: n_defect - len(chosen)]
+        k += 1
+    return picks + chosen
+
+
+def _as_rgb(img) -> tuple[np.ndarray, str | None]:
+    """(C, H, W) float tensor in [0, 1] -> array for imshow and its colormap."""
+    a = img.detach().float().clamp(0, 1).cpu().numpy()
+    return (a[0], "gray") if a.shape[0] == 1 else (a.transpose(1, 2, 0), None)
+
+
+def anomaly_gallery(models_by_name: dict, dataset, out_path, n_good: int = 2, n_defect: int = 4) -> Path:
+    """Test images of one category: input, ground truth, then each model's reconstruction
+    and anomaly map (its own ``anomaly_map``, the map its scores come from).
+
+    Rows: ``n_good`` good and ``n_defect`` defective images (defects spread over the defect
+    types). Each model's maps share one colour scale over all rows (0 to the 99.5th
+    percentile), so a good and a defective image can be compared; maps are never
+    normalised per image. The ground-truth outline is drawn on every map.
+    """
+    import torch
+
+    from .errors import ConfigError
+
+    if not models_by_name:
+        raise ConfigError("anomaly_gallery needs at least one trained model.")
+    for name, m in models_by_name.items():
+        c = m.config
+        if (c.image_size, c.in_channels) != (dataset.image_size, dataset.in_channels):
+            raise ConfigError(
+                f"model {name} takes {c.in_channels}-channel {c.image_size}-px images but the dataset has "
+                f"{dataset.in_channels}-channel {dataset.image_size}-px ones; load the dataset with the model's size."
+            )
+    labels = np.asarray(dataset.labels)
+    idx = _pick_examples(labels, list(dataset.defect_types), n_good, n_defect)
+    x = dataset.images[idx].float() / 255.0  # (N, C, S, S) in [0, 1]
+    masks = np.asarray(dataset.masks[idx]) > 0  # (N, S, S)
+    recons, maps = {}, {}
+    for name, m in models_by_name.items():
+        device = next(m.parameters()).device
+        was_training = m.training
+        m.eval()
+        with torch.inference_mode():
+            xd = x.to(device)
+            recons[name] = m.reconstruct(xd).float().cpu()
+            maps[name] = m.anomaly_map(xd).float().cpu().numpy()
+        m.train(was_training)
+
+    names = list(models_by_name)
+    colors = model_colors(names)
+    n_rows, n_cols = len(idx), 2 + 2 * len(names)
+    fig = _new_figure(1.45 * n_cols + 0.6, 1.45 * n_rows + 1.3)
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    heads = ["input", "ground truth"] + [f"{model_label(n)}\n{w}" for n in names for w in ("reconstruction", "error map")]
+    for j, h in enumerate(heads):
+        axes[0, j].set_title(h, fontsize=9, color=colors[names[(j - 2) // 2]] if j >= 2 else "black")
+    for r, i in enumerate(idx):
+        label = "good" if labels[i] == 0 else str(dataset.defect_types[i])
+        axes[r, 0].set_ylabel(label, fontsize=9)
+        img, cmap = _as_rgb(x[r])
+        axes[r, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)
+        axes[r, 1].imshow(masks[r], cmap="gray", vmin=0, vmax=1)
+    for k, n in enumerate(names):
+        vmax = float(np.quantile(maps[n], 0.995)) or 1.0
+        for r in range(n_rows):
+            img, cmap = _as_rgb(recons[n][r])
+            axes[r, 2 + 2 * k].imshow(img, cmap=cmap, vmin=0, vmax=1)
+            im = axes[r, 3 + 2 * k].imshow(maps[n][r], cmap="inferno", vmin=0, vmax=vmax)
+            if masks[r].any():
+                axes[r, 3 + 2 * k].contour(masks[r], levels=[0.5], colors="#00d0ff", linewidths=1.0)
+        cb = fig.colorbar(im, ax=axes[:, 3 + 2 * k], location="bottom", shrink=0.9, aspect=12, pad=0.02)
+        cb.set_ticks([0, vmax], labels=["0", f"{vmax:.2g}"])
+        cb.ax.tick_params(labelsize=7)
+    cat = getattr(dataset, "category", "")
+    fig.suptitle(f"{cat}: test images, reconstructions and anomaly maps (cyan: ground-truth outline)", fontsize=10)
+    return _save(fig, out_path)
