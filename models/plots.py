@@ -432,3 +432,159 @@ def anomaly_gallery(models_by_name: dict, dataset, out_path, n_good: int = 2, n_
     cat = getattr(dataset, "category", "")
     fig.suptitle(f"{cat}: test images, reconstructions and anomaly maps (cyan: ground-truth outline)", fontsize=10)
     return _save(fig, out_path)
+
+
+# --------------------------------------------------------------------------------------
+# GRF figures (for the README, images/)
+
+
+def grf_prior_figure(out_path, *, size: int = 64, kernels=("exponential", "matern32", "gaussian"),
+                     rhos=(1.0, 2.0, 4.0), seed: int = 0) -> Path:
+    """Samples of the GRF prior (``grf.GRFPrior.sample``) on a ``size`` x ``size`` torus.
+
+    Rows: kernels; columns: correlation lengths rho (latent px), then the kernel k(d)
+    itself. Every panel draws from the same white noise (the generator is reseeded), so
+    the panels differ only by the covariance: larger rho = larger blobs, the Gaussian
+    kernel is smoother than Matern-3/2, which is smoother than the exponential.
+    """
+    import torch
+
+    from . import grf
+
+    names = {"exponential": "exponential", "matern32": "Matérn-3/2", "gaussian": "Gaussian"}
+    d = torch.linspace(0, 3 * max(rhos), 200, dtype=torch.float64)
+    colors = [c for c in __import__("seaborn").color_palette("viridis", len(rhos))]
+    fig = _new_figure(2.3 * (len(rhos) + 1) + 0.8, 2.3 * len(kernels) + 0.6)
+    axes = fig.subplots(len(kernels), len(rhos) + 1, squeeze=False)
+    for r, kernel in enumerate(kernels):
+        for c, rho in enumerate(rhos):
+            prior = grf.GRFPrior(size, size, kernel=kernel, rho=float(rho))
+            z = prior.sample(1, 1, generator=torch.Generator().manual_seed(seed))[0, 0].numpy()  # (size, size)
+            ax = axes[r, c]
+            im = ax.imshow(z, cmap="RdBu_r", vmin=-3, vmax=3, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"ρ = {rho:g} latent px", fontsize=10)
+            if c == 0:
+                ax.set_ylabel(names.get(kernel, kernel), fontsize=10)
+        ax = axes[r, -1]
+        for rho, color in zip(rhos, colors):
+            ax.plot(d.numpy(), grf.kernel_values(d, kernel, float(rho), 1.0).numpy(), color=color, label=f"ρ = {rho:g}")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("k(d) / s²", fontsize=9)
+        ax.tick_params(labelsize=8)
+        if r == 0:
+            ax.set_title("kernel", fontsize=10)
+            ax.legend(fontsize=8, frameon=False)
+        if r == len(kernels) - 1:
+            ax.set_xlabel("torus distance d (latent px)", fontsize=9)
+    fig.colorbar(im, ax=axes[:, :-1], location="left", shrink=0.6, pad=0.05, label="z (prior variance s² = 1)")
+    fig.suptitle(f"Samples of the GRF prior on a {size}×{size} torus (same white noise in every panel)", fontsize=11)
+    return _save(fig, out_path)
+
+
+def _demo_images(n: int, size: int, channels: int):
+    """Two procedural images (stripes, a blob) for when no real images are given."""
+    import torch
+
+    t = torch.linspace(0, 1, size)
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    stripes = 0.5 + 0.35 * torch.sin(2 * torch.pi * (5 * xx + 2 * yy))
+    blob = 0.25 + 0.6 * torch.exp(-((xx - 0.45) ** 2 + (yy - 0.55) ** 2) / 0.05)
+    base = [stripes, blob]
+    imgs = torch.stack([base[i % 2] for i in range(n)])[:, None]  # (n, 1, S, S)
+    return imgs.expand(n, channels, size, size).clone()
+
+
+def vae_vs_grf_figure(out_path, *, vae=None, vae_grf=None, images=None, n_samples: int = 2, seed: int = 0,
+                      note: str = "") -> Path:
+    """The VAE's latent VECTOR against the VAE-GRF's latent MAP, for the same images, and
+    samples of each prior decoded by each model.
+
+    Rows 1..N: an image encoded (posterior mean) by both models and decoded back; rows after:
+    z drawn from each prior (VAE: N(0, I); VAE-GRF: the GRF, ``prior.sample``) and decoded.
+    Columns: input | VAE z (bars over the D latent dims) | VAE decoded | two channels of the
+    VAE-GRF map z (the two most active on these images) | VAE-GRF decoded.
+
+    ``vae`` / ``vae_grf``: trained models (default: freshly initialised ones at 64 px, which
+    only shows the shapes; the notebook passes trained ones). ``images``: (N, C, S, S) in [0, 1].
+    """
+    import torch
+
+    import models
+
+    if vae is None:
+        vae = models.build_model("vae", image_size=64, in_channels=3)
+    if vae_grf is None:
+        vae_grf = models.build_model("vae_grf", image_size=vae.config.image_size, in_channels=vae.config.in_channels)
+    size, channels = vae.config.image_size, vae.config.in_channels
+    if images is None:
+        images = _demo_images(2, size, channels)
+    images = images.float()
+    was = vae.training, vae_grf.training
+    vae.eval()
+    vae_grf.eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        dev_v, dev_g = next(vae.parameters()).device, next(vae_grf.parameters()).device
+        mu_v, _ = vae.encode(images.to(dev_v))  # (N, D)
+        rec_v = vae.decode(mu_v).float().cpu()
+        mu_g, _ = vae_grf.encode(images.to(dev_g))  # (N, C, h, w)
+        rec_g = vae_grf.decode(mu_g).float().cpu()
+        z_v = torch.randn(n_samples, mu_v.shape[1], generator=gen)  # (n, D) ~ N(0, I)
+        z_g = vae_grf.prior.sample(n_samples, mu_g.shape[1], generator=gen)  # (n, C, h, w) ~ GRF
+        smp_v = vae.decode(z_v.to(dev_v)).float().cpu()
+        smp_g = vae_grf.decode(z_g.to(dev_g)).float().cpu()
+    vae.train(was[0])
+    vae_grf.train(was[1])
+    mu_v, mu_g, z_g = mu_v.cpu().numpy(), mu_g.cpu().numpy(), z_g.cpu().numpy()
+    active = np.argsort(-mu_g.var(axis=(0, 2, 3)))[:2]  # the two channels that vary most
+
+    n_img = len(images)
+    n_rows = n_img + n_samples
+    fig = _new_figure(13.0, 2.0 * n_rows + 1.0)
+    axes = fig.subplots(n_rows, 6, squeeze=False, gridspec_kw={"width_ratios": [1, 2.2, 1, 1, 1, 1]})
+    colors = model_colors(["vae", "vae_grf"])
+    heads = ["input", f"VAE: latent vector z\n(D = {mu_v.shape[1]})", "VAE decoded",
+             f"VAE-GRF: latent map z\nchannel {active[0]} ({mu_g.shape[2]}×{mu_g.shape[3]})",
+             f"VAE-GRF: latent map z\nchannel {active[-1]}", "VAE-GRF decoded"]
+    head_colors = ["black", colors["vae"], colors["vae"], colors["vae_grf"], colors["vae_grf"], colors["vae_grf"]]
+    vlim = float(max(np.abs(mu_v).max(), np.abs(z_v.numpy()).max(), 1e-6))
+    mlim = float(max(np.abs(mu_g[:, active]).max(), np.abs(z_g[:, active]).max(), 1e-6))
+    for r in range(n_rows):
+        enc = r < n_img
+        vec = mu_v[r] if enc else z_v[r - n_img].numpy()
+        maps = mu_g[r, active] if enc else z_g[r - n_img, active]
+        pics = [images[r] if enc else None, rec_v[r] if enc else smp_v[r - n_img],
+                rec_g[r] if enc else smp_g[r - n_img]]
+        for c, ax in enumerate(axes[r]):
+            if c != 1:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if r == 0:
+                ax.set_title(heads[c], fontsize=9, color=head_colors[c])
+        if pics[0] is not None:
+            img, cmap = _as_rgb(pics[0])
+            axes[r, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)
+            axes[r, 0].set_ylabel(f"image {r + 1}\n(posterior mean)", fontsize=9)
+        else:
+            axes[r, 0].axis("off")
+            axes[r, 0].text(0.5, 0.5, f"prior\nsample {r - n_img + 1}", ha="center", va="center", fontsize=10,
+                            transform=axes[r, 0].transAxes)
+        axes[r, 1].bar(np.arange(len(vec)), vec, width=1.0, color=colors["vae"])
+        axes[r, 1].set_ylim(-vlim * 1.05, vlim * 1.05)
+        axes[r, 1].set_xlim(-0.5, len(vec) - 0.5)
+        axes[r, 1].tick_params(labelsize=7)
+        axes[r, 1].set_ylabel("z_j", fontsize=8)
+        if r == n_rows - 1:
+            axes[r, 1].set_xlabel("latent dimension j", fontsize=8)
+        for k, ax in ((0, axes[r, 3]), (1, axes[r, 4])):
+            im = ax.imshow(maps[k], cmap="RdBu_r", vmin=-mlim, vmax=mlim, interpolation="nearest")
+        for ax, pic in ((axes[r, 2], pics[1]), (axes[r, 5], pics[2])):
+            img, cmap = _as_rgb(pic)
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
+    fig.colorbar(im, ax=axes[:, 3:5], location="bottom", shrink=0.7, aspect=25, label="z (latent map value)")
+    title = "VAE (latent vector, N(0, I) prior) vs VAE-GRF (latent map, GRF prior)"
+    fig.suptitle(title + (f" — {note}" if note else ""), fontsize=11)
+    return _save(fig, out_path)
