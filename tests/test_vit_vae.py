@@ -1,0 +1,45 @@
+"""ViT-VAE specifics the registry-wide tests do not cover: patchify, sizes, config errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models
+from models.vit_vae import patchify, unpatchify
+
+TINY = dict(dim=32, depth=1, decoder_depth=1, heads=2, latent_dim=4)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_patchify_round_trip_and_layout(channels):
+    x = torch.rand(2, channels, 16, 24)
+    tokens = patchify(x, 8)
+    assert tokens.shape == (2, 2 * 3, 8 * 8 * channels)
+    # Token 4 is patch row 1, column 1: pixels [8:16, 8:16], channel-last within the patch.
+    torch.testing.assert_close(tokens[:, 4].reshape(2, 8, 8, channels), x[:, :, 8:16, 8:16].permute(0, 2, 3, 1))
+    assert torch.equal(unpatchify(tokens, 8, channels, 16, 24), x)
+
+
+@pytest.mark.parametrize("image_size,patch_size", [(64, 8), (128, 16), (256, 32), (48, 8)])
+def test_sizes_and_channels(image_size, patch_size):
+    for channels in (1, 3):
+        model = models.build_model("vit_vae", image_size=image_size, in_channels=channels, patch_size=patch_size, **TINY)
+        x = torch.rand(2, channels, image_size, image_size)
+        out = model.loss(x)
+        assert torch.isfinite(out["loss"]) and set(out) == {"loss", "recon", "kl"}
+        assert model.anomaly_map(x).shape == (2, image_size, image_size)
+
+
+def test_image_size_must_be_a_multiple_of_the_patch():
+    with pytest.raises(models.ConfigError, match="not a multiple of patch_size 8"):
+        models.build_model("vit_vae", image_size=100)
+    with pytest.raises(models.ConfigError, match="multiple of heads"):
+        models.build_model("vit_vae", image_size=64, dim=30, heads=4)
+
+
+def test_eval_is_deterministic_and_constant_images_are_finite():
+    model = models.build_model("vit_vae", image_size=32, in_channels=3, **TINY).eval()
+    for value in (0.0, 1.0, 0.5):
+        x = torch.full((2, 3, 32, 32), value)
+        assert torch.isfinite(model.loss(x)["loss"])
+        assert torch.equal(model.reconstruct(x), model.reconstruct(x))
