@@ -1,0 +1,232 @@
+"""Per-category detection and segmentation metrics (DESIGN.md section 5).
+
+- ``image_auroc``: ROC AUC of image scores (good = 0, defective = 1), scikit-learn.
+- ``pixel_auroc``: ROC AUC over all test pixels pooled (good images included), computed
+  from one sort with ties averaged (the Mann-Whitney statistic), so 10^7 pixels take a
+  fraction of a second; it equals ``sklearn.metrics.roc_auc_score`` (tested).
+- ``aupro``: MVTec's per-region overlap (Bergmann et al., "The MVTec Anomaly Detection
+  Dataset", IJCV 2021, section 3.2 / the official ``pro_curve_util.py``): for each
+  threshold, PRO = mean over all ground-truth connected components (8-connected, pooled
+  over images) of the fraction of the component above threshold, FPR = false-positive
+  pixels / all normal pixels; the area under PRO(FPR) for FPR in [0, limit] (trapezoids,
+  PRO interpolated at the limit), divided by the limit.
+- ``val_threshold`` + ``f1_at_threshold``: an honest decision threshold chosen from the
+  ``val`` normal scores only; ``f1_max``: the best F1 over all test thresholds, an oracle.
+
+Undefined metrics (one class only, no masks) are NaN with a warning, never a crash.
+Metrics know nothing of models: inputs are arrays or tensors.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import precision_recall_curve, precision_score, recall_score, f1_score, roc_auc_score
+
+# 8-connectivity, as in MVTec's evaluation code: diagonal pixels belong to the same defect.
+_STRUCTURE = np.ones((3, 3), dtype=int)
+
+
+def _as_numpy(x, dtype=None) -> np.ndarray:
+    """Tensor / list / array -> numpy array (CPU, detached)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    return a.astype(dtype, copy=False) if dtype is not None else a
+
+
+def _check_scores(scores: np.ndarray, what: str) -> None:
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{what} contain NaN or infinite values; the model's output is not usable.")
+
+
+def _two_classes(labels: np.ndarray, metric: str) -> bool:
+    """True if both classes are present; otherwise warn that ``metric`` is undefined."""
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == labels.size:
+        only = "defective" if n_pos else "good"
+        warnings.warn(f"{metric} is undefined (NaN): the test set holds only {only} samples.", stacklevel=3)
+        return False
+    return True
+
+
+def image_auroc(labels, scores) -> float:
+    """ROC AUC of image scores; ``labels`` 0 = good, 1 = defective. NaN if one class only."""
+    y = _as_numpy(labels).astype(bool).ravel()
+    s = _as_numpy(scores, np.float64).ravel()
+    assert y.shape == s.shape, f"{y.size} labels but {s.size} scores"
+    _check_scores(s, "image scores")
+    if not _two_classes(y, "image AUROC"):
+        return math.nan
+    return float(roc_auc_score(y, s))
+
+
+def _auroc_ranked(y: np.ndarray, s: np.ndarray) -> float:
+    """AUROC = P(s+ > s-) + 1/2 P(s+ = s-) (Mann-Whitney U / (n+ n-)), ties counted half.
+
+    Sorting the negatives and the positives (numpy's vectorised sort) and counting, for every
+    positive, the negatives below and tied by ``searchsorted`` costs two sorts and no argsort.
+    """
+    neg, pos = np.sort(s[~y]), np.sort(s[y])
+    below = np.searchsorted(neg, pos, side="left").sum(dtype=np.float64)  # negatives strictly below
+    below_or_tied = np.searchsorted(neg, pos, side="right").sum(dtype=np.float64)
+    return float((below + below_or_tied) / 2.0 / (float(pos.size) * float(neg.size)))
+
+
+def _masks_and_maps(masks, maps) -> tuple[np.ndarray, np.ndarray]:
+    m = _as_numpy(masks)
+    a = _as_numpy(maps, np.float32)
+    if m.ndim == 2:  # a single image
+        m, a = m[None], a[None]
+    assert m.shape == a.shape, f"masks {m.shape} and maps {a.shape} differ; evaluate at one resolution"
+    _check_scores(a, "anomaly maps")
+    return m > 0, a
+
+
+def pixel_auroc(masks, maps) -> float:
+    """ROC AUC over all pixels of all test images pooled; masks (N, H, W) 0/1, maps (N, H, W).
+
+    Maps are used as they are: never min-max normalised per image (that would compare
+    pixels of different images on different scales).
+    """
+    m, a = _masks_and_maps(masks, maps)
+    y, s = m.ravel(), a.ravel()
+    if not _two_classes(y, "pixel AUROC"):
+        return math.nan
+    return _auroc_ranked(y, s)
+
+
+def pro_curve(masks, maps, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The exact PRO(FPR) curve over all thresholds from (0, 0), as (fpr, pro) arrays.
+
+    Components are 8-connected (MVTec's evaluation) within each image and pooled over images.
+    Each defect pixel carries the weight 1/(K |component|), so PRO(t) is the summed weight of
+    defect pixels scoring >= t, and FPR(t) = #(normal >= t) / #normal. The curve only turns
+    at distinct defect scores u_k: normal-only thresholds between them move along the level
+    PRO(u_{k-1}), and the pixels tied at u_k make one diagonal step. So it is exact to emit,
+    per u_k, the two points (FPR(> u_k), PRO(u_{k-1})) and (FPR(>= u_k), PRO(u_k)): one sort of
+    the normal scores, one argsort of the (few) defect pixels, and ``searchsorted`` -- no loop
+    over thresholds.
+
+    With ``fpr_limit`` < 1 the curve stops at the first point with FPR >= fpr_limit: only
+    the normal scores above their (1 - fpr_limit) quantile ``c`` are sorted (after an O(n)
+    partition), and the last point is the exact (FPR(>= c), PRO(>= c)).
+    """
+    m, a = _masks_and_maps(masks, maps)
+    structure = np.zeros((3, 3, 3), dtype=int)
+    structure[1] = 1  # 8-connected in-plane, never across images: (N, H, W) labelled at once
+    labelled, n_comp = ndimage.label(m, structure=structure)
+    if n_comp == 0 or m.all():
+        return np.array([0.0, 1.0]), np.array([0.0, 0.0 if n_comp == 0 else 1.0])
+    lab = labelled[m]  # component id of each defect pixel
+    sizes = np.bincount(lab, minlength=n_comp + 1).astype(np.float64)
+    weights = 1.0 / (n_comp * sizes[lab])
+    normal, d = a[~m], a[m]
+    n = normal.size
+
+    cutoff = -np.inf
+    if fpr_limit < 1.0:
+        k = min(n, math.ceil(fpr_limit * n))  # normals needed to reach the limit
+        cutoff = np.partition(normal, n - k)[n - k]  # the k-th largest normal score
+        normal = normal[normal >= cutoff]
+        keep = d >= cutoff
+        d, weights = d[keep], weights[keep]
+    normal = np.sort(normal)  # ascending; counts below are "n minus the ones under u"
+
+    order = np.argsort(-d)  # defect pixels, descending
+    d, w = d[order], weights[order]
+    ends = np.flatnonzero(np.r_[d[1:] != d[:-1], True])[: d.size]  # last index of each tie group
+    u = d[ends]  # distinct defect scores, descending
+    pro = np.minimum(np.cumsum(w)[ends], 1.0)
+    fpr_ge = (normal.size - np.searchsorted(normal, u, side="left")) / n
+    fpr_gt = (normal.size - np.searchsorted(normal, u, side="right")) / n
+    fpr = np.column_stack([fpr_gt, fpr_ge]).ravel()  # interleave the two points per u_k
+    pro_before = np.r_[0.0, pro[:-1]][: pro.size]  # PRO(u_{k-1}); empty if no defect passes
+    pro_pts = np.column_stack([pro_before, pro]).ravel()
+    last_pro = pro[-1] if pro.size else 0.0
+    last_fpr = normal.size / n  # FPR at the cutoff (1.0 without a limit)
+    return np.r_[0.0, fpr, last_fpr], np.r_[0.0, pro_pts, last_pro]
+
+
+def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+    """Trapezoid area under y(x) for x in [0, x_max], y linearly interpolated at x_max."""
+    inside = x <= x_max
+    xs, ys = x[inside], y[inside]
+    if xs[-1] < x_max and inside.sum() < x.size:
+        j = int(inside.sum())  # first point beyond x_max
+        t = (x_max - x[j - 1]) / (x[j] - x[j - 1])
+        xs = np.r_[xs, x_max]
+        ys = np.r_[ys, y[j - 1] + t * (y[j] - y[j - 1])]
+    return float(np.trapezoid(ys, xs)) if hasattr(np, "trapezoid") else float(np.trapz(ys, xs))
+
+
+def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
+    """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec AD's AU-PRO, in [0, 1])."""
+    assert 0 < fpr_limit <= 1, f"fpr_limit must be in (0, 1], got {fpr_limit}"
+    m, a = _masks_and_maps(masks, maps)
+    if not _two_classes(m.ravel(), "AU-PRO"):
+        return math.nan
+    fpr, pro = pro_curve(m, a, fpr_limit=fpr_limit)
+    return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+# --- honest threshold (val normals only) and F1 -------------------------------------------------
+
+THRESHOLD_RULES = ("val_max", "val_pNN (e.g. val_p99)", "val_mean+Kstd (e.g. val_mean+3std)")
+
+
+def val_threshold(val_scores, rule: str = "val_max") -> float:
+    """Decision threshold from the scores of ``val`` normal images only (never test labels).
+
+    - ``"val_max"``: the largest val score, so no val image is flagged;
+    - ``"val_p99"`` (any ``val_pNN``): that percentile of the val scores;
+    - ``"val_mean+3std"`` (any ``val_mean+Kstd``): mean + K standard deviations.
+    An image is called defective when its score is strictly above the threshold.
+    """
+    s = _as_numpy(val_scores, np.float64).ravel()
+    if s.size == 0:
+        warnings.warn("no val images: the decision threshold (and F1) is NaN.", stacklevel=2)
+        return math.nan
+    _check_scores(s, "val scores")
+    if rule == "val_max":
+        return float(s.max())
+    if m := re.fullmatch(r"val_p(\d+(?:\.\d+)?)", rule):
+        return float(np.percentile(s, float(m.group(1))))
+    if m := re.fullmatch(r"val_mean\+(\d+(?:\.\d+)?)std", rule):
+        return float(s.mean() + float(m.group(1)) * s.std())
+    raise ValueError(f"unknown threshold rule {rule!r}; valid: {', '.join(THRESHOLD_RULES)}")
+
+
+def f1_at_threshold(labels, scores, threshold: float) -> dict[str, float]:
+    """F1, precision and recall of "defective iff score > threshold" (zero_division = 0)."""
+    y = _as_numpy(labels).astype(bool).ravel()
+    s = _as_numpy(scores, np.float64).ravel()
+    nan = {"f1": math.nan, "precision": math.nan, "recall": math.nan}
+    if math.isnan(threshold) or not y.any():
+        if not y.any():
+            warnings.warn("F1 is undefined (NaN): the test set holds no defective samples.", stacklevel=2)
+        return nan
+    pred = s > threshold
+    kw = {"zero_division": 0}
+    return {
+        "f1": float(f1_score(y, pred, **kw)),
+        "precision": float(precision_score(y, pred, **kw)),
+        "recall": float(recall_score(y, pred, **kw)),
+    }
+
+
+def f1_max(labels, scores) -> float:
+    """Best F1 over every threshold on the test set itself: an oracle (it peeks at test labels)."""
+    y = _as_numpy(labels).astype(bool).ravel()
+    s = _as_numpy(scores, np.float64).ravel()
+    _check_scores(s, "image scores")
+    if not y.any():
+        warnings.warn("F1-max is undefined (NaN): the test set holds no defective samples.", stacklevel=2)
+        return math.nan
+    p, r, _ = precision_recall_curve(y, s)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    return float(f1.max())
