@@ -1,0 +1,193 @@
+"""What the notebook shows, as plain functions: parameters from the environment, the
+dataset (or the demo when there is none), the results tables and a summary computed from
+them, the galleries and the README figures.
+
+The notebook stays thin (each cell calls one of these), and the same code is testable
+without Jupyter. Nothing here states a result in prose: every sentence is built from the
+table it summarises.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import plots
+from .errors import ConfigError, DatasetError
+
+SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
+
+
+# --------------------------------------------------------------------------------------
+# Parameters
+
+
+def env(name: str, default):
+    """``default``, unless the environment variable ``name`` is set (the tests use this to run
+    the notebook small). The value is parsed by the default's type: int, float, bool, str,
+    a comma-separated list for list defaults (and for None defaults: None = "all"), JSON for dicts.
+    """
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    raw = raw.strip()
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, dict):
+            value = json.loads(raw or "{}")
+            if not isinstance(value, dict):
+                raise ValueError(raw)
+            return value
+        if default is None or isinstance(default, (list, tuple)):
+            if raw.lower() in ("", "none", "all"):
+                return None if default is None else list(default)
+            return [part.strip() for part in raw.split(",") if part.strip()]
+    except ValueError:
+        kind = type(default).__name__ if default is not None else "comma-separated list"
+        raise ConfigError(f"environment variable {name}={raw!r} is not a valid {kind}; unset it or fix its value.") from None
+    return raw
+
+
+# --------------------------------------------------------------------------------------
+# Data
+
+
+def find_or_make_dataset(data_root, demo_dir="data/demo", *, seed: int = 0, **demo_options) -> Path:
+    """``data_root`` if it holds at least one category; otherwise say so in one sentence,
+    write the built-in demo dataset to ``demo_dir`` (kept if already there) and return it.
+    ``demo_options`` go to ``make_synthetic_dataset`` (the tests make a tiny demo)."""
+    from . import make_synthetic_dataset
+    from .mvtec import list_categories
+
+    root = Path(data_root).expanduser()
+    try:
+        list_categories(root)
+        return root
+    except DatasetError:
+        pass
+    print(f"No dataset found at {root}, so the built-in demo dataset is used (written to {demo_dir}); "
+          "its rows are named 'demo' in the results.")
+    return Path(make_synthetic_dataset(demo_dir, seed=seed, **demo_options))
+
+
+def describe_dataset(root) -> pd.DataFrame:
+    """One row per category: its type; what the notebook is about to train on."""
+    from .mvtec import category_type, dataset_name, list_categories
+
+    cats = list_categories(root)
+    name = dataset_name(root)
+    return pd.DataFrame({"dataset": name, "category": cats, "category_type": [category_type(root, c) for c in cats]})
+
+
+# --------------------------------------------------------------------------------------
+# Tables and summary
+
+
+def select_rows(df: pd.DataFrame, *, dataset: str | None = None, categories=None, models=None) -> pd.DataFrame:
+    """The rows of one run out of the CSV cache (which may hold other datasets or configs)."""
+    d = df
+    if dataset is not None:
+        d = d[d["dataset"] == dataset]
+    if categories is not None:
+        d = d[d["category"].isin(list(categories))]
+    if models is not None:
+        d = d[d["model"].isin(list(models))]
+    return d
+
+
+def metric_tables(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
+    """Categories (with texture / object / overall means) x (metric, model), rounded to 3."""
+    tables = {plots.METRIC_LABELS.get(m, m): plots.results_table(df, m) for m in metrics}
+    out = pd.concat(tables, axis=1)
+    out.columns.names = ["metric", "model"]
+    return out.round(3)
+
+
+class Markdown(str):
+    """A string that a notebook renders as Markdown (and a terminal prints as text)."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{x:.3f}"
+
+
+def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> Markdown:
+    """Best model per category type and wins per model, computed from the results table.
+
+    "Best" = highest mean over the categories of that type (NaN categories skipped); a
+    "win" = the highest value in one category (ties count for every tied model).
+    """
+    d = plots.prepare_results(df)
+    models = list(dict.fromkeys(d["model"]))
+    types = [t for t in plots.TYPE_ORDER if (d["category_type"] == t).any()]
+    n_cats = d["label"].nunique()
+    label = plots.model_label
+    per_type = d.drop_duplicates("label")["category_type"].value_counts()
+    lines = [
+        f"**{plots._dataset_note(d).capitalize()}**: {n_cats} categories "
+        f"({', '.join(f'{per_type[t]} {t}' for t in types)}), {len(models)} models.",
+        "",
+        "Best model per category type (mean over its categories):",
+        "",
+        "| category type | " + " | ".join(plots.METRIC_LABELS[m] for m in metrics) + " |",
+        "|---" * (len(metrics) + 1) + "|",
+    ]
+    groups = [(t, d[d["category_type"] == t]) for t in types] + ([("all", d)] if len(types) > 1 else [])
+    for name, g in groups:
+        cells = []
+        for m in metrics:
+            means = g.groupby("model")[m].mean().dropna()
+            if means.empty:
+                cells.append("n/a")
+                continue
+            best = means[means == means.max()].index
+            cells.append(f"{', '.join(label(b) for b in best)} ({_fmt(means.max())})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Wins per model (categories, out of {n_cats}, where it has the highest value; ties count for each):", "",
+              "| model | " + " | ".join(plots.METRIC_LABELS[m] for m in metrics) + " |",
+              "|---" * (len(metrics) + 1) + "|"]
+    wins = {m: {k: 0 for k in models} for m in metrics}
+    for m in metrics:
+        for _, g in d.groupby("label"):
+            vals = g.set_index("model")[m].dropna()
+            if not vals.empty:
+                for k in vals[vals == vals.max()].index:
+                    wins[m][k] += 1
+    for k in models:
+        lines.append(f"| {label(k)} | " + " | ".join(str(wins[m][k]) for m in metrics) + " |")
+    return Markdown("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------
+# Figures in the notebook
+
+
+def show(paths) -> None:
+    """Display PNG files inline in a notebook; print their paths elsewhere."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+
+        inline = get_ipython() is not None and hasattr(get_ipython(), "kernel")
+    except ImportError:
+        inline = False
+    for p in paths:
+        if inline:
+            print(p)
+            display(Image(filename=str(p)))
+        else:
+            print(f"wrote {p}")
