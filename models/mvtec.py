@@ -1,9 +1,539 @@
-"""PLACEHOLDER being written (issue 2): the MVTec-layout dataset."""
+"""A dataset in the MVTec AD layout, decoded once into uint8 tensors.
+
+Layout (Bergmann et al., "MVTec AD", CVPR 2019)::
+
+    <root>/<category>/train/good/*.png            defect-free training images
+    <root>/<category>/test/good/*.png             defect-free test images
+    <root>/<category>/test/<defect>/*.png         defective test images
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png   their pixel masks
+
+Any folder in this layout is a category (users bring their own products). Every file is
+decoded and resized once at construction, in a thread pool (PIL releases the GIL while it
+inflates and resizes), and kept as uint8 tensors: re-decoding 1024-px PNGs every epoch
+costs more than the model. Decoded files are also kept in a process-wide memory cache
+(train, val and test of several models reuse them) and, with ``cache_dir``, on disk, keyed
+by image size, channels and file identity (path, mtime, size).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ConfigError, DatasetError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
+MVTEC_OBJECTS = (
+    "bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper",
+)
+MARKER_FILE = "DATASET.json"  # written by synthetic.py at the root of the demo dataset
+SPLITS = ("train", "val", "test")
+DECODE_VERSION = 1  # bump when decoding changes: invalidates on-disk caches
+MEMORY_CACHE_LIMIT = 4 * 1024**3  # bytes of decoded arrays kept across datasets (LRU)
+
+_HOW_TO_GET_DATA = (
+    "put MVTec AD in ./mvtec_anomaly_detection or pass --data-root DIR, "
+    "or write the built-in demo dataset with `python -m models demo-data --out data/demo` and use that"
+)
 
 
-class MVTecAD:
-    pass
+# --------------------------------------------------------------------------- the layout
 
 
-def list_categories(root):
-    raise NotImplementedError
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files of ``folder``, sorted by name; hidden files and other extensions are ignored."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if _visible(p) and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+
+
+def _check_root(root) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"data root {root} does not exist; {_HOW_TO_GET_DATA}.")
+    if not root.is_dir():
+        raise DatasetError(f"data root {root} is a file, not a folder; {_HOW_TO_GET_DATA}.")
+    return root
+
+
+def list_categories(root) -> list[str]:
+    """Sorted names of the category folders under ``root`` (those with a ``train/good`` folder).
+
+    Raises DatasetError if ``root`` is missing or holds no category, so that callers never
+    silently run on nothing.
+    """
+    root = _check_root(root)
+    found = sorted(p.name for p in root.iterdir() if _visible(p) and (p / "train" / "good").is_dir())
+    if not found:
+        if (root / "train" / "good").is_dir():
+            raise DatasetError(
+                f"{root} is a category folder, not a data root; pass its parent folder {root.parent} as the data root."
+            )
+        raise DatasetError(
+            f"no category folders (<category>/train/good/) found in {root}; {_HOW_TO_GET_DATA}."
+        )
+    return found
+
+
+def _read_marker(root: Path) -> dict | None:
+    try:
+        marker = json.loads((root / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def dataset_name(root) -> str:
+    """"demo" for the built-in demo dataset (its DATASET.json marker), "mvtec_ad" when every
+    category has an MVTec AD name, else the root folder's name."""
+    root = Path(root).expanduser()
+    marker = _read_marker(root)
+    if marker and marker.get("name"):
+        return str(marker["name"])
+    names = set(list_categories(root))
+    if names and names <= set(MVTEC_TEXTURES + MVTEC_OBJECTS):
+        return "mvtec_ad"
+    return root.resolve().name
+
+
+def category_type(root, category: str) -> str:
+    """ "texture" or "object": the demo marker's declared type, else MVTec AD's by name; else "custom"."""
+    marker = _read_marker(Path(root).expanduser())
+    if marker and isinstance(marker.get("categories"), dict) and category in marker["categories"]:
+        return str(marker["categories"][category])
+    if category in MVTEC_TEXTURES:
+        return "texture"
+    if category in MVTEC_OBJECTS:
+        return "object"
+    return "custom"
+
+
+def _category_dir(root, category: str) -> Path:
+    root = _check_root(root)
+    folder = root / category
+    if not category or not folder.is_dir() or not _visible(folder):
+        try:
+            found = ", ".join(list_categories(root))
+        except DatasetError:
+            found = "none"
+        raise DatasetError(f"category {category!r} not found in {root}; categories found: {found}.")
+    if not (folder / "train" / "good").is_dir():
+        raise DatasetError(f"category folder {folder} has no train/good folder of defect-free images; add one.")
+    return folder
+
+
+def _find_mask(category_dir: Path, defect: str, image: Path) -> Path | None:
+    """``ground_truth/<defect>/<stem>_mask.png`` (MVTec), also any image extension or ``<stem>.<ext>``."""
+    folder = category_dir / "ground_truth" / defect
+    for name in (f"{image.stem}_mask.png", f"{image.stem}.png"):
+        if (folder / name).is_file():
+            return folder / name
+    for path in _image_files(folder):
+        if path.stem in (f"{image.stem}_mask", image.stem):
+            return path
+    return None
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _open(path: Path) -> Image.Image:
+    """The loaded PIL image at ``path``, upright (EXIF orientation applied); DatasetError naming it if unreadable."""
+    try:
+        if path.stat().st_size == 0:
+            raise DatasetError(f"image file {path} is empty (0 bytes); replace or remove it.")
+        im = Image.open(path)
+        im.load()  # decode now: truncated or corrupt files fail here, not later
+        if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation (phone photos): show it as viewers do
+            im = ImageOps.exif_transpose(im)
+        return im
+    except DatasetError:
+        raise
+    except UnidentifiedImageError:
+        raise DatasetError(f"{path} is not an image file PIL can read; replace or remove it.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise DatasetError(f"cannot read image {path} ({e}); the file is damaged or truncated, replace or remove it.") from None
+
+
+def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit, 32-bit integer and float pixels to 0..255 (65535 -> 255 for 16-bit)."""
+    a = a.astype(np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode.startswith("I;16"):
+        a = a / 257.0  # 65535 / 255 = 257 exactly
+    elif mode == "F" and lo >= 0 and hi <= 1.0:
+        a = a * 255.0  # float images in [0, 1]
+    elif lo >= 0 and hi <= 255:
+        pass  # already 8-bit values in a wider type
+    elif lo >= 0 and hi <= 65535:
+        a = a / 257.0  # 16-bit values stored as 32-bit integers ("I" mode)
+    else:
+        a = (a - lo) / max(hi - lo, 1e-12) * 255.0  # anything else: stretch its range
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _to_array(im: Image.Image) -> np.ndarray:
+    """uint8 (H, W) for gray or (H, W, 3) for colour; alpha is composited onto black."""
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode.startswith("I") or mode == "F":
+        return _scale_to_uint8(np.asarray(im), mode)
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        try:
+            im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, ...
+        except (ValueError, OSError) as e:
+            raise DatasetError(f"image {im.filename or ''} has mode {mode} that cannot be converted ({e}).") from None
+    a = np.asarray(im)
+    if im.mode in ("LA", "RGBA"):
+        # Transparent pixels become black: a fixed background, whatever colour they stored.
+        alpha = a[..., -1:].astype(np.uint16)
+        a = ((a[..., :-1].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+        if im.mode == "LA":
+            a = a[..., 0]
+    return a
+
+
+def _decode_image(path: Path, image_size: int, in_channels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 (C, S, S) image, original (width, height)); antialiased bilinear resize (PIL)."""
+    im = _open(path)
+    original_size = im.size
+    a = _to_array(im)
+    pil = Image.fromarray(a)
+    if in_channels == 1 and a.ndim == 3:
+        pil = pil.convert("L")  # ITU-R 601-2 luma
+    # PIL's resize widens the filter support when it shrinks, so this is antialiased.
+    pil = pil.resize((image_size, image_size), Image.BILINEAR)
+    out = np.asarray(pil)
+    if out.ndim == 2:
+        out = np.repeat(out[None], in_channels, axis=0)  # (C, S, S), gray replicated for RGB models
+    else:
+        out = np.ascontiguousarray(out.transpose(2, 0, 1))  # (H, W, 3) -> (3, S, S)
+    return out, original_size
+
+
+def _decode_mask(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 (S, S) mask in {0, 1}, original (width, height)); nearest resize.
+
+    A usual 0/255 (or 0/1) mask becomes ``> 0``. Antialiased or JPEG-saved masks (almost all
+    pixels near black or near white) are thresholded at half their maximum. Anything else
+    (many grey levels, e.g. a photo saved as a mask) is an error.
+    """
+    im = _open(path)
+    original_size = im.size
+    a = _to_array(im)
+    if a.ndim == 3:
+        a = a.max(axis=2)  # a coloured mask: any non-black channel marks the defect
+    hist = np.bincount(a.ravel(), minlength=256)
+    levels = np.flatnonzero(hist)
+    if len(levels) <= 2:
+        binary = a > levels[0] if (len(levels) == 2 and levels[0] > 0) else a > 0
+    else:
+        top = int(levels[-1])
+        near = hist[: top // 10 + 1].sum() + hist[top - top // 10 :].sum()  # near black or near white
+        if near < 0.98 * a.size:
+            raise DatasetError(
+                f"mask {path} is not a binary mask ({len(levels)} grey levels, "
+                f"{100 * (1 - near / a.size):.0f}% of pixels neither black nor white); "
+                "save it with 0 for normal and 255 for defective pixels."
+            )
+        binary = a >= (top + 1) // 2
+    pil = Image.fromarray(binary.astype(np.uint8)).resize((image_size, image_size), Image.NEAREST)
+    return np.asarray(pil).copy(), original_size
+
+
+# --------------------------------------------------------------------------- caches
+
+_MEMORY_CACHE: OrderedDict = OrderedDict()  # key -> (array, original_size), least recently used first
+_MEMORY_BYTES = 0
+_MEMORY_LOCK = threading.Lock()
+
+
+def clear_memory_cache() -> None:
+    """Forget every decoded file kept in this process."""
+    global _MEMORY_BYTES
+    with _MEMORY_LOCK:
+        _MEMORY_CACHE.clear()
+        _MEMORY_BYTES = 0
+
+
+def _memory_get(key):
+    with _MEMORY_LOCK:
+        hit = _MEMORY_CACHE.get(key)
+        if hit is not None:
+            _MEMORY_CACHE.move_to_end(key)
+        return hit
+
+
+def _memory_put(key, value) -> None:
+    global _MEMORY_BYTES
+    with _MEMORY_LOCK:
+        if key in _MEMORY_CACHE:
+            return
+        _MEMORY_CACHE[key] = value
+        _MEMORY_BYTES += value[0].nbytes
+        while _MEMORY_BYTES > MEMORY_CACHE_LIMIT and len(_MEMORY_CACHE) > 1:
+            _, (old, _) = _MEMORY_CACHE.popitem(last=False)
+            _MEMORY_BYTES -= old.nbytes
+
+
+def _identity(path: Path) -> tuple[str, int, int]:
+    """What names a file's content for the caches: absolute path, mtime (ns) and size."""
+    st = path.stat()
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def _disk_cache_file(cache_dir: Path, category_dir: Path, group: str, image_size: int, in_channels: int) -> Path:
+    digest = hashlib.sha1(str(category_dir.resolve()).encode()).hexdigest()[:12]
+    return cache_dir / f"{category_dir.name}-{group}-{image_size}px-{in_channels}ch-{digest}.pt"
+
+
+def _disk_load(file: Path) -> dict:
+    """{(kind, *identity): (array, original_size)} from a cache file; {} if absent, stale or unreadable."""
+    if not file.is_file():
+        return {}
+    try:
+        blob = torch.load(file, weights_only=True)
+        if blob.get("version") != DECODE_VERSION:
+            return {}
+        return {
+            (e["kind"], e["path"], e["mtime_ns"], e["size"]): (e["data"].numpy(), tuple(e["original_size"]))
+            for e in blob["entries"]
+        }
+    except Exception as e:  # a damaged cache is rebuilt, never fatal
+        warnings.warn(f"ignoring unreadable dataset cache {file} ({e}); it will be rewritten.", stacklevel=3)
+        return {}
+
+
+def _disk_save(file: Path, entries: dict) -> None:
+    """Write atomically (temp file + rename): an interrupted run never leaves a half cache."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "version": DECODE_VERSION,
+        "entries": [
+            {"kind": k[0], "path": k[1], "mtime_ns": k[2], "size": k[3], "data": torch.from_numpy(np.ascontiguousarray(v[0])),
+             "original_size": list(v[1])}
+            for k, v in entries.items()
+        ],
+    }
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, file)
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+class MVTecAD(torch.utils.data.Dataset):
+    """One category of a dataset in MVTec AD layout, decoded once into uint8 tensors.
+
+    Attributes (what training and evaluation use, batched):
+        images: uint8 (N, C, S, S); masks: uint8 (N, S, S) in {0, 1} (zeros for good images);
+        labels: int64 (N,), 0 good / 1 defective; defect_types: list[str] ("good" for good);
+        paths: list[str]; has_masks: False if a defective image has no mask (pixel metrics
+        then cannot be computed); category, split, image_size, in_channels.
+
+    ``val`` is a seeded hold-out of ``val_fraction`` of train/good (at least one image when
+    the fraction is > 0 and there are two or more), disjoint from ``train``.
+    """
+
+    def __init__(
+        self,
+        root,
+        category: str,
+        split: str = "train",
+        image_size: int = 128,
+        in_channels: int = 3,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        cache_dir=None,
+        *,
+        workers: int | None = None,  # decode threads; None = min(8, CPU count)
+        memory_cache: bool = True,  # reuse files decoded earlier in this process
+    ):
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ConfigError(f"image_size must be a positive integer, got {image_size!r}.")
+        if in_channels not in (1, 3):
+            raise ConfigError(f"in_channels must be 1 or 3, got {in_channels!r}.")
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
+        self.root = Path(root).expanduser()
+        self.category, self.split = category, split
+        self.image_size, self.in_channels = image_size, in_channels
+        self.val_fraction, self.seed = val_fraction, seed
+        self._workers = workers or min(8, os.cpu_count() or 1)
+        self._memory_cache = memory_cache
+        self._cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        folder = _category_dir(self.root, category)
+
+        if split == "test":
+            images, labels, defects, masks = self._test_files(folder)
+            group = "test"
+        else:
+            train = _image_files(folder / "train" / "good")
+            if not train:
+                raise DatasetError(
+                    f"no training images in {folder / 'train' / 'good'} "
+                    f"(expected {', '.join(IMAGE_EXTENSIONS)} files of defect-free samples); add some."
+                )
+            images, labels, defects, masks = train, [0] * len(train), ["good"] * len(train), [None] * len(train)
+            group = "train"
+
+        # Decode everything of this group (train and val share train/good), from the caches when possible.
+        decoded = self._decode_all(folder, group, images, [m for m in masks if m is not None])
+        keep = self._select(len(images)) if group == "train" else list(range(len(images)))
+
+        s = image_size
+        self.paths = [str(images[i]) for i in keep]
+        self.labels = torch.tensor([labels[i] for i in keep], dtype=torch.int64)
+        self.defect_types = [defects[i] for i in keep]
+        image_arrays = [decoded[("image", images[i])][0] for i in keep]
+        self.images = (
+            torch.from_numpy(np.stack(image_arrays)) if keep else torch.empty((0, in_channels, s, s), dtype=torch.uint8)
+        )  # (N, C, S, S)
+        self.masks = torch.zeros((len(keep), s, s), dtype=torch.uint8)  # (N, S, S)
+        missing = []
+        for row, i in enumerate(keep):
+            if labels[i] == 0:
+                continue
+            if masks[i] is None:
+                missing.append(images[i])
+                continue
+            mask, mask_size = decoded[("mask", masks[i])]
+            image_size_px = decoded[("image", images[i])][1]
+            if tuple(mask_size) != tuple(image_size_px):
+                raise DatasetError(
+                    f"mask {masks[i]} is {mask_size[0]}x{mask_size[1]} px but its image {images[i]} is "
+                    f"{image_size_px[0]}x{image_size_px[1]} px; a mask must have the size of its image."
+                )
+            if not mask.any():
+                warnings.warn(f"mask {masks[i]} is empty although {images[i]} is defective.", stacklevel=2)
+            self.masks[row] = torch.from_numpy(mask)
+        self.has_masks = not missing
+        if missing:
+            warnings.warn(
+                f"{len(missing)} defective test image(s) of {category} have no mask in ground_truth/ "
+                f"(first: {missing[0]}); pixel metrics cannot be computed for this category.",
+                stacklevel=2,
+            )
+
+    # ----------------------------------------------------------------- helpers
+
+    def _test_files(self, folder: Path):
+        test = folder / "test"
+        subdirs = sorted(p for p in test.iterdir() if p.is_dir() and _visible(p)) if test.is_dir() else []
+        # "good" first, then the defect types by name.
+        subdirs.sort(key=lambda p: (p.name != "good", p.name))
+        images, labels, defects, masks = [], [], [], []
+        for sub in subdirs:
+            good = sub.name == "good"
+            for path in _image_files(sub):
+                images.append(path)
+                labels.append(0 if good else 1)
+                defects.append(sub.name)
+                masks.append(None if good else _find_mask(folder, sub.name, path))
+        if not images:
+            raise DatasetError(
+                f"no test images in {test} (expected test/good/ and test/<defect>/ folders of images); add some."
+            )
+        return images, labels, defects, masks
+
+    def _select(self, n: int) -> list[int]:
+        """Indices of this split within train/good: a seeded, disjoint hold-out for val."""
+        n_val = int(round(self.val_fraction * n))
+        if self.val_fraction > 0 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)  # both splits non-empty whenever possible
+        else:
+            n_val = 0
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        val = sorted(order[:n_val])
+        return val if self.split == "val" else sorted(order[n_val:])
+
+    def _decode_all(self, folder: Path, group: str, images: list[Path], masks: list[Path]) -> dict:
+        """{(kind, path): (array, original_size)} for every file, decoding only what no cache holds."""
+        s, c = self.image_size, self.in_channels
+        jobs = [("image", p) for p in images] + [("mask", p) for p in masks]
+        try:
+            ids = {job: _identity(job[1]) for job in jobs}
+        except OSError as e:
+            raise DatasetError(f"cannot read {e.filename} ({e.strerror}); check the file's permissions.") from None
+
+        def key(job):  # masks do not depend on the channel count
+            return (job[0], s, c if job[0] == "image" else 0) + ids[job]
+
+        disk_file = disk = None
+        if self._cache_dir is not None:
+            disk_file = _disk_cache_file(self._cache_dir, folder, group, s, c)
+            disk = _disk_load(disk_file)
+        out, todo = {}, []
+        for job in jobs:
+            hit = _memory_get(key(job)) if self._memory_cache else None
+            if hit is None and disk is not None:
+                hit = disk.get((job[0],) + ids[job])
+            if hit is None:
+                todo.append(job)
+            else:
+                out[job] = hit
+
+        def decode(job):
+            kind, path = job
+            return _decode_image(path, s, c) if kind == "image" else _decode_mask(path, s)
+
+        if todo:
+            if self._workers > 1 and len(todo) > 1:
+                with ThreadPoolExecutor(self._workers) as pool:
+                    results = list(pool.map(decode, todo))
+            else:
+                results = [decode(job) for job in todo]
+            out.update(zip(todo, results))
+        if self._memory_cache:
+            for job, value in out.items():
+                _memory_put(key(job), value)
+        if disk_file is not None and todo:
+            # The group's current files only: entries of deleted or changed files are dropped.
+            current = {(j[0],) + ids[j]: out[j] for j in jobs}
+            _disk_save(disk_file, current)
+        return out
+
+    # ----------------------------------------------------------------- Dataset protocol
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "image": self.images[i].float() / 255.0,  # (C, S, S) in [0, 1]
+            "mask": self.masks[i].float(),  # (S, S) in {0, 1}
+            "label": int(self.labels[i]),
+            "defect_type": self.defect_types[i],
+            "path": self.paths[i],
+        }
+
+    def __repr__(self) -> str:
+        counts = {d: self.defect_types.count(d) for d in dict.fromkeys(self.defect_types)}
+        return (
+            f"MVTecAD({self.category!r}, split={self.split!r}, n={len(self)}, image_size={self.image_size}, "
+            f"in_channels={self.in_channels}, counts={counts}, has_masks={self.has_masks})"
+        )
