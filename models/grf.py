@@ -97,9 +97,10 @@ class GRFPrior(nn.Module):
         learn_rho: make rho a parameter, stored as log rho and clamped to ``rho_bounds``;
             the spectrum is then recomputed (differentiably) on every call.
         rho_bounds: (min, max) of a learned rho.
-        kl_float64: evaluate the KL in float64 (not on MPS, which has none). The KL is a sum of
-            ~C n terms of size ~1 whose total can be much smaller (posterior close to prior);
-            float64 keeps that cancellation exact at negligible cost next to the network.
+        kl_float64: evaluate the KL in float64 even for float32 inputs (never on MPS, which has
+            none); float64 inputs always are. Off by default: measured at 256 channels x 32 x 32
+            (bench/bench_grf.py), float32 is within 1e-6 relative of float64 even for posteriors
+            close to the prior (where the terms cancel most) and 2.5x faster on CPU.
     """
 
     def __init__(
@@ -113,7 +114,7 @@ class GRFPrior(nn.Module):
         eps: float = 1e-6,
         learn_rho: bool = False,
         rho_bounds: tuple[float, float] = (0.1, 32.0),
-        kl_float64: bool = True,
+        kl_float64: bool = False,
     ):
         super().__init__()
         if kernel not in KERNELS:
@@ -180,7 +181,8 @@ class GRFPrior(nn.Module):
     def kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """KL(N(mu, diag exp(logvar)) || this prior) per sample, summed over channels and sites.
 
-        mu, logvar: (B, C, h, w) -> (B,) in mu's float dtype (float32 under autocast).
+        mu, logvar: (B, C, h, w) -> (B,) in mu's float dtype (float32 for bf16/fp16 inputs: autocast
+        is switched off here, an FFT sum over C n terms in bf16 would be meaningless).
         Formula in the module docstring; rfft2 halves the work (lambda is even, so the full sum
         equals the half-spectrum sum with columns weighted by their multiplicity).
         """
@@ -189,7 +191,8 @@ class GRFPrior(nn.Module):
             f"expected (B, C, {self.height}, {self.width}) latents, got {tuple(mu.shape)}"
         )
         out_dtype = mu.dtype if mu.dtype in (torch.float32, torch.float64) else torch.float32
-        dtype = torch.float64 if self.kl_float64 and mu.device.type != "mps" else torch.float32
+        wide = self.kl_float64 or mu.dtype == torch.float64
+        dtype = torch.float64 if wide and mu.device.type != "mps" else torch.float32  # never bf16/fp16
         n = self.height * self.width
         with torch.autocast(device_type=mu.device.type, enabled=False):
             mu, logvar = mu.to(dtype), logvar.to(dtype)
@@ -198,7 +201,8 @@ class GRFPrior(nn.Module):
             a = (1.0 / lam).sum() / n  # diag of Sigma^-1
             trace = a * logvar.exp().sum(dim=(1, 2, 3))  # (B,)
             f_mu = torch.fft.rfft2(mu)  # (B, C, h, w//2+1)
-            quad = (f_mu.abs().square() * (w_half / lam[:, : self.width // 2 + 1])).sum(dim=(1, 2, 3)) / n  # (B,)
+            power = torch.view_as_real(f_mu).square().sum(-1)  # |F(mu)_k|^2 without abs()'s sqrt
+            quad = (power * (w_half / lam[:, : self.width // 2 + 1])).sum(dim=(1, 2, 3)) / n  # (B,)
             channels = mu.shape[1]
             logdet_prior = channels * torch.log(lam).sum()
             logdet_post = logvar.sum(dim=(1, 2, 3))  # (B,)
