@@ -20,3 +20,7 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError, ValueError):
     """A file that is not a checkpoint of this model and config."""
+
+
+class TrainingError(UserError, RuntimeError):
+    """A training run that cannot go on (e.g. the loss became NaN): names model, category, epoch."""

@@ -1,0 +1,199 @@
+"""Command line: ``python -m models run | plots | demo-data`` (the notebook calls the same functions).
+
+Exit status: 0 success; 1 some jobs failed (the others' rows are written); 2 a bad
+argument, dataset or file (one sentence on stderr, no traceback); 130 interrupted (every
+finished row is kept; the same command resumes).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+DEFAULT_DATA_ROOT = "mvtec_anomaly_detection"
+DEMO_DIR = "data/demo"
+TABLE_COLUMNS = ["category", "model", "image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "train_seconds"]
+
+
+def _parse_value(text: str):
+    """'8' -> 8, '0.5' -> 0.5, '[8,16]' -> [8, 16], 'true' -> True, else the string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"True": True, "False": False}.get(text, text)
+
+
+def _overrides(items: list[str]) -> dict:
+    from .errors import ConfigError
+
+    out: dict = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        model, dot, key = name.partition(".")
+        if not (sep and dot and model and key):
+            raise ConfigError(f"--set expects MODEL.KEY=VALUE (e.g. --set cae.latent_dim=64), got {item!r}.")
+        value = _parse_value(value)
+        out.setdefault(model, {})[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _data_root(arg: str | None, log) -> Path:
+    """--data-root, else $MVTEC_ROOT, else ./mvtec_anomaly_detection; only that implicit default
+    falls back to the demo dataset (an explicit path that is wrong is an error)."""
+    from . import list_categories, make_synthetic_dataset
+    from .errors import DatasetError
+
+    if arg is not None:
+        return Path(arg)
+    if os.environ.get("MVTEC_ROOT"):
+        return Path(os.environ["MVTEC_ROOT"])
+    root = Path(DEFAULT_DATA_ROOT)
+    try:
+        list_categories(root)
+        return root
+    except DatasetError:
+        log(f"No dataset at ./{DEFAULT_DATA_ROOT} (pass --data-root DIR for MVTec AD); "
+            f"running on the demo dataset generated under {DEMO_DIR}.")
+        return make_synthetic_dataset(DEMO_DIR)
+
+
+def _print_table(df) -> None:
+    import pandas as pd
+
+    if df.empty:
+        print("(no results)")
+        return
+    cols = [c for c in TABLE_COLUMNS if c in df.columns]
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+def cmd_run(args) -> int:
+    from . import experiment
+    from .training import TrainConfig
+
+    log = lambda msg: print(msg, flush=True)
+    root = _data_root(args.data_root, log)
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        device=args.device, amp=not args.no_amp, compile=args.compile,
+                        num_threads=args.num_threads, progress=not args.no_progress)
+    df = experiment.run_grid(
+        root, args.categories, args.models, image_size=args.image_size, train=train,
+        model_overrides=_overrides(args.set), results_csv=args.results_csv, force=args.force,
+        checkpoint_dir=args.checkpoint_dir, threshold_rule=args.threshold_rule, cache_dir=args.cache_dir, log=log,
+    )
+    print()
+    _print_table(df)
+    failures = df.attrs.get("failures", [])
+    if failures:
+        print(f"\n{len(failures)} job(s) failed:", file=sys.stderr)
+        for f in failures:
+            print(f"  {f['model']} on {f['category']}: {f['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_plots(args) -> int:
+    from . import plots
+    from .experiment import read_results
+
+    df = read_results(args.results_csv)
+    for path in plots.make_all_figures(df, Path(args.out)):
+        print(path)
+    return 0
+
+
+def cmd_demo_data(args) -> int:
+    from . import make_synthetic_dataset
+
+    print(make_synthetic_dataset(args.out, seed=args.seed))
+    return 0
+
+
+def build_parser():
+    import argparse
+
+    from . import MODEL_NAMES
+    from .experiment import DEFAULT_CHECKPOINT_DIR, DEFAULT_RESULTS_CSV
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m models",
+        description="Train and compare reconstruction-based anomaly detectors (CAE, VAE, ViT-VAE, VAE-GRF) "
+                    "on MVTec-layout datasets.",
+        epilog="Exit status: 0 ok, 1 some jobs failed, 2 bad input (one sentence on stderr), 130 interrupted.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,plots,demo-data}")
+
+    r = sub.add_parser(
+        "run", help="train and evaluate every (model, category) not yet in the results CSV",
+        description="Train and evaluate every (model, category) pair whose row (same dataset and config) is not "
+                    "yet in the results CSV; each row is appended as soon as its job ends, so an interrupted "
+                    "run resumes where it stopped. Delete the CSV or pass --force to retrain.",
+    )
+    r.add_argument("--data-root", metavar="DIR",
+                   help=f"dataset in MVTec AD layout (default: $MVTEC_ROOT or ./{DEFAULT_DATA_ROOT}; "
+                        f"if that is missing, the demo dataset in {DEMO_DIR})")
+    r.add_argument("--categories", nargs="+", metavar="C", help="categories to run (default: all under the root)")
+    r.add_argument("--models", nargs="+", metavar="M", help=f"models to run (default: all: {' '.join(MODEL_NAMES)})")
+    r.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"training epochs (default {d.epochs})")
+    r.add_argument("--image-size", type=int, default=128, metavar="S", help="square input size in px (default 128)")
+    r.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B", help=f"batch size (default {d.batch_size})")
+    r.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
+    r.add_argument("--seed", type=int, default=d.seed, metavar="K", help=f"seed of everything (default {d.seed})")
+    r.add_argument("--results-csv", default=DEFAULT_RESULTS_CSV, metavar="FILE",
+                   help=f"results table and cache (default {DEFAULT_RESULTS_CSV})")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto = cuda, then mps, then cpu (default auto)")
+    r.add_argument("--force", action="store_true", help="retrain and replace rows already in the CSV")
+    r.add_argument("--set", action="append", metavar="MODEL.KEY=VALUE",
+                   help="override a model setting, e.g. --set cae.latent_dim=64 --set vae.widths=[16,32,64]")
+    r.add_argument("--threshold-rule", default="val_max",
+                   help="decision threshold from val normal scores: val_max, val_p99, val_mean+3std (default val_max)")
+    r.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINT_DIR, metavar="DIR",
+                   help=f"where each job's checkpoint is saved (default {DEFAULT_CHECKPOINT_DIR}/)")
+    r.add_argument("--cache-dir", metavar="DIR", help="optional disk cache of decoded images")
+    r.add_argument("--num-threads", type=int, default=0, metavar="N", help="CPU threads for torch (default: all)")
+    r.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    r.add_argument("--compile", action="store_true", help="torch.compile the training step (long GPU runs)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plots", help="draw the comparison figures from a results CSV",
+                        description="Draw the comparison figures (F1, ROC AUC bars, heatmap, distributions) from a results CSV.")
+    pl.add_argument("--results-csv", default=DEFAULT_RESULTS_CSV, metavar="FILE", help=f"(default {DEFAULT_RESULTS_CSV})")
+    pl.add_argument("--out", default="results", metavar="DIR", help="output folder (default results/)")
+    pl.set_defaults(func=cmd_plots)
+
+    dd = sub.add_parser("demo-data", help="write the built-in demo dataset (MVTec layout)",
+                        description="Write the built-in procedural demo dataset in MVTec AD layout.")
+    dd.add_argument("--out", default=DEMO_DIR, metavar="DIR", help=f"output folder (default {DEMO_DIR})")
+    dd.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    dd.set_defaults(func=cmd_demo_data)
+    return p
+
+
+def main(argv=None) -> int:
+    from .errors import UserError
+
+    # Warnings are for people: one line each, without source lines.
+    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        csv = getattr(args, "results_csv", None)
+        kept = f"; finished rows are kept in {csv}, run the same command to resume" if args.command == "run" else ""
+        print(f"\ninterrupted{kept}.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

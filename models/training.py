@@ -1,0 +1,377 @@
+"""Training: the config, device choice, seeding, the optimiser loop and checkpoints.
+
+``fit`` trains any ``AnomalyModel`` on a dataset's cached uint8 tensor (``ds.images``,
+N x C x S x S, decoded once by ``MVTecAD``): each epoch walks a seeded permutation of the
+indices, gathers a batch, moves it to the device and converts it to float there. No
+``DataLoader``, no per-item PIL or Python per-sample code in the loop: at these sizes the
+whole training set is a few MB and batching it by indexing costs microseconds.
+
+On CUDA: the uint8 set is copied to the GPU once (or gathered into pinned memory and
+copied non-blocking when it is too large), bf16 autocast (``amp``), channels_last for the
+convolutional models, fused AdamW, optional ``torch.compile`` of the loss. On CPU/MPS these
+are off and the same code runs.
+
+Checkpoints hold plain data only (state dict of tensors, model name, config dict, results
+row) and are read with ``torch.load(weights_only=True)``, so a checkpoint file can never
+run code on load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import CheckpointError, ConfigError, DatasetError, TrainingError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LR_SCHEDULES = ("cosine", "constant")
+# Test-only hook: seconds to sleep after each epoch, so a test can kill a run mid-job
+# deterministically (tests/test_cli.py). Never set it otherwise.
+TEST_EPOCH_SLEEP_ENV = "MODELS_TEST_EPOCH_SLEEP"
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    epochs: int = 30  # passes over the train split
+    batch_size: int = 32  # clamped (with a warning) to the number of training images
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (0 = plain Adam)
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off (keeps early VAE steps sane)
+    lr_schedule: str = "cosine"  # "cosine" decays lr to 1% over all steps; "constant"
+    seed: int = 0  # seeds python, numpy, torch, model init and the data order
+    device: str = "auto"  # "auto" = cuda, then mps, then cpu
+    amp: bool = True  # bf16 autocast, on CUDA only (ignored elsewhere)
+    channels_last: bool = True  # NHWC memory format for conv models, on CUDA only
+    compile: bool = False  # torch.compile the loss (slow first epoch; worth it on long GPU runs)
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
+    progress: bool = True  # tqdm bar per job (epoch, loss)
+
+    # Fields that do not change the trained model or its scores: left out of config_hash.
+    RESULT_NEUTRAL = ("device", "num_threads", "progress", "compile")
+
+    def validate(self) -> None:
+        def bad(what: str):
+            raise ConfigError(f"training: {what}.")
+
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            bad(f"epochs must be a whole number >= 1, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            bad(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            bad(f"lr must be a positive number, got {self.lr!r}")
+        if not self.weight_decay >= 0 or not self.grad_clip >= 0:
+            bad(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay!r} and {self.grad_clip!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad(f"lr_schedule {self.lr_schedule!r} is unknown; valid: {', '.join(LR_SCHEDULES)}")
+        if str(self.device).split(":")[0] not in DEVICES:
+            bad(f"device {self.device!r} is unknown; valid: {', '.join(DEVICES)}")
+        if not isinstance(self.num_threads, int) or self.num_threads < 0:
+            bad(f"num_threads must be a whole number >= 0, got {self.num_threads!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def result_dict(self) -> dict:
+        """The fields that change results (hashed into the row's config_hash)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RESULT_NEUTRAL}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices): same machine + same seed = same run."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> cuda if available, then mps, then cpu; an unavailable request is a ConfigError."""
+    name = str(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise ConfigError(f"device {name!r} is unknown; valid: {', '.join(DEVICES)}.")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was requested but no CUDA GPU is available; use --device auto or cpu.")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {name!r} was requested but MPS is not available; use --device auto or cpu.")
+    return torch.device(name)
+
+
+def has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())
+
+
+class BatchSource:
+    """Float batches on ``device`` from a uint8 (N, C, S, S) CPU tensor, by index.
+
+    On CUDA the uint8 tensor lives on the GPU when it takes under a quarter of the free
+    memory (MVTec at 256 px: ~80 MB), so a batch is one on-device gather; otherwise each
+    batch is gathered into a pinned buffer and copied non-blocking.
+    """
+
+    def __init__(self, images: torch.Tensor, device: torch.device, *, channels_last: bool = False):
+        assert images.dtype == torch.uint8 and images.ndim == 4, f"expected uint8 (N, C, S, S), got {images.dtype} {tuple(images.shape)}"
+        self.device, self.channels_last = device, channels_last
+        self.staging = None
+        if device.type == "cuda" and images.numel() > torch.cuda.mem_get_info(device)[0] // 4:
+            self.images = images if images.is_pinned() else images.pin_memory()
+        else:
+            self.images = images.to(device)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.images.device != self.device:  # pinned host memory -> device, non-blocking
+            if self.staging is None or self.staging.shape[0] < idx.numel():
+                self.staging = torch.empty((idx.numel(), *self.images.shape[1:]), dtype=torch.uint8).pin_memory()
+            x = torch.index_select(self.images, 0, idx, out=self.staging[: idx.numel()])
+            x = x.to(self.device, non_blocking=True)
+        else:
+            x = self.images[idx.to(self.device)]
+        x = x.float().div_(255.0)  # (B, C, S, S) in [0, 1]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Index batches of a (seeded) permutation of range(n); a trailing batch of 1 is dropped
+    when there are others (BatchNorm cannot train on a single sample)."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and batches[-1].numel() == 1 and generator is not None:
+        batches.pop()
+    return batches
+
+
+def _autocast(device: torch.device, amp: bool):
+    # bf16 needs no loss scaling; only CUDA gets it (CPU autocast is slower for these convs).
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and amp)
+
+
+@torch.inference_mode()
+def evaluate_loss(model, source: BatchSource, *, batch_size: int, amp: bool = True) -> float:
+    """Mean loss over a whole split in eval mode, batched, without gradients."""
+    if len(source) == 0:
+        return math.nan
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=source.device, dtype=torch.float64)
+    try:
+        for idx in batch_indices(len(source), batch_size):
+            with _autocast(source.device, amp):
+                total += model.loss(source.batch(idx))["loss"].double() * idx.numel()
+    finally:
+        model.train(was_training)
+    return total.item() / len(source)
+
+
+def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: str | None = None) -> dict:
+    """Train ``model`` on ``train_ds.images`` with AdamW; returns the history.
+
+    history: train_loss / val_loss per epoch, terms (last epoch's mean of each loss term),
+    seconds, data_seconds (batch gathering and conversion), batch_size, steps, device.
+    A non-finite loss raises ``TrainingError`` naming ``desc`` (model and category) and the epoch.
+    """
+    cfg = cfg or TrainConfig()
+    cfg.validate()
+    category = getattr(train_ds, "category", "?")
+    desc = desc or f"{type(model).__name__.lower()} on {category!r}"
+    images = train_ds.images
+    n = int(images.shape[0])
+    if n < 2:
+        raise DatasetError(f"{desc}: training needs at least 2 images in the train split, found {n}; add images to train/good.")
+    batch_size = cfg.batch_size
+    if batch_size > n:
+        warnings.warn(f"{desc}: batch_size {batch_size} is larger than the {n} training images; using {n}.", stacklevel=2)
+        batch_size = n
+
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    channels_last = device.type == "cuda" and cfg.channels_last and has_conv(model)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    source = BatchSource(images, device, channels_last=channels_last)
+    val_source = None
+    if val_ds is not None and len(val_ds.images):
+        val_source = BatchSource(val_ds.images, device, channels_last=channels_last)
+
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
+    steps_per_epoch = len(batch_indices(n, batch_size, torch.Generator().manual_seed(0)))
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.lr_schedule == "cosine":  # from lr down to 1% of it, per step
+        schedule = lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    else:
+        schedule = lambda s: 1.0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
+    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
+    generator = torch.Generator().manual_seed(cfg.seed)  # the data order, independent of model RNG use
+    test_sleep = float(os.environ.get(TEST_EPOCH_SLEEP_ENV) or 0)
+
+    history = {"train_loss": [], "val_loss": [], "terms": {}, "seconds": 0.0, "data_seconds": 0.0,
+               "batch_size": batch_size, "steps": 0, "device": str(device)}
+    start = time.perf_counter()
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not cfg.progress, leave=False, dynamic_ncols=True)
+    try:
+        for epoch in bar:
+            model.train()
+            sums: dict[str, torch.Tensor] = {}
+            seen = 0
+            for idx in batch_indices(n, batch_size, generator):
+                t0 = time.perf_counter()
+                x = source.batch(idx)
+                history["data_seconds"] += time.perf_counter() - t0
+                with _autocast(device, cfg.amp):
+                    out = loss_fn(x)
+                loss = out["loss"]
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimiser.step()
+                scheduler.step()
+                # Accumulate on the device: no host sync per step, one per epoch.
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() * idx.numel()
+                seen += idx.numel()
+                history["steps"] += 1
+            means = {k: float(v) / seen for k, v in sums.items()}
+            train_loss = means["loss"]
+            if not math.isfinite(train_loss):
+                raise TrainingError(
+                    f"{desc}: the training loss became {train_loss} at epoch {epoch}; "
+                    f"lower the learning rate (now {cfg.lr:g}) or keep gradient clipping on."
+                )
+            val_loss = evaluate_loss(model, val_source, batch_size=batch_size, amp=cfg.amp) if val_source else math.nan
+            history["train_loss"].append(train_loss)
+            history["val_loss"].append(val_loss)
+            history["terms"] = means
+            bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+            if test_sleep:
+                time.sleep(test_sleep)
+    finally:
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        history["seconds"] = time.perf_counter() - start
+        del optimiser, scheduler, loss_fn, source, val_source  # nothing outlives the job
+    model.eval()
+    return history
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = 1
+
+
+def _plain(value):
+    """Numpy scalars and nested containers -> builtin types (weights_only can load those)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _json_norm(d: dict) -> dict:
+    return json.loads(json.dumps(_plain(d), sort_keys=True))  # tuples -> lists, like a file round trip
+
+
+def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_config: TrainConfig | None = None) -> Path:
+    """Write {format, model, config, state_dict, row, train_config} atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": name,
+        "config": _plain(model.config.to_dict()),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "row": _plain(row) if row is not None else None,
+        "train_config": train_config.to_dict() if train_config is not None else None,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is shared like any file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """The checkpoint's payload, checked; plain data only (never unpickles code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure here means "not a checkpoint we can load"
+        unsafe = "weights_only" in str(e) or "Unsupported global" in str(e)
+        why = ("it contains Python objects other than tensors and plain data, and loading it could run code"
+               if unsafe else f"it is not a PyTorch checkpoint ({type(e).__name__})")
+        raise CheckpointError(f"refused to load {str(path)!r}: {why}; use a checkpoint written by this package.") from None
+    keys = {"format", "model", "config", "state_dict"}
+    if not isinstance(payload, dict) or not keys <= set(payload):
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint of this package (it lacks model, config and state_dict).")
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} has checkpoint format {payload['format']!r}; this version reads {CHECKPOINT_FORMAT}.")
+    return payload
+
+
+def load_checkpoint(path, *, model: str | None = None, config=None, device="cpu"):
+    """Rebuild the model stored in ``path``; ``model``/``config`` (name, dict or ModelConfig)
+    are what the caller expects, and a checkpoint of anything else is refused with the reason.
+    The checkpoint's payload is kept as ``m.checkpoint`` (row, train_config)."""
+    from . import MODEL_NAMES, MODELS, model_config  # the registry imports the models, not training
+
+    payload = read_checkpoint(path)
+    name, stored = payload["model"], payload["config"]
+    where = repr(str(path))
+    if name not in MODELS:
+        raise CheckpointError(f"{where} holds an unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}.")
+    if model is not None and model != name:
+        raise CheckpointError(f"{where} holds a {name} model, not a {model}; load it as {name!r}.")
+    if config is not None:
+        want = _json_norm(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+        have = _json_norm(stored)
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if diff:
+            detail = ", ".join(f"{k}={have.get(k)!r} (expected {want.get(k)!r})" for k in diff[:4])
+            raise CheckpointError(f"{where} was trained with a different {name} config: {detail}.")
+    try:
+        cfg = model_config(name, **stored)
+        m = MODELS[name](cfg)
+        m.load_state_dict(payload["state_dict"])
+    except (ConfigError, RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{where} does not match the {name} model of this version: {first}") from None
+    m.checkpoint = {k: payload.get(k) for k in ("row", "train_config")}
+    return m.to(device).eval()
