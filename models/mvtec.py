@@ -235,9 +235,9 @@ def _decode_image(path: Path, image_size: int, in_channels: int) -> tuple[np.nda
 def _decode_mask(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """(uint8 (S, S) mask in {0, 1}, original (width, height)); nearest resize.
 
-    A usual 0/255 (or 0/1) mask becomes ``> 0``. Antialiased or JPEG-saved masks (almost all
+    A usual 0/255 (or 0/1) mask becomes ``> 0``. Antialiased or JPEG-saved masks (most
     pixels near black or near white) are thresholded at half their maximum. Anything else
-    (many grey levels, e.g. a photo saved as a mask) is an error.
+    (over a quarter of the pixels grey, e.g. a photo saved as a mask) is an error.
     """
     im = _open(path)
     original_size = im.size
@@ -251,7 +251,7 @@ def _decode_mask(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, in
     else:
         top = int(levels[-1])
         near = hist[: top // 10 + 1].sum() + hist[top - top // 10 :].sum()  # near black or near white
-        if near < 0.98 * a.size:
+        if near < 0.75 * a.size:
             raise DatasetError(
                 f"mask {path} is not a binary mask ({len(levels)} grey levels, "
                 f"{100 * (1 - near / a.size):.0f}% of pixels neither black nor white); "

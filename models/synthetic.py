@@ -96,15 +96,16 @@ def _scratch(rng, s: int, cx: float, cy: float, length: float, width: float) -> 
 
 
 def _warp(stack: np.ndarray, rng, cx: float, cy: float, radius: float, amp: float):
-    """Push the pixels of ``stack`` (S, S, K) by a Gaussian bump of ``amp`` px; returns (warped, moved >= 1 px)."""
+    """Push the pixels of ``stack`` (S, S, K) by a bump of ``amp`` px that is exactly 0 beyond ``radius``;
+    returns (warped, moved by >= 1/2 px)."""
     s = stack.shape[0]
     x, y = _grid(s)
     a = rng.uniform(0, 2 * np.pi)
-    g = amp * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))
+    g = amp * np.clip(1 - ((x - cx) ** 2 + (y - cy) ** 2) / radius**2, 0, 1) ** 2  # compact, smooth bump
     coords = [y - g * np.sin(a), x - g * np.cos(a)]
     warped = np.stack([ndimage.map_coordinates(stack[..., k], coords, order=1, mode="nearest")
                        for k in range(stack.shape[-1])], axis=-1)
-    return warped, g >= 1.0
+    return warped, g >= 0.5
 
 
 # --------------------------------------------------------------------------- normal renders
@@ -228,7 +229,7 @@ def _defect(kind: str, rng, img: np.ndarray, cov, bg):
     edge = None if cov is None else (cov > 0.2) & (cov < 0.8)
     if kind == "scratch":
         c = _pick(rng, inside, s)
-        paint = _scratch(rng, s, *c, rng.uniform(40, 110) * k, rng.uniform(1.6, 3.2) * k)
+        paint = _scratch(rng, s, *c, rng.uniform(40, 110) * k, rng.uniform(1.6, 3.2) * max(k, 1.0))  # >= 1.6 px wide
         if cov is not None:
             paint *= cov
         ink = np.clip(img * 0.3, 0, 1) if rng.random() < 0.5 else np.clip(img * 0.4 + 0.55, 0, 1)
@@ -252,11 +253,13 @@ def _defect(kind: str, rng, img: np.ndarray, cov, bg):
     if kind == "deformation":
         c = _pick(rng, edge, s)
         stack = img if cov is None else np.concatenate([img, cov[..., None]], axis=-1)
-        warped, moved = _warp(stack, rng, *c, rng.uniform(10, 18) * k, rng.uniform(5, 9) * k)
+        warped, moved = _warp(stack, rng, *c, rng.uniform(14, 24) * k, rng.uniform(5, 9) * k)
         if cov is None:
             return warped, moved
-        # On plain background a push changes nothing: the defect is where the outline moved.
-        return warped[..., :3], moved & ((cov > 0.5) | (warped[..., 3] > 0.5))
+        # Pushing plain background or smooth shading changes nothing visible: the defect is
+        # where the outline moved, plus surface detail that visibly moved.
+        outline = (cov > 0.5) != (warped[..., 3] > 0.5)
+        return warped[..., :3], moved & (outline | (np.abs(warped[..., :3] - img).max(axis=-1) > 0.03))
     raise ValueError(kind)
 
 
