@@ -293,6 +293,8 @@ def _plain(value):
         return [_plain(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, str):  # str subclasses (torch.__version__ is a TorchVersion) would need a global
+        return str(value)
     return value
 
 
@@ -334,7 +336,8 @@ def read_checkpoint(path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure here means "not a checkpoint we can load"
-        unsafe = "weights_only" in str(e) or "Unsupported global" in str(e)
+        # weights_only refuses imports of arbitrary globals (functions, classes): code could run.
+        unsafe = any(w in str(e) for w in ("GLOBAL", "Unsupported global", "Unsupported class"))
         why = ("it contains Python objects other than tensors and plain data, and loading it could run code"
                if unsafe else f"it is not a PyTorch checkpoint ({type(e).__name__})")
         raise CheckpointError(f"refused to load {str(path)!r}: {why}; use a checkpoint written by this package.") from None
