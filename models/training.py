@@ -328,6 +328,21 @@ def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_co
     return path
 
 
+def _pickle_imports(path: Path) -> bool:
+    """True if ``path`` is a raw pickle that imports globals (what a code-running pickle does).
+    Only reads opcodes with ``pickletools``: nothing is unpickled."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST") for op, _, _ in pickletools.genops(f))
+    except Exception:  # noqa: BLE001 - not a pickle at all
+        return False
+
+
 def read_checkpoint(path) -> dict:
     """The checkpoint's payload, checked; plain data only (never unpickles code)."""
     path = Path(path)
@@ -337,7 +352,7 @@ def read_checkpoint(path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure here means "not a checkpoint we can load"
         # weights_only refuses imports of arbitrary globals (functions, classes): code could run.
-        unsafe = any(w in str(e) for w in ("GLOBAL", "Unsupported global", "Unsupported class"))
+        unsafe = any(w in str(e) for w in ("GLOBAL", "Unsupported global", "Unsupported class")) or _pickle_imports(path)
         why = ("it contains Python objects other than tensors and plain data, and loading it could run code"
                if unsafe else f"it is not a PyTorch checkpoint ({type(e).__name__})")
         raise CheckpointError(f"refused to load {str(path)!r}: {why}; use a checkpoint written by this package.") from None
