@@ -165,6 +165,8 @@ def _grouped_bars(ax, d, metric, cats, models, colors, *, oracle: str | None = N
         ax.bar(xs[ok], ys[ok], width=width * 0.92, color=colors[m], label=model_label(m))
         for xi in xs[~ok]:
             ax.text(xi, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
+        for xi in xs[ok & (ys == 0)]:  # a zero has no bar: say so, so it is not read as missing
+            ax.text(xi, 0.02, "0", ha="center", va="bottom", fontsize=7, color=colors[m])
         if oracle is not None:
             yo = rows[oracle].to_numpy(dtype=float)
             ok = np.isfinite(yo)
@@ -299,10 +301,16 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
                 ax.text(0.5, 0.5, "not computable\n(no ground-truth masks)", ha="center", va="center",
                         transform=ax.transAxes, color="0.4")
                 ax.set_xticks(range(len(labels)), labels)
-            else:
+            elif sub.groupby("model").size().max() >= 4:
                 sns.boxplot(data=sub.assign(name=sub["model"].map(model_label)), x="name", y=metric, hue="name",
                             order=labels, hue_order=labels, palette=[colors[m] for m in models], ax=ax,
                             showfliers=False, width=0.55, legend=False, boxprops={"alpha": 0.55})
+            else:  # a box of 1-3 points would suggest a spread that is not there: show the mean instead
+                for i, m in enumerate(models):
+                    mean = sub.loc[sub["model"] == m, metric].mean()
+                    ax.hlines(mean, i - 0.28, i + 0.28, color=colors[m], lw=3, label="mean" if i == 0 else None)
+                ax.set_xticks(range(len(labels)), labels)
+                ax.set_xlim(-0.6, len(labels) - 0.4)
                 for t, marker in markers.items():
                     pts = sub[sub["category_type"] == t]
                     if pts.empty:
@@ -323,8 +331,8 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
                     handles.append(h)
                     names.append(n)
         if handles:
-            fig.legend(handles, [f"{n} category" for n in names], loc="outside lower center", ncols=len(names),
-                       frameon=False)
+            fig.legend(handles, [n if n == "mean" else f"{n} category" for n in names], loc="outside lower center",
+                       ncols=len(names), frameon=False)
         fig.suptitle(f"Metrics across categories, per model ({_dataset_note(d)})")
     return _save(fig, out_path)
 

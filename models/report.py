@@ -191,3 +191,77 @@ def show(paths) -> None:
             display(Image(filename=str(p)))
         else:
             print(f"wrote {p}")
+
+
+# --------------------------------------------------------------------------------------
+# Trained models: galleries and the README's GRF figures
+
+
+def find_checkpoint(row, checkpoint_dir="checkpoints") -> Path | None:
+    """The checkpoint experiment.run_job saved for ``row`` (``<dir>/<dataset>/<category>/
+    <model>-<config_hash>.pt``), found by its file name so folder-name escaping does not matter."""
+    hits = sorted(Path(checkpoint_dir).glob(f"*/*/{row['model']}-{row['config_hash']}.pt"))
+    return hits[0] if hits else None
+
+
+def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir="checkpoints", device="cpu") -> dict:
+    """Model name -> trained model of ``category`` (rows without a checkpoint are skipped)."""
+    from .training import load_checkpoint
+
+    out = {}
+    for _, row in plots.prepare_results(rows).query("category == @category").iterrows():
+        path = find_checkpoint(row, checkpoint_dir)
+        if path is not None:
+            out[row["model"]] = load_checkpoint(path, model=row["model"], device=device)
+    return out
+
+
+def _test_split(data_root, category: str, model):
+    from .mvtec import MVTecAD
+
+    c = model.config
+    return MVTecAD(data_root, category, "test", image_size=c.image_size, in_channels=c.in_channels)
+
+
+def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoints", *, n_good: int = 2,
+              n_defect: int = 4) -> list[Path]:
+    """``gallery_<category>.png`` in ``out_dir`` for each category of ``rows`` that has checkpoints."""
+    d = plots.prepare_results(rows)
+    paths = []
+    for category in dict.fromkeys(d["category"]):
+        trained = load_trained(d, category, checkpoint_dir)
+        if not trained:
+            print(f"no checkpoints for {category!r} under {checkpoint_dir}; its gallery is skipped.")
+            continue
+        test = _test_split(data_root, category, next(iter(trained.values())))
+        paths.append(plots.anomaly_gallery(trained, test, Path(out_dir) / f"gallery_{category}.png",
+                                           n_good=n_good, n_defect=n_defect))
+    return paths
+
+
+def grf_figures(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoints") -> list[Path]:
+    """``grf.png`` (prior samples) and ``vae-vae-grf.png`` in ``out_dir``. The second uses the
+    trained VAE and VAE-GRF of the first category (textures first) that has both, on one good
+    and one defective test image; without them it shows untrained models and says so."""
+    import torch
+
+    out_dir = Path(out_dir)
+    paths = [plots.grf_prior_figure(out_dir / "grf.png")]
+    d = plots.prepare_results(rows)
+    vae = vae_grf = images = None
+    note = "untrained models (no checkpoints of this run)"
+    for category in dict.fromkeys(d["category"]):
+        trained = load_trained(d[d["model"].isin(["vae", "vae_grf"])], category, checkpoint_dir)
+        if len(trained) == 2:
+            vae, vae_grf = trained["vae"], trained["vae_grf"]
+            test = _test_split(data_root, category, vae)
+            idx = plots._pick_examples(np.asarray(test.labels), list(test.defect_types), 1, 1)
+            images = test.images[idx].float() / 255.0  # (N, C, S, S)
+            note = f"trained on {d['dataset'].iloc[0]}/{category}, test images"
+            break
+    if vae is not None and images is not None and len(images) == 0:
+        images = None
+    with torch.random.fork_rng():
+        paths.append(plots.vae_vs_grf_figure(out_dir / "vae-vae-grf.png", vae=vae, vae_grf=vae_grf, images=images,
+                                             note=note))
+    return paths
