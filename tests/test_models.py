@@ -1,0 +1,280 @@
+"""Tests of every registered model through the public interface (models.MODEL_NAMES).
+
+Models are built at 32 px with the small settings of TINY_OVERRIDES so the whole file runs
+in seconds on a shared CPU. A model's engineer may edit its entry (e.g. fewer/narrower
+layers); the interface tests below must pass unchanged for every name in the registry.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import models
+from models.base import AnomalyModel
+from models.errors import ConfigError
+
+SIZE = 32  # px; every model's stride / patch divides it
+
+# Small settings per model, used by every test here. Keep the keys in sync with the registry.
+TINY_OVERRIDES: dict[str, dict] = {
+    "cae": {"widths": (8, 16, 32), "latent_dim": 32},
+    "vae": {"widths": (8, 16, 32), "latent_dim": 32},
+    "vit_vae": {"patch_size": 8, "dim": 32, "depth": 1, "decoder_depth": 1, "heads": 2},
+    "vae_grf": {"widths": (8, 16, 32), "latent_channels": 4},
+}
+
+
+def _build(name: str, in_channels: int = 3, **extra) -> AnomalyModel:
+    _skip_placeholder(name)
+    return models.build_model(name, image_size=SIZE, in_channels=in_channels, **{**TINY_OVERRIDES[name], **extra})
+
+
+def _skip_placeholder(name: str) -> None:
+    # Models land one by one (issue 3); a class that does not implement loss() yet is skipped.
+    if models.MODELS[name].loss is AnomalyModel.loss:
+        pytest.skip(f"{name} is still a placeholder")
+
+
+def _terms_are_finite_scalars(out: dict) -> None:
+    assert "loss" in out, f"loss() returned {sorted(out)} without 'loss'"
+    for key, value in out.items():
+        assert isinstance(value, torch.Tensor) and value.ndim == 0, f"term {key!r} is not a scalar tensor"
+        assert torch.isfinite(value), f"term {key!r} = {value}"
+
+
+def test_registry_names():
+    assert models.MODEL_NAMES == ("cae", "vae", "vit_vae", "vae_grf")
+    assert set(TINY_OVERRIDES) == set(models.MODEL_NAMES)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_shapes_finite_loss_and_map(name, in_channels):
+    torch.manual_seed(0)
+    model = _build(name, in_channels)
+    x = torch.rand(2, in_channels, SIZE, SIZE)
+    _terms_are_finite_scalars(model.loss(x))
+    model.eval()
+    with torch.no_grad():
+        x_hat = model.reconstruct(x)
+    assert x_hat.shape == x.shape and torch.isfinite(x_hat).all()
+    maps = model.anomaly_map(x)
+    assert maps.shape == (2, SIZE, SIZE) and maps.dtype == torch.float32
+    assert torch.isfinite(maps).all() and (maps >= 0).all()
+    scores = model.anomaly_score(x)
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = _build(name).train()
+    model.loss(torch.rand(4, 3, SIZE, SIZE))["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reaches {missing}"
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradient in {bad}"
+    zero = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.abs().sum() > 0]
+    assert not zero, f"gradient is exactly zero for {zero}"
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 0.5])
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_constant_images_stay_finite(name, value):
+    torch.manual_seed(0)
+    model = _build(name).train()
+    x = torch.full((4, 3, SIZE, SIZE), value)
+    out = model.loss(x)
+    _terms_are_finite_scalars(out)
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert torch.isfinite(model.anomaly_map(x)).all()
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_eval_is_deterministic_and_keeps_mode(name):
+    torch.manual_seed(0)
+    model = _build(name).train()
+    x = torch.rand(3, 3, SIZE, SIZE)
+    a, b = model.anomaly_map(x), model.anomaly_map(x)
+    assert torch.equal(a, b)
+    assert model.training, "anomaly_map must restore training mode"
+    # A batch of one gives the same map as inside a batch (no batch statistics at test time).
+    assert torch.allclose(model.anomaly_map(x[:1])[0], a[0], atol=1e-5)
+
+
+def _train(model: AnomalyModel, data: torch.Tensor, steps: int, *, lr: float = 3e-3, batch: int = 32) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(data), (batch,))
+        loss = model.loss(data[idx])["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_save_and_load_reproduce_maps(name, tmp_path):
+    torch.manual_seed(0)
+    model = _build(name)
+    x = smooth_images(16, 3, SIZE, torch.Generator().manual_seed(1))
+    _train(model, x, steps=3, batch=8)  # moves weights and BatchNorm statistics off their init
+    maps = model.anomaly_map(x)
+    path = tmp_path / "model.pt"
+    # The checkpoint format of CONTRACT/DESIGN (training.py owns the real save/load).
+    torch.save({"model": name, "config": model.config.to_dict(), "state_dict": model.state_dict(),
+                "row": None, "format": 1}, path)
+    ckpt = torch.load(path, weights_only=True)
+    config = json.loads(json.dumps(ckpt["config"]))  # also survives the JSON round trip of the CSV row
+    loaded = models.build_model(ckpt["model"], **config)
+    loaded.load_state_dict(ckpt["state_dict"])
+    assert loaded.config == model.config
+    assert torch.allclose(loaded.anomaly_map(x), maps, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_a_few_steps_lower_the_loss(name):
+    torch.manual_seed(0)
+    model = _build(name)
+    x = smooth_images(16, 3, SIZE, torch.Generator().manual_seed(2))
+
+    def loss_now() -> float:
+        torch.manual_seed(123)  # same reparameterisation noise before and after
+        with torch.no_grad():
+            return model.loss(x)["loss"].item()
+
+    model.train()
+    before = loss_now()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(8):
+        loss = model.loss(x)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = loss_now()
+    assert after < 0.9 * before, f"{name}: loss {before:.4g} -> {after:.4g} after 8 Adam steps"
+
+
+# ---------------------------------------------------------------- configuration errors
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ConfigError) as err:
+        models.build_model("resnet")
+    for name in models.MODEL_NAMES:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_unknown_override_lists_valid_settings(name):
+    with pytest.raises(ConfigError) as err:
+        models.build_model(name, image_size=SIZE, not_a_setting=1)
+    assert "not_a_setting" in str(err.value) and "image_size" in str(err.value)
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_bad_image_size_and_channels(name):
+    _skip_placeholder(name)
+    with pytest.raises(ConfigError, match="image_size"):
+        models.build_model(name, image_size=33, **TINY_OVERRIDES[name])
+    with pytest.raises(ConfigError, match="in_channels"):
+        models.build_model(name, image_size=SIZE, in_channels=2, **TINY_OVERRIDES[name])
+
+
+@pytest.mark.parametrize("name", ["cae", "vae"])
+def test_conv_config_errors_name_valid_values(name):
+    with pytest.raises(ConfigError) as err:
+        models.build_model(name, image_size=100)  # default widths: stride 16
+    msg = str(err.value)
+    assert "multiple of 16" in msg and "128" in msg and "widths" in msg
+    with pytest.raises(ConfigError, match="widths"):
+        models.build_model(name, image_size=64, widths=())
+    with pytest.raises(ConfigError, match="latent_dim"):
+        models.build_model(name, image_size=64, latent_dim=0)
+    for size in (64, 128, 256):  # the sizes the issue asks for, with default settings
+        models.model_config(name, image_size=size)
+
+
+def test_vae_loss_weighting_and_bounded_logvar():
+    torch.manual_seed(0)
+    model = _build("vae", beta=0.0).eval()
+    x = torch.rand(2, 3, SIZE, SIZE)
+    out = model.loss(x)
+    assert torch.allclose(out["loss"], out["recon"])  # beta = 0: a deterministic autoencoder in eval
+    x_hat = model.reconstruct(x)
+    assert torch.allclose(out["recon"], (x_hat - x).pow(2).sum(dim=(1, 2, 3)).mean(), rtol=1e-5)
+    model.config.beta = 0.5
+    out = model.loss(x)
+    assert torch.allclose(out["loss"], out["recon"] + 0.5 * out["kl"], rtol=1e-5)
+    assert out["kl"] >= 0
+    # Whatever the encoder outputs, the log-variance stays inside its bounds.
+    with torch.no_grad():
+        for p in model.to_latent.parameters():
+            p.mul_(1e4)
+        mu, logvar = model.encode(x * 100)
+    assert logvar.abs().max() <= models.vae.LOGVAR_LIMIT and torch.isfinite(mu).all()
+    assert torch.allclose(models.vae.gaussian_kl(torch.zeros(2, 5), torch.zeros(2, 5)), torch.zeros(2))
+
+
+# ---------------------------------------------------------------- detection sanity check
+
+
+def smooth_images(n: int, channels: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, C, S, S) smooth 'normal' images in [0.05, 0.75]: a random linear gradient plus two
+    soft Gaussian blobs, a slightly different tint per channel."""
+    t = torch.linspace(0, 1, size)
+    yy, xx = torch.meshgrid(t, t, indexing="ij")  # (S, S)
+
+    def u(*shape, lo=0.0, hi=1.0):
+        return lo + (hi - lo) * torch.rand(*shape, generator=gen)
+
+    img = 0.4 + 0.25 * (u(n, 1, 1, lo=-1) * (xx - 0.5) + u(n, 1, 1, lo=-1) * (yy - 0.5))  # (n, S, S)
+    for _ in range(2):
+        cy, cx, w, a = u(n, 1, 1), u(n, 1, 1), u(n, 1, 1, lo=0.15, hi=0.35), u(n, 1, 1, lo=-0.15, hi=0.15)
+        img = img + a * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * w**2))
+    tint = u(n, channels, 1, 1, lo=0.85, hi=1.0)
+    return (img.unsqueeze(1) * tint).clamp(0.05, 0.75)  # (n, C, S, S)
+
+
+def add_bright_patch(images: torch.Tensor, gen: torch.Generator, side: int = 6) -> torch.Tensor:
+    """A copy of ``images`` with one bright square (value 1) per image at a random place."""
+    out = images.clone()
+    size = images.shape[-1]
+    for i in range(len(out)):
+        y, x = torch.randint(2, size - side - 2, (2,), generator=gen).tolist()
+        out[i, :, y : y + side, x : x + side] = 1.0
+    return out
+
+
+def test_detection_task_is_not_trivial():
+    """The check below means something: the raw images alone do not separate the classes by
+    their mean (what a constant reconstruction would score), and an inverted score fails."""
+    gen = torch.Generator().manual_seed(0)
+    normal = smooth_images(64, 3, SIZE, gen)
+    defect = add_bright_patch(smooth_images(64, 3, SIZE, gen), gen)
+    labels = [0] * 64 + [1] * 64
+    scores = torch.cat([normal, defect]).flatten(1).mean(1)
+    assert roc_auc_score(labels, scores) < 0.95  # ... brightness alone is not a perfect detector
+    assert roc_auc_score(labels, -scores) < 0.9  # an inverted score fails the 0.9 bar
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_detection_sanity(name):
+    """After a short training on normal images, defective ones score higher (AUROC > 0.9).
+    An inverted score would give AUROC < 0.1 and a constant one 0.5, so both fail."""
+    torch.manual_seed(0)
+    model = _build(name)
+    gen = torch.Generator().manual_seed(0)
+    train = smooth_images(256, 3, SIZE, gen)
+    _train(model, train, steps=150)
+    normal = smooth_images(32, 3, SIZE, gen)
+    defect = add_bright_patch(smooth_images(32, 3, SIZE, gen), gen)
+    scores = model.anomaly_score(torch.cat([normal, defect]))
+    assert torch.isfinite(scores).all() and scores.std() > 0
+    auroc = roc_auc_score([0] * 32 + [1] * 32, scores.numpy())
+    assert auroc > 0.9 and not math.isnan(auroc), f"{name}: image AUROC {auroc:.3f} after short training"
