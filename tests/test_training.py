@@ -90,6 +90,7 @@ def test_non_finite_loss_names_model_category_and_epoch(monkeypatch):
         fit(m, fake_ds(10), None, cfg(epochs=3))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     seed_everything(0)
     m = tiny_cae()
