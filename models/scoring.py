@@ -32,14 +32,19 @@ def _gaussian_kernel1d(sigma: float, device, dtype) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a (B, C, H, W) tensor per channel, reflect padding."""
+    """Separable Gaussian blur of a (B, C, H, W) tensor per channel, symmetric padding."""
     if sigma <= 0:
         return x
     k = _gaussian_kernel1d(sigma, x.device, x.dtype)
     c, r = x.shape[1], k.numel() // 2
-    # Reflect padding needs pad < size; fall back to replicate for tiny maps.
-    mode = "reflect" if r < min(x.shape[-2:]) else "replicate"
-    x = F.pad(x, (r, r, r, r), mode=mode)
+    if r <= min(x.shape[-2:]):
+        # Half-sample symmetric padding (scipy.ndimage's "reflect": the edge pixel is repeated).
+        # With a symmetric kernel it preserves the map's total exactly, so a residual at the
+        # border is not inflated; torch's "reflect" mode counts the pixel next to the edge twice.
+        x = torch.cat([x[..., :r, :].flip(-2), x, x[..., -r:, :].flip(-2)], dim=-2)
+        x = torch.cat([x[..., :r].flip(-1), x, x[..., -r:].flip(-1)], dim=-1)
+    else:  # map smaller than the kernel radius
+        x = F.pad(x, (r, r, r, r), mode="replicate")
     x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return x
