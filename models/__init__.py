@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import grf, scoring
+from . import grf, scoring, variational
 from .base import AnomalyModel, ModelConfig
 from .cae import CAE
 from .errors import CheckpointError, ConfigError, DatasetError, UserError

@@ -26,9 +26,8 @@ MSE 0.021, 10x the CAE's 0.0013); beta = 0.1 still blurry (MSE 0.010); beta <= 0
 all 128 dimensions in use (KL 110-310 nats) at MSE 0.0022-0.0028; a per-pixel-mean recon with beta scaled by 1/(C H W) would be the same loss
 but with a beta that must change with every image size.
 
-Numerics: the log-variance is squashed smoothly into [-LOGVAR_LIMIT, LOGVAR_LIMIT] with a
-tanh, so exp() cannot overflow and sigma cannot reach 0 (log 0), and gradients never vanish
-as with a hard clamp. Constant, black or white images give finite losses.
+The loss itself and the bounded log-variance are shared with the other VAEs
+(``variational.py``).
 """
 from __future__ import annotations
 
@@ -36,12 +35,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import AnomalyModel, ModelConfig
+from .base import ModelConfig
 from .errors import ConfigError
 from .layers import ConvDecoder, ConvEncoder, MapToVector, VectorToMap, check_conv_size
-
-LOGVAR_LIMIT = 10.0  # |log sigma^2| <= 10: sigma in [0.0067, 148]
-
+from .variational import VariationalModel, bound_logvar
 
 @dataclass(kw_only=True)
 class VAEConfig(ModelConfig):
@@ -65,12 +62,7 @@ class VAEConfig(ModelConfig):
             raise ConfigError(f"vae: beta must be >= 0, got {self.beta}.")
 
 
-def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag exp(logvar)) || N(0, I)) summed over the latent dims: (B, D) -> (B,)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
-
-
-class VAE(AnomalyModel):
+class VAE(VariationalModel):
     """VAE with a dense latent vector; reconstruct() decodes the posterior mean."""
 
     config_class = VAEConfig
@@ -88,23 +80,7 @@ class VAE(AnomalyModel):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> mean and log-variance of q(z|x), each (B, latent_dim), float32."""
         mu, raw = self.to_latent(self.encoder(x)).float().chunk(2, dim=1)  # 2 x (B, latent_dim)
-        logvar = LOGVAR_LIMIT * torch.tanh(raw / LOGVAR_LIMIT)  # smooth clamp to [-10, 10]
-        return mu, logvar
+        return mu, bound_logvar(raw)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.from_latent(z))  # (B, C, H, W) in [0, 1]
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        mu, _ = self.encode(x)
-        return self.decode(mu)
-
-    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Negative ELBO (see module docstring). In eval mode z = mu, so the validation loss
-        is deterministic; the KL term is exact either way."""
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        x_hat = self.decode(z)
-        recon = (x_hat.float() - x.float()).pow(2).flatten(1).sum(dim=1).mean()  # summed per image
-        kl = gaussian_kl(mu, logvar).mean()
-        loss = recon + self.config.beta * kl
-        return {"loss": loss, "recon": recon.detach(), "kl": kl.detach()}

@@ -25,13 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import AnomalyModel, ModelConfig
+from .base import ModelConfig
 from .errors import ConfigError
 from .grf import KERNELS, GRFPrior
 from .layers import ConvDecoder, ConvEncoder, check_conv_size
-
-LOGVAR_LIMIT = 10.0  # |log sigma^2| <= 10, the same smooth clamp as vae.py
-
+from .variational import VariationalModel, bound_logvar
 
 @dataclass(kw_only=True)
 class VAEGRFConfig(ModelConfig):
@@ -78,7 +76,7 @@ class VAEGRFConfig(ModelConfig):
             )
 
 
-class VAEGRF(AnomalyModel):
+class VAEGRF(VariationalModel):
     """Map-latent VAE with a GRF prior; reconstruct() decodes the posterior mean."""
 
     config_class = VAEGRFConfig
@@ -103,25 +101,16 @@ class VAEGRF(AnomalyModel):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C_in, H, W) -> mean and log-variance of q(z|x), each (B, latent_channels, h, w), float32."""
         mu, raw = self.to_latent(self.encoder(x)).float().chunk(2, dim=1)  # 2 x (B, C, h, w)
-        logvar = LOGVAR_LIMIT * torch.tanh(raw / LOGVAR_LIMIT)  # smooth clamp to [-10, 10]
-        return mu, logvar
+        return mu, bound_logvar(raw)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.from_latent(z))  # (B, C_in, H, W) in [0, 1]
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        mu, _ = self.encode(x)
-        return self.decode(mu)
+    def kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return self.prior.kl(mu, logvar)  # (B,), summed over channels and sites
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Negative ELBO with the GRF prior (module docstring); eval mode uses z = mu."""
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        x_hat = self.decode(z)
-        recon = (x_hat.float() - x.float()).pow(2).flatten(1).sum(dim=1).mean()  # summed per image
-        kl = self.prior.kl(mu, logvar).mean()  # (B,) -> scalar, summed over channels and sites
-        loss = recon + self.config.beta * kl
-        out = {"loss": loss, "recon": recon.detach(), "kl": kl.detach()}
+        out = super().loss(x)
         if self.config.learn_rho:
             out["rho"] = self.prior.rho.detach()
         return out

@@ -26,11 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import AnomalyModel, ModelConfig
+from .base import ModelConfig
 from .errors import ConfigError
-
-LOGVAR_LIMIT = 10.0  # |log sigma^2| <= 10, the same smooth clamp as vae.py
-
+from .variational import VariationalModel, bound_logvar
 
 @dataclass(kw_only=True)
 class ViTVAEConfig(ModelConfig):
@@ -94,7 +92,7 @@ def _transformer(c: ViTVAEConfig, depth: int) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(layer, num_layers=depth, norm=nn.LayerNorm(c.dim), enable_nested_tensor=False)
 
 
-class ViTVAE(AnomalyModel):
+class ViTVAE(VariationalModel):
     """Transformer VAE over patches with a per-token latent; reconstruct() decodes the mean."""
 
     config_class = ViTVAEConfig
@@ -125,8 +123,7 @@ class ViTVAE(AnomalyModel):
         )
         tokens = self.embed(patchify(x, c.patch_size)) + self.pos_enc  # (B, N, dim)
         mu, raw = self.to_latent(self.encoder(tokens)).float().chunk(2, dim=-1)  # 2 x (B, N, latent_dim)
-        logvar = LOGVAR_LIMIT * torch.tanh(raw / LOGVAR_LIMIT)  # smooth clamp to [-10, 10]
-        return mu, logvar
+        return mu, bound_logvar(raw)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, N, latent_dim) -> (B, C, H, W) in [0, 1]."""
@@ -134,17 +131,3 @@ class ViTVAE(AnomalyModel):
         h = self.decoder(self.from_latent(z) + self.pos_dec)  # (B, N, dim)
         patches = self.to_pixels(h).sigmoid()  # (B, N, p*p*C)
         return unpatchify(patches, c.patch_size, c.in_channels, c.image_size, c.image_size)
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        mu, _ = self.encode(x)
-        return self.decode(mu)
-
-    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Negative ELBO (module docstring); eval mode uses z = mu."""
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        x_hat = self.decode(z)
-        recon = (x_hat.float() - x.float()).pow(2).flatten(1).sum(dim=1).mean()  # summed per image
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2)).mean()  # summed per image
-        loss = recon + self.config.beta * kl
-        return {"loss": loss, "recon": recon.detach(), "kl": kl.detach()}
