@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .augment import AUGMENTATIONS, augment_batch
 from .errors import CheckpointError, ConfigError, DatasetError, TrainingError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -56,6 +57,7 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format for conv models, on CUDA only
     compile: bool = False  # torch.compile the loss (slow first epoch; worth it on long GPU runs)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
+    augment: str = "none"  # per-batch random symmetries (models/augment.py): "none", "flip", "dihedral" (textures)
     progress: bool = True  # tqdm bar per job (epoch, loss)
 
     # Fields that do not change the trained model or its scores: left out of config_hash.
@@ -79,6 +81,8 @@ class TrainConfig:
             bad(f"device {self.device!r} is unknown; valid: {', '.join(DEVICES)}")
         if not isinstance(self.num_threads, int) or self.num_threads < 0:
             bad(f"num_threads must be a whole number >= 0, got {self.num_threads!r}")
+        if self.augment not in AUGMENTATIONS:
+            bad(f"augment {self.augment!r} is unknown; valid: {', '.join(AUGMENTATIONS)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -241,6 +245,7 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
             for idx in batch_indices(n, batch_size, generator):
                 t0 = time.perf_counter()
                 x = source.batch(idx)
+                x = augment_batch(x, cfg.augment)  # a no-op for "none"
                 history["data_seconds"] += time.perf_counter() - t0
                 with _autocast(device, cfg.amp):
                     out = loss_fn(x)
