@@ -40,6 +40,8 @@ MARKER_FILE = "DATASET.json"  # written by synthetic.py at the root of the demo 
 SPLITS = ("train", "val", "test")
 DECODE_VERSION = 1  # bump when decoding changes: invalidates on-disk caches
 MEMORY_CACHE_LIMIT = 4 * 1024**3  # bytes of decoded arrays kept across datasets (LRU)
+HUGE_PIXELS = 4096 * 4096  # larger images are box-reduced while decoding (memory); smaller are decoded as they are
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")  # Image.reduce refuses P, 1 and I;16
 
 _HOW_TO_GET_DATA = (
     "put MVTec AD in ./mvtec_anomaly_detection or pass --data-root DIR, "
@@ -153,20 +155,41 @@ def _find_mask(category_dir: Path, defect: str, image: Path) -> Path | None:
 # --------------------------------------------------------------------------- decoding
 
 
-def _open(path: Path) -> Image.Image:
-    """The loaded PIL image at ``path``, upright (EXIF orientation applied); DatasetError naming it if unreadable."""
+def _open(path: Path, reduce_to: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """(the loaded PIL image at ``path``, upright (EXIF orientation applied), its full (width, height));
+    DatasetError naming the file if it is unreadable.
+
+    With ``reduce_to``, an image of over ``HUGE_PIXELS`` is shrunk while it is decoded (JPEG
+    ``draft``) or right after (``Image.reduce``, a box filter) to no less than twice
+    ``reduce_to`` px, so a 5000 x 5000 photo never exists as several full-size copies.
+    Images of MVTec's size (<= 1024 px) are untouched.
+    """
     try:
         if path.stat().st_size == 0:
             raise DatasetError(f"image file {path} is empty (0 bytes); replace or remove it.")
-        im = Image.open(path)
+        im = Image.open(path)  # reads the header only; PIL refuses decompression bombs here
+        size = im.size
+        huge = reduce_to is not None and im.width * im.height > HUGE_PIXELS
+        if huge and im.format == "JPEG":
+            im.draft(im.mode, (2 * reduce_to, 2 * reduce_to))  # decode at 1/2, 1/4 or 1/8 scale
         im.load()  # decode now: truncated or corrupt files fail here, not later
-        if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation (phone photos): show it as viewers do
+        orientation = im.getexif().get(0x0112, 1)
+        if orientation != 1:  # EXIF orientation (phone photos): show it as viewers do
             im = ImageOps.exif_transpose(im)
-        return im
+            size = size[::-1] if orientation in (5, 6, 7, 8) else size  # quarter turns swap width and height
+        factor = min(im.size) // (2 * reduce_to) if huge else 1
+        if factor >= 2 and im.mode in _REDUCIBLE_MODES:
+            im = im.reduce(factor)
+        return im, size
     except DatasetError:
         raise
     except UnidentifiedImageError:
         raise DatasetError(f"{path} is not an image file PIL can read; replace or remove it.") from None
+    except Image.DecompressionBombError as e:
+        raise DatasetError(
+            f"image {path} is too large to decode safely ({str(e).rstrip('.')}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+            "if you trust the file."
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise DatasetError(f"cannot read image {path} ({e}); the file is damaged or truncated, replace or remove it.") from None
 
@@ -216,8 +239,7 @@ def _to_array(im: Image.Image) -> np.ndarray:
 
 def _decode_image(path: Path, image_size: int, in_channels: int) -> tuple[np.ndarray, tuple[int, int]]:
     """(uint8 (C, S, S) image, original (width, height)); antialiased bilinear resize (PIL)."""
-    im = _open(path)
-    original_size = im.size
+    im, original_size = _open(path, reduce_to=image_size)
     a = _to_array(im)
     pil = Image.fromarray(a)
     if in_channels == 1 and a.ndim == 3:
@@ -239,8 +261,7 @@ def _decode_mask(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, in
     pixels near black or near white) are thresholded at half their maximum. Anything else
     (over a quarter of the pixels grey, e.g. a photo saved as a mask) is an error.
     """
-    im = _open(path)
-    original_size = im.size
+    im, original_size = _open(path)
     a = _to_array(im)
     if a.ndim == 3:
         a = a.max(axis=2)  # a coloured mask: any non-black channel marks the defect
