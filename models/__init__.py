@@ -12,6 +12,9 @@ Public interface (a contract, see DESIGN.md section 2)::
 from __future__ import annotations
 
 import dataclasses
+import numbers
+
+import numpy as np
 
 from . import grf, scoring, variational
 from .base import AnomalyModel, ModelConfig
@@ -39,9 +42,38 @@ def model_config(name: str, image_size: int = 128, in_channels: int = 3, **overr
         raise ConfigError(
             f"{name} has no setting {', '.join(map(repr, unknown))}; valid settings: {', '.join(sorted(fields))}."
         )
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
+    for key, value in {"image_size": image_size, "in_channels": in_channels, **overrides}.items():
+        _check_type(name, key, value, defaults[key])
     config = config_class(image_size=image_size, in_channels=in_channels, **overrides)
     config.validate()
     return config
+
+
+def _check_type(name: str, key: str, value, default) -> None:
+    """A value of the wrong kind (1.5 for a layer count, text for a tuple) fails here, in one
+    sentence, rather than deep inside the model; the default's type says what is expected."""
+
+    def fits(v, d) -> bool:  # numbers.* also admit numpy scalars (e.g. a value read from the CSV)
+        if isinstance(d, bool):
+            return isinstance(v, (bool, np.bool_))
+        if isinstance(d, numbers.Integral):
+            return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+        if isinstance(d, numbers.Real):
+            return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+        if isinstance(d, str):
+            return isinstance(v, str)
+        if isinstance(d, tuple):  # a checkpoint's JSON-like config stores tuples as lists
+            return isinstance(v, (tuple, list)) and (not d or all(fits(x, d[0]) for x in v))
+        return True  # None or a default_factory: the config's validate() decides
+
+    def kind(d) -> str:
+        if isinstance(d, tuple):
+            return "a list" + (f" of {kind(d[0]).removeprefix('a ')}s" if d else "")
+        return {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}.get(type(d), type(d).__name__)
+
+    if not fits(value, default):
+        raise ConfigError(f"{name}: {key} must be {kind(default)} (default {default!r}), got {value!r}.")
 
 
 def build_model(name: str, image_size: int = 128, in_channels: int = 3, **overrides) -> AnomalyModel:
