@@ -188,6 +188,11 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file the system refused (disk full, not a folder, permissions): not a bug of ours
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"error: cannot access{where} ({e.strerror or e}); check the path, its permissions and the free disk space.",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         csv = getattr(args, "results_csv", None)
         kept = f"; finished rows are kept in {csv}, run the same command to resume" if args.command == "run" else ""
