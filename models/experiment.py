@@ -21,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import glob
 import hashlib
 import json
 import math
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -39,7 +41,7 @@ import pandas as pd
 import torch
 
 from . import metrics, mvtec, scoring
-from .errors import ConfigError, DatasetError, UserError
+from .errors import ConfigError, DatasetError, TrainingError, UserError
 from .training import (BatchSource, TrainConfig, _autocast, batch_indices, fit, has_conv, resolve_device,
                        save_checkpoint, seed_everything)
 
@@ -208,6 +210,9 @@ def run_job(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=D
         test_maps, test_scores = score_split(model, data.test, batch_size=history["batch_size"], device=device, amp=cfg.amp)
         score_seconds = time.perf_counter() - t0
         _, val_scores = score_split(model, data.val, batch_size=history["batch_size"], device=device, amp=cfg.amp)
+        if not (torch.isfinite(test_maps).all() and torch.isfinite(val_scores).all()):
+            raise TrainingError(f"{desc}: the trained model gives NaN or infinite anomaly maps (training diverged "
+                                f"in its last steps); lower the learning rate (now {cfg.lr:g}) or keep gradient clipping on.")
 
         t0 = time.perf_counter()
         labels = data.test.labels.numpy()
@@ -316,7 +321,7 @@ def _read_text_table(csv: Path) -> pd.DataFrame:
         raise _unreadable(csv, e.strerror or type(e).__name__) from None
     missing = [c for c in KEY_COLUMNS if c not in df.columns]
     if missing:
-        raise _unreadable(csv, f"it has no {', '.join(missing)} column; it is not a results table")
+        raise _unreadable(csv, f"it has no {', '.join(missing)} column, so it is not a results table of this version")
     return df
 
 
@@ -369,6 +374,10 @@ def _atomic_write_csv(df: pd.DataFrame, csv: Path) -> None:
         mode = csv.stat().st_mode & 0o777 if csv.exists() else 0o666 & ~_umask()
         os.chmod(tmp, mode)  # mkstemp makes 0600; keep the old file's permissions
         os.replace(tmp, csv)
+    except OSError as e:  # disk full, quota, file size limit: the old file was never touched
+        Path(tmp).unlink(missing_ok=True)
+        raise ResultsError(f"cannot write results to {str(csv)!r} ({e.strerror or e}); the file was left as it was: "
+                           f"free disk space or pass another --results-csv.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -386,7 +395,8 @@ def check_writable(csv) -> Path:
     try:
         csv.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ResultsError(f"cannot create the results folder {str(csv.parent)!r} ({e.strerror}); pass another --results-csv.") from None
+        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise ResultsError(f"cannot create the results folder {str(csv.parent)!r} ({why}); pass another --results-csv.") from None
     if csv.exists():
         _read_text_table(csv)
         if not os.access(csv, os.W_OK):
@@ -396,11 +406,23 @@ def check_writable(csv) -> Path:
     return csv
 
 
+def _remove_orphan_temps(csv: Path) -> None:
+    """Delete temp files of this CSV left by a writer killed mid-write. Called under the lock:
+    writers create temp files only while holding it, so any found now is an orphan."""
+    if fcntl is None:  # pragma: no cover - no lock, no certainty
+        return
+    name = re.compile(rf"\.{re.escape(csv.name)}\.[a-z0-9_]{{8}}\.tmp")  # mkstemp's 8 random characters
+    for p in csv.parent.glob(f".{glob.escape(csv.name)}.*.tmp"):
+        if name.fullmatch(p.name):
+            p.unlink(missing_ok=True)
+
+
 def append_row(csv, row: dict, *, replace: bool = False) -> bool:
     """Add ``row`` to the CSV atomically, under the lock; False if its key is already there
     (written meanwhile by another run) and ``replace`` is off. Other rows keep their exact text."""
     csv = Path(csv)
     with _locked(csv):
+        _remove_orphan_temps(csv)
         table = _read_text_table(csv) if csv.exists() else pd.DataFrame(columns=list(COLUMNS))
         key = [str(row[k]) for k in KEY_COLUMNS]
         present = (table[list(KEY_COLUMNS)] == key).all(axis=1) if len(table) else pd.Series([], dtype=bool)
@@ -434,6 +456,10 @@ def make_specs(data_root, categories=None, models=None, *, image_size: int = 128
     for name in set(names) | set(overrides):
         if name not in MODEL_NAMES:
             raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}.")
+        for key in ("image_size", "in_channels"):
+            if key in overrides.get(name, {}):
+                raise ConfigError(f"{name}.{key} cannot be overridden per model; the grid sets {key} for all models "
+                                  f"(--image-size on the command line).")
     dataset = mvtec.dataset_name(data_root)
     train = train or TrainConfig()
     specs = [JobSpec(data_root=data_root, category=c, model=m, dataset=dataset, image_size=image_size, train=train,
@@ -470,6 +496,13 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = 128, 
     keys = [s.key() for s in specs]
     todo = [(s, k) for s, k in zip(specs, keys) if force or k not in done]
     log(f"{len(specs)} job(s): {len(specs) - len(todo)} already in {csv}, {len(todo)} to run.")
+    if todo and checkpoint_dir is not None:
+        try:
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
+            raise ResultsError(f"cannot create the checkpoint folder {str(checkpoint_dir)!r} ({why}); "
+                               f"pass another --checkpoint-dir.") from None
 
     failures: list[dict] = []
     data, data_category, data_error = None, None, None

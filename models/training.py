@@ -310,7 +310,12 @@ def _json_norm(d: dict) -> dict:
 def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_config: TrainConfig | None = None) -> Path:
     """Write {format, model, config, state_dict, row, train_config} atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise CheckpointError(f"cannot create the checkpoint folder {str(path.parent)!r} ({why}); "
+                              "pass another --checkpoint-dir.") from None
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": name,
@@ -319,7 +324,11 @@ def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_co
         "row": _plain(row) if row is not None else None,
         "train_config": train_config.to_dict() if train_config is not None else None,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write a checkpoint in {str(path.parent)!r} ({e.strerror}); "
+                              "make the folder writable or pass another --checkpoint-dir.") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -327,6 +336,11 @@ def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_co
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is shared like any file
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # disk full or file size limit (torch.save's zip writer raises RuntimeError)
+        Path(tmp).unlink(missing_ok=True)
+        why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot write the checkpoint {str(path)!r} ({why}); "
+                              "free disk space or pass another --checkpoint-dir.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
