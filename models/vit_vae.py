@@ -1,26 +1,36 @@
-"""ViT-VAE: a variational autoencoder whose encoder and decoder are vision transformers.
+"""ViT-VAE: a variational autoencoder with a vision-transformer encoder and a per-token latent.
 
-The image is cut into non-overlapping p x p patches (8 px at 128 -> 16 x 16 = 256 tokens),
-each flattened (channel-agnostic: p*p*C values) and linearly embedded, plus a learned position
-embedding (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021). Pre-norm
-self-attention blocks (``nn.TransformerEncoderLayer(norm_first=True)``) encode the tokens; a
-linear head gives, PER TOKEN, the mean and log-variance of a small latent (latent_dim values
-per patch, so the latent is a grid like VAE-GRF's map). z = mu + sigma * eps is decoded by a
-second, shallower transformer (its own position embedding) and a linear map back to patch
-pixels, then a sigmoid.
+The image is cut into non-overlapping p x p patches (16 px at 128 -> 8 x 8 = 64 tokens),
+each flattened (channel-agnostic: p*p*C values) and linearly embedded, plus a position
+embedding (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021), initialised to
+the fixed 2-D sin-cos table of MAE (He et al., CVPR 2022) and then learned: with a few
+hundred training steps a random table would first have to learn where each token is.
+Pre-norm self-attention blocks (``nn.TransformerEncoderLayer(norm_first=True)``, whose
+attention runs through ``scaled_dot_product_attention``) encode the tokens; a linear head
+gives, PER TOKEN, the mean and log-variance of a small latent, so the latent is a
+(latent_dim, H/p, W/p) grid like VAE-GRF's map. z = mu + sigma * eps is decoded by
 
-Loss, weighted exactly as ``models/vae.py`` so the models are comparable::
+- ``decoder="conv"`` (default): the latent grid, optionally mixed by ``decoder_depth``
+  transformer blocks, is upsampled by log2(p) transposed-convolution stages to pixels
+  (the CNN models' decoder). Neighbouring patches share kernels, so there are no seams at
+  patch borders and fine texture is rebuilt by convolution, not by one linear map per patch;
+- ``decoder="linear"``: ``decoder_depth`` transformer blocks and a linear map back to patch
+  pixels (the symmetric ViT-VAE; blocky, see bench/README.md "ViT-VAE").
+
+Loss, weighted exactly as the other VAEs (``variational.py``) so the models are comparable::
 
     recon = sum_{c,h,w} (x - x_hat)^2                          per image, batch mean
     kl    = sum_{tokens, j} 1/2 (mu^2 + sigma^2 - 1 - log sigma^2)    KL(q || N(0, I))
     loss  = recon + beta * kl
 
 (negative ELBO of a Gaussian decoder with pixel variance beta / 2; Kingma & Welling 2014).
-The small per-token latent_dim is the bottleneck: it must be narrow enough that a defect
-patch cannot be copied through, and the KL prices every nat that goes through it.
+The per-token latent_dim is the bottleneck (16 values for 768 pixel values of an RGB
+16-px patch): narrow enough that a defect cannot be copied through, and the KL prices
+every nat that goes through it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,25 +38,36 @@ from torch import nn
 
 from .base import ModelConfig
 from .errors import ConfigError
+from .layers import up_block
 from .variational import VariationalModel, bound_logvar
+
+DECODERS = ("conv", "linear")
+
 
 @dataclass(kw_only=True)
 class ViTVAEConfig(ModelConfig):
-    patch_size: int = 8  # px per patch side; image_size must be a multiple (128 -> 256 tokens)
-    dim: int = 192  # token width
+    patch_size: int = 16  # px per patch side; image_size must be a multiple (128 -> 64 tokens)
+    dim: int = 128  # token width
     depth: int = 4  # encoder blocks
-    decoder_depth: int = 2  # decoder blocks (reconstruction needs less than encoding)
-    heads: int = 4  # attention heads; dim must be divisible by heads (192 / 4 = 48 per head)
-    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * dim
+    heads: int = 4  # attention heads; dim must be divisible by heads (128 / 4 = 32 per head)
+    mlp_ratio: float = 2.0  # MLP hidden width = mlp_ratio * dim
     dropout: float = 0.0  # no dropout: small data, few epochs, and eval must match training
-    latent_dim: int = 8  # latent values per token (8 x 256 tokens = 2048 at 128 px)
+    latent_dim: int = 16  # latent values per token (16 x 64 tokens = 1024 at 128 px)
+    decoder: str = "conv"  # "conv": transposed convs from the token grid; "linear": patch head
+    decoder_depth: int = 0  # transformer blocks before the decoder head (>= 1 for "linear")
+    decoder_width: int = 128  # conv decoder: channels of its first stage, halved per stage (>= 16)
     beta: float = 0.005  # KL weight against the summed squared error, as vae.py
+    # Initial bias of the raw log-variance head. 0 starts every posterior at sigma ~ 1, noise
+    # that drowns the latent mean early on, so the decoder first learns to ignore z; -5 starts
+    # nearly deterministic (sigma ~ 0.1) and the KL widens it where it can. Measured: lower
+    # train MSE after 120 steps, detection within noise (bench/README.md, "ViT-VAE").
+    logvar_init: float = -5.0
 
     def validate(self) -> None:
         super().validate()
         p = self.patch_size
-        if p < 1:
-            raise ConfigError(f"vit_vae: patch_size must be a positive integer, got {p}.")
+        if not isinstance(p, int) or p < 1:
+            raise ConfigError(f"vit_vae: patch_size must be a positive integer, got {p!r}.")
         if self.image_size % p:
             lower = max(p, self.image_size // p * p)
             raise ConfigError(
@@ -55,10 +76,24 @@ class ViTVAEConfig(ModelConfig):
             )
         if self.dim < 1 or self.heads < 1 or self.dim % self.heads:
             raise ConfigError(f"vit_vae: dim ({self.dim}) must be a positive multiple of heads ({self.heads}).")
-        if self.depth < 1 or self.decoder_depth < 1:
-            raise ConfigError(f"vit_vae: depth and decoder_depth must be >= 1, got {self.depth} and {self.decoder_depth}.")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"vit_vae: decoder {self.decoder!r} is unknown; valid: {', '.join(DECODERS)}.")
+        if self.depth < 1 or self.decoder_depth < 0 or (self.decoder == "linear" and self.decoder_depth < 1):
+            raise ConfigError(
+                f"vit_vae: need depth >= 1 and decoder_depth >= 0 (>= 1 with decoder='linear'), "
+                f"got {self.depth} and {self.decoder_depth}."
+            )
+        if self.decoder == "conv" and p & (p - 1):
+            raise ConfigError(
+                f"vit_vae: the conv decoder upsamples by 2 per stage, so patch_size must be a power of 2, "
+                f"got {p}; use 8 or 16, or decoder='linear'."
+            )
+        if self.decoder == "conv" and self.decoder_width < 16:
+            raise ConfigError(f"vit_vae: decoder_width must be >= 16, got {self.decoder_width}.")
         if self.latent_dim < 1:
             raise ConfigError(f"vit_vae: latent_dim must be a positive integer, got {self.latent_dim}.")
+        if not abs(self.logvar_init) <= 10:  # also rejects NaN
+            raise ConfigError(f"vit_vae: logvar_init must be in [-10, 10] (the log-variance bound), got {self.logvar_init}.")
         if not self.beta >= 0 or not self.mlp_ratio > 0 or not 0 <= self.dropout < 1:
             raise ConfigError(
                 f"vit_vae: need beta >= 0, mlp_ratio > 0 and dropout in [0, 1), got "
@@ -82,6 +117,22 @@ def unpatchify(tokens: torch.Tensor, p: int, channels: int, height: int, width: 
     return x.reshape(b, channels, height, width)  # (B, C, H, W)
 
 
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos position table -> (side*side, dim), rows in patchify order.
+
+    Half the channels encode the row, half the column, each as sin/cos at geometric
+    frequencies 1 / 10000^(k / (dim/4)); channels beyond a multiple of 4 stay 0.
+    """
+    q = dim // 4
+    freq = 1.0 / 10000 ** (torch.arange(q, dtype=torch.float32) / max(q, 1))  # (q,)
+    pos = torch.arange(side, dtype=torch.float32)
+    rows, cols = torch.meshgrid(pos, pos, indexing="ij")  # (side, side) each
+    parts = [f(t.reshape(-1, 1) * freq) for t in (rows, cols) for f in (torch.sin, torch.cos)]
+    table = torch.zeros(side * side, dim)
+    table[:, : 4 * q] = torch.cat(parts, dim=1)  # (N, 4q)
+    return table
+
+
 def _transformer(c: ViTVAEConfig, depth: int) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(
         d_model=c.dim, nhead=c.heads, dim_feedforward=int(c.mlp_ratio * c.dim), dropout=c.dropout,
@@ -92,8 +143,24 @@ def _transformer(c: ViTVAEConfig, depth: int) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(layer, num_layers=depth, norm=nn.LayerNorm(c.dim), enable_nested_tensor=False)
 
 
+def conv_head(*, dim: int, out_channels: int, patch_size: int, width: int) -> nn.Sequential:
+    """(B, dim, H/p, W/p) token grid -> (B, out_channels, H, W) in [0, 1] by log2(p) x2 stages.
+
+    A 3x3 conv first mixes neighbouring tokens; stage i has max(16, width / 2^i) channels.
+    """
+    stages = int(math.log2(patch_size))
+    chans = [max(16, width >> i) for i in range(stages)] or [width]
+    layers: list[nn.Module] = [nn.Conv2d(dim, chans[0], 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+    layers += [up_block(a, b) for a, b in zip(chans[:-1], chans[1:])]  # each doubles the side
+    if stages:  # the last doubling goes straight to pixels: no BatchNorm/activation before the sigmoid
+        layers.append(nn.ConvTranspose2d(chans[-1], out_channels, kernel_size=4, stride=2, padding=1))
+    else:  # patch_size 1: the grid is already the image
+        layers.append(nn.Conv2d(chans[-1], out_channels, 3, padding=1))
+    return nn.Sequential(*layers, nn.Sigmoid())
+
+
 class ViTVAE(VariationalModel):
-    """Transformer VAE over patches with a per-token latent; reconstruct() decodes the mean."""
+    """Transformer-encoder VAE over patches with a per-token latent; reconstruct() decodes the mean."""
 
     config_class = ViTVAEConfig
 
@@ -101,19 +168,22 @@ class ViTVAE(VariationalModel):
         super().__init__(config)
         c = config
         p = c.patch_size
-        self.num_tokens = (c.image_size // p) ** 2
+        self.side = c.image_size // p  # tokens per image side
         patch_values = p * p * c.in_channels
         self.embed = nn.Linear(patch_values, c.dim)
-        self.pos_enc = nn.Parameter(torch.zeros(1, self.num_tokens, c.dim))  # (1, N, dim)
+        self.pos_enc = nn.Parameter(sincos_2d(self.side, c.dim).unsqueeze(0))  # (1, N, dim)
         self.encoder = _transformer(c, c.depth)
         self.to_latent = nn.Linear(c.dim, 2 * c.latent_dim)  # mean and raw log-variance per token
+        nn.init.constant_(self.to_latent.bias[c.latent_dim:], c.logvar_init)
         self.from_latent = nn.Linear(c.latent_dim, c.dim)
-        self.pos_dec = nn.Parameter(torch.zeros(1, self.num_tokens, c.dim))  # (1, N, dim)
-        self.decoder = _transformer(c, c.decoder_depth)
-        self.to_pixels = nn.Linear(c.dim, patch_values)
-        # ViT init: small random position embeddings (zeros would give every token the same start).
-        nn.init.trunc_normal_(self.pos_enc, std=0.02)
-        nn.init.trunc_normal_(self.pos_dec, std=0.02)
+        self.pos_dec = self.decoder = None
+        if c.decoder_depth:  # the conv head knows positions from the grid; a transformer needs them
+            self.pos_dec = nn.Parameter(sincos_2d(self.side, c.dim).unsqueeze(0))  # (1, N, dim)
+            self.decoder = _transformer(c, c.decoder_depth)
+        if c.decoder == "conv":
+            self.head = conv_head(dim=c.dim, out_channels=c.in_channels, patch_size=p, width=c.decoder_width)
+        else:
+            self.head = nn.Linear(c.dim, patch_values)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> mean and log-variance of q(z|x), each (B, N, latent_dim), float32."""
@@ -128,6 +198,11 @@ class ViTVAE(VariationalModel):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, N, latent_dim) -> (B, C, H, W) in [0, 1]."""
         c = self.config
-        h = self.decoder(self.from_latent(z) + self.pos_dec)  # (B, N, dim)
-        patches = self.to_pixels(h).sigmoid()  # (B, N, p*p*C)
-        return unpatchify(patches, c.patch_size, c.in_channels, c.image_size, c.image_size)
+        h = self.from_latent(z)  # (B, N, dim)
+        if self.decoder is not None:
+            h = self.decoder(h + self.pos_dec)  # (B, N, dim)
+        if c.decoder == "linear":
+            patches = self.head(h).sigmoid()  # (B, N, p*p*C)
+            return unpatchify(patches, c.patch_size, c.in_channels, c.image_size, c.image_size)
+        grid = h.transpose(1, 2).reshape(h.shape[0], c.dim, self.side, self.side)  # (B, dim, H/p, W/p)
+        return self.head(grid)  # (B, C, H, W)

@@ -1,13 +1,13 @@
-"""ViT-VAE specifics the registry-wide tests do not cover: patchify, sizes, config errors."""
+"""ViT-VAE specifics the registry-wide tests do not cover: patchify, sizes, decoders, config errors."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import models
-from models.vit_vae import patchify, unpatchify
+from models.vit_vae import patchify, sincos_2d, unpatchify
 
-TINY = dict(dim=32, depth=1, decoder_depth=1, heads=2, latent_dim=4)
+TINY = dict(dim=32, depth=1, heads=2, latent_dim=4, decoder_width=16)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -20,10 +20,12 @@ def test_patchify_round_trip_and_layout(channels):
     assert torch.equal(unpatchify(tokens, 8, channels, 16, 24), x)
 
 
-@pytest.mark.parametrize("image_size,patch_size", [(64, 8), (128, 16), (256, 32), (48, 8)])
-def test_sizes_and_channels(image_size, patch_size):
+@pytest.mark.parametrize("decoder,decoder_depth", [("conv", 0), ("conv", 1), ("linear", 1)])
+@pytest.mark.parametrize("image_size,patch_size", [(64, 8), (128, 16), (256, 32), (48, 8), (16, 1)])
+def test_sizes_channels_and_decoders(image_size, patch_size, decoder, decoder_depth):
     for channels in (1, 3):
-        model = models.build_model("vit_vae", image_size=image_size, in_channels=channels, patch_size=patch_size, **TINY)
+        model = models.build_model("vit_vae", image_size=image_size, in_channels=channels, patch_size=patch_size,
+                                   decoder=decoder, decoder_depth=decoder_depth, **TINY)
         x = torch.rand(2, channels, image_size, image_size)
         out = model.loss(x)
         assert torch.isfinite(out["loss"]) and set(out) == {"loss", "recon", "kl"}
@@ -31,10 +33,32 @@ def test_sizes_and_channels(image_size, patch_size):
 
 
 def test_image_size_must_be_a_multiple_of_the_patch():
-    with pytest.raises(models.ConfigError, match="not a multiple of patch_size 8"):
+    with pytest.raises(models.ConfigError, match="not a multiple of patch_size 16"):
         models.build_model("vit_vae", image_size=100)
     with pytest.raises(models.ConfigError, match="multiple of heads"):
         models.build_model("vit_vae", image_size=64, dim=30, heads=4)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(patch_size=12, image_size=96), "power of 2"),
+    (dict(decoder="deconv"), "decoder 'deconv' is unknown"),
+    (dict(decoder="linear", decoder_depth=0), "decoder_depth >= 0"),
+    (dict(decoder_width=8), "decoder_width must be >= 16"),
+    (dict(latent_dim=0), "latent_dim must be a positive integer"),
+])
+def test_config_errors_are_one_sentence(overrides, match):
+    with pytest.raises(models.ConfigError, match=match) as e:
+        models.build_model("vit_vae", **{"image_size": 64, **overrides})
+    assert "\n" not in str(e.value)
+    # A patch size that is not a power of 2 is fine with the linear patch head.
+    models.build_model("vit_vae", image_size=96, patch_size=12, decoder="linear", decoder_depth=1, **TINY)
+
+
+def test_sincos_position_table_tells_tokens_apart():
+    table = sincos_2d(8, 32)  # (64, 32)
+    assert table.shape == (64, 32) and table.abs().max() <= 1
+    assert torch.unique(table, dim=0).shape[0] == 64  # every grid position gets its own code
+    assert sincos_2d(4, 30)[:, 28:].abs().max() == 0  # channels beyond a multiple of 4 stay zero
 
 
 def test_eval_is_deterministic_and_constant_images_are_finite():
