@@ -156,23 +156,38 @@ def score_split(model, ds, *, batch_size: int = 32, device=None, amp: bool = Tru
     """
     device = device or next(model.parameters()).device
     cfg = model.config
-    channels_last = device.type == "cuda" and has_conv(model)
+    channels_last = has_conv(model) and device.type in ("cuda", "cpu")  # NHWC convs are faster on both
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # a no-op after fit(); a loaded checkpoint is NCHW
     source = BatchSource(ds.images, device, channels_last=channels_last)
     maps, scores = [], []
     with torch.inference_mode():
         for idx in batch_indices(len(source), batch_size):
             with _autocast(device, amp):
                 m = model.anomaly_map(source.batch(idx)).float()  # (B, H, W)
-            scores.append(scoring.reduce_map(m, score_reduce=cfg.score_reduce, score_topk=cfg.score_topk).cpu())
-            maps.append(m.cpu())
+            scores.append(scoring.reduce_map(m, score_reduce=cfg.score_reduce, score_topk=cfg.score_topk))
+            maps.append(m)
     if not maps:
         s = ds.images.shape[-1]
         return torch.empty((0, s, s)), torch.empty(0)
-    return torch.cat(maps), torch.cat(scores)
+    return torch.cat(maps).cpu(), torch.cat(scores).cpu()  # one device->host copy (and sync), not one per batch
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start a job's peak-memory window: CUDA's peak counter, or on Linux the process's RSS
+    high-water mark (``/proc/self/clear_refs`` "5", which ``getrusage``'s ru_maxrss follows)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or not allowed: the peak stays the process-wide high-water mark
+        pass
 
 
 def _peak_memory_mb(device: torch.device) -> float:
-    """CUDA: the job's peak allocated memory. CPU: the process's peak RSS so far (a high-water mark)."""
+    """CUDA: the job's peak allocated memory. CPU: the process's peak resident set since
+    ``_reset_peak_memory`` (on Linux; elsewhere since the process started)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -197,8 +212,7 @@ def run_job(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=D
                              seed=cfg.seed, val_fraction=spec.val_fraction, cache_dir=cache_dir)
     if data.test.labels.numel() == 0:
         raise DatasetError(f"category {spec.category!r} has no test images under {Path(spec.data_root) / spec.category / 'test'}; add some.")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _reset_peak_memory(device)
     desc = f"{spec.model} on {spec.category!r}"
     model = None
     try:
