@@ -28,7 +28,7 @@ class ModelConfig:
     score_map: str = "l2"  # "l2" (mean_c squared residual) or "ssim" (1 - SSIM) / 2
     score_sigma: float = 4.0  # Gaussian smoothing of the map in px; 0 = raw map
     # Image score = mean of the top 1 % of the smoothed l2 map: a defect is local, and the mean
-    # over all pixels dilutes it (+0.07-0.09 image AUROC on the demo for all three CNN models,
+    # over all pixels dilutes it (+0.07-0.13 image AUROC on the demo for all three CNN models,
     # equal on hazelnut_toy; bench/README.md "Accuracy"). top-k is a max robust to one hot pixel.
     score_reduce: str = "topk"  # image score: "mean", "max" or "topk" of the map
     score_topk: float = 0.01  # fraction of pixels averaged by "topk"
