@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# GPU speed check for issue 7, in one short command on a machine with a CUDA GPU:
+#
+#     bash bench/gpu_check.sh [DATA_ROOT]        (default: $MVTEC_ROOT, ../shared/data/dev, else a demo)
+#
+# 1. bench_speed.py on cuda (bf16 autocast, channels_last, on-device batches): training and
+#    inference images/s per model, fit vs the DataLoader baseline, one job's time split, the
+#    full grid of one category at default settings, and the 15 x 4 MVTec AD estimate;
+# 2. the same throughput with --compile for the CNN models (torch.compile warm-up included
+#    in round 0, excluded from the timing).
+# Numbers go to stdout and bench/gpu_speed*.json. Expect a few minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="${1:-${MVTEC_ROOT:-}}"
+if [[ -z "$root" && -d ../shared/data/dev ]]; then root=../shared/data/dev; fi
+args=(--device cuda --json bench/gpu_speed.json)
+if [[ -n "$root" ]]; then args+=(--data-root "$root"); fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python bench/bench_speed.py "${args[@]}" --only throughput baseline job aupro memory grid
+python bench/bench_speed.py "${args[@]/gpu_speed.json/gpu_speed_compile.json}" --only throughput --compile \
+    --models cae vae vae_grf
