@@ -175,12 +175,35 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> Markdown:
 # Figures in the notebook
 
 
+PREVIEW_MAX_BYTES = 400_000  # larger figures are shown as a JPEG preview (the PNG stays on disk)
+PREVIEW_WIDTH = 1100  # px
+
+
+def _preview(path: Path):
+    """An IPython Image of ``path``: the PNG itself if small, else a downscaled JPEG, so the
+    executed notebook stays a few MB instead of embedding every full-size gallery."""
+    import io
+
+    from IPython.display import Image as IPyImage
+    from PIL import Image
+
+    if path.stat().st_size <= PREVIEW_MAX_BYTES:
+        return IPyImage(filename=str(path))
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.width > PREVIEW_WIDTH:
+            im = im.resize((PREVIEW_WIDTH, round(im.height * PREVIEW_WIDTH / im.width)), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=80)
+    return IPyImage(data=buf.getvalue(), format="jpeg")
+
+
 def show(paths) -> None:
-    """Display PNG files inline in a notebook; print their paths elsewhere."""
+    """Display figure files inline in a notebook (large ones as a preview); print their paths elsewhere."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     try:
         from IPython import get_ipython
-        from IPython.display import Image, display
+        from IPython.display import display
 
         inline = get_ipython() is not None and hasattr(get_ipython(), "kernel")
     except ImportError:
@@ -188,7 +211,7 @@ def show(paths) -> None:
     for p in paths:
         if inline:
             print(p)
-            display(Image(filename=str(p)))
+            display(_preview(Path(p)))
         else:
             print(f"wrote {p}")
 
