@@ -71,7 +71,15 @@ def spawn(args, *, env=None, code=None):
     """A real `python -m models ...` process (or `python -c code args`), 1 thread, repo on the path."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "models", *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint():
+    """Give the child the default SIGINT disposition. A test run started in the background of a
+    non-interactive shell (CI, nohup) inherits SIGINT *ignored*, and Python then installs no
+    KeyboardInterrupt handler, so a real Ctrl-C would never reach the code under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def fake_row(**kw) -> dict:
