@@ -29,7 +29,6 @@ Small test sets: one image moves AUROC by several points; compare settings, not 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import experiment, metrics, mvtec, scoring  # noqa: E402
+from models import experiment, metrics, scoring  # noqa: E402
 from models.__main__ import _overrides, _parse_value  # noqa: E402
 from models.training import TrainConfig, load_checkpoint  # noqa: E402
 

@@ -19,7 +19,6 @@ empty). A CSV that cannot be read is an error naming it and is never overwritten
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import glob
 import hashlib

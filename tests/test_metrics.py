@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
 
 from models import metrics
 
