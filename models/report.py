@@ -93,18 +93,6 @@ def describe_dataset(root) -> pd.DataFrame:
 # Tables and summary
 
 
-def select_rows(df: pd.DataFrame, *, dataset: str | None = None, categories=None, models=None) -> pd.DataFrame:
-    """The rows of one run out of the CSV cache (which may hold other datasets or configs)."""
-    d = df
-    if dataset is not None:
-        d = d[d["dataset"] == dataset]
-    if categories is not None:
-        d = d[d["category"].isin(list(categories))]
-    if models is not None:
-        d = d[d["model"].isin(list(models))]
-    return d
-
-
 def metric_tables(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
     """Categories (with texture / object / overall means) x (metric, model), rounded to 3."""
     tables = {plots.METRIC_LABELS.get(m, m): plots.results_table(df, m) for m in metrics}
