@@ -41,7 +41,7 @@ import torch
 
 from . import metrics, mvtec, scoring
 from .errors import ConfigError, DatasetError, TrainingError, UserError
-from .training import (BatchSource, TrainConfig, _autocast, batch_indices, fit, has_conv, resolve_device,
+from .training import (BatchSource, TrainConfig, _autocast, _umask, batch_indices, fit, has_conv, resolve_device,
                        save_checkpoint, seed_everything)
 
 try:  # POSIX; elsewhere concurrent runs on one CSV are not guarded
@@ -65,7 +65,6 @@ EXTRA_COLUMNS = (
 )
 TEXT_COLUMNS = ("dataset", "category", "category_type", "model", "threshold_rule", "score", "config_hash",
                 "device", "torch_version", "finished_at", "config_json")
-METRIC_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "f1_max")
 HASH_VERSION = 1  # bump when the meaning of a config changes without its fields changing
 
 
@@ -241,7 +240,8 @@ def run_job(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=D
         row_metrics["f1_max"] = metrics.f1_max(labels, test_scores)
         metrics_seconds = time.perf_counter() - t0
 
-        key_hash = spec.config_hash()
+        config = spec.config_dict()
+        key_hash = config_hash(config)
         row = {
             "dataset": spec.dataset,
             "category": spec.category,
@@ -273,7 +273,7 @@ def run_job(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=D
             "data_seconds": data.seconds,
             "score_seconds": score_seconds,
             "metrics_seconds": metrics_seconds,
-            "config_json": json.dumps(spec.config_dict(), sort_keys=True),
+            "config_json": json.dumps(config, sort_keys=True),
         }
         if checkpoint_dir is not None:
             path = Path(checkpoint_dir) / _safe(spec.dataset) / _safe(spec.category) / f"{spec.model}-{key_hash}.pt"
@@ -394,12 +394,6 @@ def _atomic_write_csv(df: pd.DataFrame, csv: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_writable(csv) -> Path:

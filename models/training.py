@@ -314,6 +314,13 @@ def _json_norm(d: dict) -> dict:
     return json.loads(json.dumps(_plain(d), sort_keys=True))  # tuples -> lists, like a file round trip
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_config: TrainConfig | None = None) -> Path:
     """Write {format, model, config, state_dict, row, train_config} atomically (temp file + rename)."""
     path = Path(path)
@@ -339,9 +346,7 @@ def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_co
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is shared like any file
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is shared like any file
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # disk full or file size limit (torch.save's zip writer raises RuntimeError)
         Path(tmp).unlink(missing_ok=True)
