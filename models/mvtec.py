@@ -464,9 +464,8 @@ class MVTecAD(torch.utils.data.Dataset):
 
     def _test_files(self, folder: Path):
         test = folder / "test"
-        subdirs = sorted(p for p in test.iterdir() if p.is_dir() and _visible(p)) if test.is_dir() else []
-        # "good" first, then the defect types by name.
-        subdirs.sort(key=lambda p: (p.name != "good", p.name))
+        subdirs = [p for p in test.iterdir() if p.is_dir() and _visible(p)] if test.is_dir() else []
+        subdirs.sort(key=lambda p: (p.name != "good", p.name))  # "good" first, then the defect types by name
         images, labels, defects, masks = [], [], [], []
         for sub in subdirs:
             good = sub.name == "good"

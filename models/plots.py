@@ -414,7 +414,7 @@ def anomaly_gallery(models_by_name: dict, dataset, out_path, n_good: int = 2, n_
     colors = model_colors(names)
     n_rows, n_cols = len(idx), 2 + 2 * len(names)
     fig = _new_figure(1.45 * n_cols + 0.6, 1.45 * n_rows + 1.3)
-    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -456,13 +456,14 @@ def grf_prior_figure(out_path, *, size: int = 64, kernels=("exponential", "mater
     the panels differ only by the covariance: larger rho = larger blobs, the Gaussian
     kernel is smoother than Matern-3/2, which is smoother than the exponential.
     """
+    import seaborn as sns
     import torch
 
     from . import grf
 
     names = {"exponential": "exponential", "matern32": "Matérn-3/2", "gaussian": "Gaussian"}
     d = torch.linspace(0, 3 * max(rhos), 200, dtype=torch.float64)
-    colors = [c for c in __import__("seaborn").color_palette("viridis", len(rhos))]
+    colors = sns.color_palette("viridis", len(rhos))
     fig = _new_figure(2.3 * (len(rhos) + 1) + 0.8, 2.3 * len(kernels) + 0.6)
     axes = fig.subplots(len(kernels), len(rhos) + 1, squeeze=False)
     for r, kernel in enumerate(kernels):
