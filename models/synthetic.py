@@ -152,13 +152,21 @@ def _background(rng, s: int, colour) -> np.ndarray:
     return (np.array(colour) * (1 + 0.04 * _smooth_noise(rng, s, 30 * k))[..., None]).astype(np.float32)
 
 
-def _hexnut(rng, s: int):
-    """Steel hex nut seen from above: hexagon minus a round hole, brushed rings and a chamfer."""
+def _pose(rng, s: int, *, shift: float, tilt_deg: float):
+    """Pixel grid and a random pose for an object: centre jittered by up to ``shift`` px (at
+    256 px), tilt up to ``tilt_deg`` degrees, size +-3 %. Returns x, y, k (px scale), cx, cy,
+    angle (rad), scale."""
     x, y = _grid(s)
     k = s / 256
-    cx, cy = s / 2 + rng.uniform(-6, 6) * k, s / 2 + rng.uniform(-6, 6) * k
-    a = np.deg2rad(rng.uniform(-8, 8))
+    cx, cy = s / 2 + rng.uniform(-shift, shift) * k, s / 2 + rng.uniform(-shift, shift) * k
+    a = np.deg2rad(rng.uniform(-tilt_deg, tilt_deg))
     scale = rng.uniform(0.97, 1.03)
+    return x, y, k, cx, cy, a, scale
+
+
+def _hexnut(rng, s: int):
+    """Steel hex nut seen from above: hexagon minus a round hole, brushed rings and a chamfer."""
+    x, y, k, cx, cy, a, scale = _pose(rng, s, shift=6, tilt_deg=8)
     apothem, hole = 78 * k * scale, 36 * k * scale
     dx, dy = x - cx, y - cy
     hexd = np.max([np.abs(dx * np.cos(a + j * np.pi / 3) + dy * np.sin(a + j * np.pi / 3)) for j in range(3)], axis=0)
@@ -175,11 +183,7 @@ def _hexnut(rng, s: int):
 
 def _tablet(rng, s: int):
     """A two-coloured capsule (stadium shape), shaded as a cylinder, with red speckles on the white half."""
-    x, y = _grid(s)
-    k = s / 256
-    cx, cy = s / 2 + rng.uniform(-5, 5) * k, s / 2 + rng.uniform(-5, 5) * k
-    a = np.deg2rad(rng.uniform(-6, 6))
-    scale = rng.uniform(0.97, 1.03)
+    x, y, k, cx, cy, a, scale = _pose(rng, s, shift=5, tilt_deg=6)
     half, radius = 62 * k * scale, 34 * k * scale
     dx, dy = x - cx, y - cy
     along, across = dx * np.cos(a) + dy * np.sin(a), -dx * np.sin(a) + dy * np.cos(a)
