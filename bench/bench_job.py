@@ -104,17 +104,24 @@ def straightforward_aupro(masks, maps, fpr_limit=0.3, n_thresholds=200):
     return np.trapezoid(y, x) / fpr_limit if hasattr(np, "trapezoid") else np.trapz(y, x) / fpr_limit
 
 
-def bench_aupro(n_maps, size, seed=0) -> None:
-    from sklearn.metrics import roc_auc_score
-
+def blob_case(n_maps: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A metric benchmark case: (masks uint8, maps float32), each (n_maps, size, size); half the
+    images hold 1-3 round defects of radius 3-25 px, and their maps are noise + 0.5 inside."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     masks = np.zeros((n_maps, size, size), np.uint8)
-    for i in range(n_maps // 2):  # 1-3 round blobs of radius 3-25 px in half the images
+    for i in range(n_maps // 2):
         for _ in range(rng.integers(1, 4)):
             cy, cx, r = rng.integers(0, size), rng.integers(0, size), rng.integers(3, 26)
             masks[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
     maps = (rng.random((n_maps, size, size), dtype=np.float32) + 0.5 * masks).astype(np.float32)
+    return masks, maps
+
+
+def bench_aupro(n_maps, size, seed=0) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    masks, maps = blob_case(n_maps, size, seed)
     print(f"\n== metrics on {n_maps} maps of {size} x {size} px ({masks.mean():.1%} defect pixels)")
 
     def timed(fn, repeat=3):

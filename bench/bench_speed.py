@@ -303,14 +303,9 @@ def bench_job(args, root, category) -> dict:
 # --- AU-PRO -------------------------------------------------------------------------------------
 
 def bench_aupro(n_maps: int = 100, size: int = 256, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    masks = np.zeros((n_maps, size, size), np.uint8)
-    for i in range(n_maps // 2):  # 1-3 round defects of radius 3-25 px in half the images
-        for _ in range(rng.integers(1, 4)):
-            cy, cx, r = rng.integers(0, size), rng.integers(0, size), rng.integers(3, 26)
-            masks[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
-    maps = rng.random((n_maps, size, size), dtype=np.float32) + 0.5 * masks
+    from bench_job import blob_case  # the same case as bench_job's AU-PRO comparison
+
+    masks, maps = blob_case(n_maps, size, seed)
     t = {}
     for fn in ("aupro", "pixel_auroc"):
         best = math.inf
