@@ -1,12 +1,13 @@
-"""Reconstruction-based visual anomaly detection: CAE, VAE, ViT-VAE and VAE-GRF.
+"""The four reconstruction models (CAE, VAE, ViT-VAE, VAE-GRF), what they share, and the
+MVTec-layout dataset. Nothing here trains, evaluates, writes results or draws: that is the
+``pipeline`` package, which imports this one (never the other way round).
 
-Public interface (a contract, see DESIGN.md section 2)::
+Public interface (a contract, see docs/design.md)::
 
     models.MODEL_NAMES
     models.build_model(name, image_size=128, in_channels=3, **overrides)
     models.MVTecAD(root, category, split, image_size=128, ...)
     models.list_categories(root)
-    models.make_synthetic_dataset(out_dir, seed=0)
     models.grf.GRFPrior(height, width, kernel="exponential", rho=2.0)
 """
 from __future__ import annotations
@@ -21,7 +22,6 @@ from .base import AnomalyModel, ModelConfig
 from .cae import CAE
 from .errors import CheckpointError, ConfigError, DatasetError, UserError
 from .mvtec import MVTecAD, list_categories
-from .synthetic import make_synthetic_dataset
 from .vae import VAE
 from .vae_grf import VAEGRF
 from .vit_vae import ViTVAE
@@ -84,6 +84,6 @@ def build_model(name: str, image_size: int = 128, in_channels: int = 3, **overri
 
 __all__ = [
     "MODELS", "MODEL_NAMES", "AnomalyModel", "ModelConfig", "build_model", "model_config",
-    "MVTecAD", "list_categories", "make_synthetic_dataset", "grf", "scoring",
+    "MVTecAD", "list_categories", "grf", "scoring",
     "UserError", "DatasetError", "ConfigError", "CheckpointError",
 ]

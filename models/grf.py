@@ -10,7 +10,7 @@ Sigma_ij = k(d(s_i, s_j)), d the torus distance (each axis wraps: min(|dy|, h - 
 rho is in latent pixels; rho = 0 is white noise, N(0, s^2 I). Because k is stationary on the
 torus, Sigma is block-circulant and the unnormalised 2-D DFT F (F F^H = n I, n = h w)
 diagonalises it: Sigma = (1/n) F^H diag(lambda) F with lambda = Re FFT2(b), b the kernel
-row of site (0, 0) laid out as an h x w image (DESIGN.md section 4).
+row of site (0, 0) laid out as an h x w image (docs/design.md, "The GRF prior").
 
 Why the floor. A kernel that is positive definite on R^2 need not stay so once the distance
 wraps around a small torus, and the Gaussian kernel's spectrum decays like exp(-|k|^2 rho^2 / 2),

@@ -36,7 +36,7 @@ MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 MVTEC_OBJECTS = (
     "bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper",
 )
-MARKER_FILE = "DATASET.json"  # written by synthetic.py at the root of the demo dataset
+MARKER_FILE = "DATASET.json"  # written by pipeline/demo_data.py at the root of the demo dataset
 SPLITS = ("train", "val", "test")
 DECODE_VERSION = 1  # bump when decoding changes: invalidates on-disk caches
 MEMORY_CACHE_LIMIT = 4 * 1024**3  # bytes of decoded arrays kept across datasets (LRU)
@@ -45,7 +45,7 @@ _REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")  # Image.reduce refuses 
 
 _HOW_TO_GET_DATA = (
     "put MVTec AD in ./mvtec_anomaly_detection or pass --data-root DIR, "
-    "or write the built-in demo dataset with `python -m models demo-data --out data/demo` and use that"
+    "or write the built-in demo dataset with `python -m pipeline demo-data --out data/demo` and use that"
 )
 
 

@@ -67,3 +67,22 @@ def make_tiny_mvtec(
                     path.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(mask).resize((w, h), Image.NEAREST).save(path)
     return root
+
+
+# A `python -c` program that runs the command line with every training epoch slowed down:
+# ``[sys.executable, "-c", SLOW_EPOCHS_CLI, SECONDS, *cli_args]``. A test that must kill or
+# interrupt a run while a job is certainly mid-training uses it (train.fit's on_epoch hook).
+SLOW_EPOCHS_CLI = """
+import sys, time
+import pipeline.job
+from pipeline.__main__ import main
+
+fit, seconds = pipeline.job.fit, float(sys.argv[1])
+
+def slow_fit(*args, **kwargs):
+    kwargs["on_epoch"] = lambda epoch, history: time.sleep(seconds)
+    return fit(*args, **kwargs)
+
+pipeline.job.fit = slow_fit
+sys.exit(main(sys.argv[2:]))
+"""

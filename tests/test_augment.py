@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from models.augment import AUGMENTATIONS, augment_batch
+from pipeline.augment import AUGMENTATIONS, augment_batch
 from models.errors import ConfigError
-from models.training import TrainConfig
+from pipeline.train import TrainConfig
 
 
 def test_none_is_identity():

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import make_tiny_mvtec
+from helpers import SLOW_EPOCHS_CLI, make_tiny_mvtec
 
 import models
-import models.plots
-from models import experiment
-from models.__main__ import main
-from models.training import TEST_EPOCH_SLEEP_ENV
+import pipeline.plots
+import pipeline.__main__
+import pipeline.evaluate
+import pipeline.grid
+import pipeline.job
+import pipeline.results
+from pipeline.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SET = ["--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16",
@@ -31,18 +34,20 @@ def root(tmp_path_factory):
     return make_tiny_mvtec(tmp_path_factory.mktemp("cli_data"), categories=("widget",))
 
 
-def cli(args, **kw):
+def cli(args, *, epoch_sleep: float = 0, **kw):
+    """A real `python -m pipeline ARGS` process; with ``epoch_sleep`` each training epoch sleeps that long."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **kw.pop("env", {})}
-    return subprocess.Popen([sys.executable, "-m", "models", *args], cwd=kw.pop("cwd", REPO), env=env,
+    cmd = [sys.executable, "-c", SLOW_EPOCHS_CLI, str(epoch_sleep)] if epoch_sleep else [sys.executable, "-m", "pipeline"]
+    return subprocess.Popen([*cmd, *args], cwd=kw.pop("cwd", REPO), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def test_sigkill_during_second_job_keeps_first_row_and_resumes(root, tmp_path):
     csv = tmp_path / "results.csv"
     args = run_args(root, csv, tmp_path, "--models", "cae", "vae")
-    # The test-only hook sleeps 3 s after each training epoch, so job 2 is certainly still
-    # training when we kill it right after it announces itself.
-    proc = cli(args, env={TEST_EPOCH_SLEEP_ENV: "3"})
+    # Each training epoch sleeps 3 s, so job 2 is certainly still training when we kill it
+    # right after it announces itself.
+    proc = cli(args, epoch_sleep=3)
     try:
         for line in proc.stdout:
             if line.startswith("[2/2] vae on widget"):
@@ -57,14 +62,14 @@ def test_sigkill_during_second_job_keeps_first_row_and_resumes(root, tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     first = csv.read_bytes()
-    table = experiment.read_results(csv)
+    table = pipeline.results.read_results(csv)
     assert list(table["model"]) == ["cae"] and table["image_auroc"].between(0, 1).all()
 
     resumed = cli(args)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "2 job(s): 1 already in" in out and "[1/1] vae on widget" in out
-    table = experiment.read_results(csv)
+    table = pipeline.results.read_results(csv)
     assert list(table["model"]) == ["cae", "vae"]
     assert csv.read_bytes().startswith(first)  # the first row is kept byte for byte
     assert "image_auroc" in out  # the results table is printed
@@ -110,10 +115,10 @@ def test_failed_job_exits_1_and_ctrl_c_exits_130_keeping_rows(root, tmp_path, ca
     assert main(run_args(root, csv, tmp_path, "--models", "cae", "vae")) == 1
     err = capsys.readouterr().err
     assert "1 job(s) failed" in err and "vae on widget" in err and "epoch 1" in err
-    assert list(experiment.read_results(csv)["model"]) == ["cae"]
+    assert list(pipeline.results.read_results(csv)["model"]) == ["cae"]
 
     monkeypatch.undo()
-    real = experiment.run_job
+    real = pipeline.grid.run_job
     calls = []
 
     def interrupted_second(*a, **k):
@@ -122,18 +127,18 @@ def test_failed_job_exits_1_and_ctrl_c_exits_130_keeping_rows(root, tmp_path, ca
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(experiment, "run_job", interrupted_second)
+    monkeypatch.setattr(pipeline.grid, "run_job", interrupted_second)
     csv.unlink()
     assert main(run_args(root, csv, tmp_path, "--models", "cae", "vae")) == 130
     assert "interrupted; finished rows are kept" in capsys.readouterr().err
-    assert list(experiment.read_results(csv)["model"]) == ["cae"]
+    assert list(pipeline.results.read_results(csv)["model"]) == ["cae"]
 
 
 def test_default_root_falls_back_to_the_demo_dataset(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MVTEC_ROOT", raising=False)
-    real = models.make_synthetic_dataset
-    monkeypatch.setattr(models, "make_synthetic_dataset", lambda out, seed=0: real(
+    real = pipeline.__main__.make_synthetic_dataset
+    monkeypatch.setattr(pipeline.__main__, "make_synthetic_dataset", lambda out, seed=0: real(
         out, seed, image_size=32, n_train=6, n_test_good=2, n_per_defect=1, categories=["weave"]))
     args = run_args("x", tmp_path / "r.csv", tmp_path, "--models", "cae")
     args = args[:1] + args[3:]  # no --data-root
@@ -142,7 +147,7 @@ def test_default_root_falls_back_to_the_demo_dataset(tmp_path, capsys, monkeypat
     out = capsys.readouterr().out
     assert "No dataset at ./mvtec_anomaly_detection" in out and "data/demo" in out
     assert (tmp_path / "data" / "demo" / "weave").is_dir()
-    assert experiment.read_results(tmp_path / "r.csv")["dataset"].tolist() == ["demo"]
+    assert pipeline.results.read_results(tmp_path / "r.csv")["dataset"].tolist() == ["demo"]
 
 
 def test_help_and_plots(tmp_path, capsys, monkeypatch):
@@ -150,9 +155,9 @@ def test_help_and_plots(tmp_path, capsys, monkeypatch):
         main(["run", "--help"])
     assert e.value.code == 0 and "--results-csv" in capsys.readouterr().out
     seen = {}
-    monkeypatch.setattr(models.plots, "make_all_figures", lambda df, out: seen.update(df=df, out=out) or [out / "x.png"])
+    monkeypatch.setattr(pipeline.plots, "make_all_figures", lambda df, out: seen.update(df=df, out=out) or [out / "x.png"])
     csv = tmp_path / "r.csv"
-    pd.DataFrame({c: ["x"] for c in experiment.KEY_COLUMNS}).to_csv(csv, index=False)
+    pd.DataFrame({c: ["x"] for c in pipeline.results.KEY_COLUMNS}).to_csv(csv, index=False)
     assert main(["plots", "--results-csv", str(csv), "--out", str(tmp_path / "figs")]) == 0
     assert len(seen["df"]) == 1 and seen["out"] == tmp_path / "figs"
     assert main(["plots", "--results-csv", str(tmp_path / "none.csv")]) == 2

@@ -14,7 +14,8 @@ from PIL import Image
 from scipy import ndimage
 
 import models
-from models import mvtec, synthetic
+from models import mvtec
+from pipeline import demo_data as synthetic
 from models.errors import ConfigError, DatasetError
 
 
@@ -265,10 +266,10 @@ SMALL = dict(image_size=64, n_train=6, n_test_good=2, n_per_defect=2)
 
 
 def test_demo_is_deterministic_complete_and_readable(tmp_path):
-    a = models.make_synthetic_dataset(tmp_path / "a", seed=1, **SMALL)
-    b = models.make_synthetic_dataset(tmp_path / "b", seed=1, workers=1, **SMALL)
+    a = synthetic.make_synthetic_dataset(tmp_path / "a", seed=1, **SMALL)
+    b = synthetic.make_synthetic_dataset(tmp_path / "b", seed=1, workers=1, **SMALL)
     assert a == tmp_path / "a" and _digest(a) == _digest(b)
-    c = models.make_synthetic_dataset(tmp_path / "c", seed=2, **SMALL)
+    c = synthetic.make_synthetic_dataset(tmp_path / "c", seed=2, **SMALL)
     assert _digest(a) != _digest(c)
 
     assert mvtec.dataset_name(a) == "demo" and models.list_categories(a) == sorted(synthetic.CATEGORIES)
@@ -283,9 +284,9 @@ def test_demo_is_deterministic_complete_and_readable(tmp_path):
 
     # Rerun with the same settings: nothing rewritten. Another seed: replaced.
     stamp = (a / "DATASET.json").stat().st_mtime_ns
-    models.make_synthetic_dataset(a, seed=1, **SMALL)
+    synthetic.make_synthetic_dataset(a, seed=1, **SMALL)
     assert (a / "DATASET.json").stat().st_mtime_ns == stamp
-    models.make_synthetic_dataset(a, seed=2, **SMALL)
+    synthetic.make_synthetic_dataset(a, seed=2, **SMALL)
     assert _digest(a) == _digest(c)
 
 
@@ -307,14 +308,14 @@ def test_demo_masks_are_exact(category):
 def test_demo_refuses_foreign_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(DatasetError, match="not a demo dataset"):
-        models.make_synthetic_dataset(tmp_path, **SMALL)
+        synthetic.make_synthetic_dataset(tmp_path, **SMALL)
     assert (tmp_path / "mine.txt").exists()
 
 
 def test_demo_default_scale_and_time(tmp_path):
     """Default settings (MVTec scale, 256 px) for one category; the full four-category timing is in bench/."""
     start = time.perf_counter()
-    root = models.make_synthetic_dataset(tmp_path / "demo", categories=["tablet"])
+    root = synthetic.make_synthetic_dataset(tmp_path / "demo", categories=["tablet"])
     seconds = time.perf_counter() - start
     assert 4 * seconds < 120, f"one demo category took {seconds:.0f} s (budget: 30 s for four on an idle 2-core machine)"
     assert len(list((root / "tablet" / "train" / "good").glob("*.png"))) >= 100

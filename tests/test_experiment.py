@@ -9,10 +9,15 @@ import torch
 from helpers import make_tiny_mvtec
 
 import models
-from models import experiment
+import pipeline.evaluate
+import pipeline.grid
+import pipeline.job
+import pipeline.results
 from models.errors import UserError
-from models.experiment import COLUMNS, ResultsError, append_row, read_results, run_grid
-from models.training import TrainConfig, load_checkpoint
+from pipeline.grid import run_grid
+from pipeline.results import COLUMNS, ResultsError, append_row, read_results
+from pipeline.checkpoints import load_checkpoint
+from pipeline.train import TrainConfig
 
 # Tiny widths: the grid tests check plumbing, not accuracy.
 TINY = {
@@ -63,7 +68,7 @@ def test_grid_writes_four_complete_rows(shared):
 def test_rerun_trains_nothing_and_leaves_csv_byte_identical(shared, monkeypatch):
     root, csv, _, tmp = shared
     before, mtime = csv.read_bytes(), csv.stat().st_mtime_ns
-    monkeypatch.setattr(experiment, "run_job", lambda *a, **k: pytest.fail("a cached job was retrained"))
+    monkeypatch.setattr(pipeline.grid, "run_job", lambda *a, **k: pytest.fail("a cached job was retrained"))
     df = grid(root, csv, tmp)
     assert df.attrs["ran"] == 0 and df.attrs["skipped"] == 4 and len(df) == 4
     assert csv.read_bytes() == before and csv.stat().st_mtime_ns == mtime
@@ -109,7 +114,7 @@ def test_config_hash_covers_what_changes_results(shared):
         spec = dict(data_root=root, category="widget", model="cae", dataset="d", image_size=32,
                     train=TRAIN, model_overrides=TINY["cae"])
         spec.update(kw)
-        return experiment.JobSpec(**spec).config_hash()
+        return pipeline.job.JobSpec(**spec).config_hash()
 
     base = h()
     changed = [h(train=TrainConfig(epochs=2, batch_size=4)), h(train=TrainConfig(epochs=1, batch_size=4, seed=1)),
@@ -199,7 +204,7 @@ def test_score_split_is_batched_and_matches_the_model(shared):
     torch.manual_seed(0)
     m = models.build_model("cae", image_size=32, **TINY["cae"]).eval()
     ds = models.MVTecAD(root, "widget", "test", image_size=32)
-    maps, scores = experiment.score_split(m, ds, batch_size=3, device=torch.device("cpu"))
+    maps, scores = pipeline.evaluate.score_split(m, ds, batch_size=3, device=torch.device("cpu"))
     x = ds.images.float() / 255
     assert torch.allclose(maps, m.anomaly_map(x), atol=1e-6)
     assert torch.allclose(scores, m.anomaly_score(x), atol=1e-6)

@@ -22,15 +22,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_tiny_mvtec
+from helpers import SLOW_EPOCHS_CLI, make_tiny_mvtec
 from PIL import Image
 
 import models
-from models import experiment, mvtec
-from models.__main__ import main
+import pipeline.evaluate
+import pipeline.grid
+import pipeline.job
+import pipeline.results
+from models import mvtec
+from pipeline.__main__ import main
 from models.errors import CheckpointError, DatasetError
-from models.experiment import ResultsError, append_row, read_results
-from models.training import TEST_EPOCH_SLEEP_ENV, TrainConfig, load_checkpoint, save_checkpoint
+from pipeline.results import ResultsError, append_row, read_results
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SET = ["--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16",
@@ -66,10 +71,13 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-def spawn(args, *, env=None, code=None):
-    """A real `python -m models ...` process (or `python -c code args`), 1 thread, repo on the path."""
+def spawn(args, *, env=None, code=None, epoch_sleep: float = 0):
+    """A real `python -m pipeline ...` process (or `python -c code args`), 1 thread, repo on the path;
+    with ``epoch_sleep`` each training epoch sleeps that long (helpers.SLOW_EPOCHS_CLI)."""
+    if epoch_sleep:
+        code, args = SLOW_EPOCHS_CLI, [str(epoch_sleep), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
-    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "models", *args]
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "pipeline", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_default_sigint)
 
@@ -83,7 +91,7 @@ def _default_sigint():
 
 def fake_row(**kw) -> dict:
     """A complete results row without training (for CSV tests)."""
-    row = {c: "" for c in experiment.COLUMNS + experiment.EXTRA_COLUMNS}
+    row = {c: "" for c in pipeline.results.COLUMNS + pipeline.results.EXTRA_COLUMNS}
     row.update(dataset="d", category="widget", category_type="custom", model="cae", image_auroc=0.75,
                pixel_auroc=0.5, aupro=0.25, f1=0.5, precision=0.5, recall=0.5, f1_max=0.8, threshold=0.1,
                threshold_rule="val_max", score="mean", epochs=1, image_size=32, seed=0, train_seconds=1.0,
@@ -242,7 +250,7 @@ def test_very_large_image_and_decompression_bomb(tmp_path):
     (["--models", "cae", "--set", "cae.widths=abc"], "widths must be a list of whole numbers"),
 ])
 def test_bad_parameters_exit_2_before_any_work(root, tmp_path, capsys, monkeypatch, extra, message):
-    monkeypatch.setattr(experiment, "load_category", lambda *a, **k: pytest.fail("data read for a bad parameter"))
+    monkeypatch.setattr(pipeline.grid, "load_category", lambda *a, **k: pytest.fail("data read for a bad parameter"))
     assert main(run_args(root, tmp_path / "r.csv", tmp_path, *extra)) == 2
     assert message in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "r.csv").exists() and not (tmp_path / "ck").exists()
@@ -268,7 +276,7 @@ def test_training_that_diverges_in_its_last_step_fails_that_job_only(root, tmp_p
 
     monkeypatch.setattr(models.MODELS["cae"], "loss", loss_with_nan_gradient_at_step_2)
     logs = []
-    df = experiment.run_grid(root, ["widget"], ["cae", "vae"], image_size=32, train=TRAIN, model_overrides=TINY,
+    df = pipeline.grid.run_grid(root, ["widget"], ["cae", "vae"], image_size=32, train=TRAIN, model_overrides=TINY,
                              results_csv=tmp_path / "r.csv", checkpoint_dir=tmp_path / "ck", log=logs.append)
     (failure,) = df.attrs["failures"]
     assert failure["model"] == "cae" and "traceback" not in failure  # a TrainingError, not a crash
@@ -284,7 +292,7 @@ def test_ctrl_c_in_a_real_run_exits_130_and_keeps_finished_rows(root, tmp_path):
     csv = tmp_path / "r.csv"
     append_row(csv, fake_row())  # a row finished by an earlier run
     before = csv.read_bytes()
-    proc = spawn(run_args(root, csv, tmp_path, "--models", "cae"), env={TEST_EPOCH_SLEEP_ENV: "2"})
+    proc = spawn(run_args(root, csv, tmp_path, "--models", "cae"), epoch_sleep=2)
     try:
         for line in proc.stdout:
             if line.startswith("[1/1] cae on widget"):
@@ -303,14 +311,14 @@ def test_ctrl_c_in_a_real_run_exits_130_and_keeps_finished_rows(root, tmp_path):
 KILL_HARNESS = textwrap.dedent("""
     import json, os, random, signal, sys, time
     from pathlib import Path
-    from models import experiment
+    import pipeline.results
     csv, rounds, rng = Path(sys.argv[1]), int(sys.argv[2]), random.Random(int(sys.argv[3]))
     base = json.loads(sys.argv[4])
 
     def writer():  # appends r00000, r00001, ... skipping rows already there (= resuming)
         try:
             for i in range(100000):
-                experiment.append_row(csv, {**base, "config_hash": f"r{i:05d}"})
+                pipeline.results.append_row(csv, {**base, "config_hash": f"r{i:05d}"})
         finally:
             os._exit(0)
 
@@ -328,7 +336,7 @@ KILL_HARNESS = textwrap.dedent("""
             os.kill(pid, sig)
         for pid in pids:
             os.waitpid(pid, 0)
-        df = experiment.read_results(csv) if csv.exists() else None
+        df = pipeline.results.read_results(csv) if csv.exists() else None
         hashes = [] if df is None else df["config_hash"].tolist()
         history.append({"signal": int(sig), "n": len(hashes),
                         "contiguous": hashes == [f"r{i:05d}" for i in range(len(hashes))],
@@ -383,15 +391,17 @@ def test_two_run_processes_on_one_csv_lose_and_duplicate_nothing(root, tmp_path)
 
 FSIZE_HARNESS = textwrap.dedent("""
     import resource, signal, sys
-    from models import build_model, experiment
-    from models.__main__ import main
+    import pipeline.grid
+    import pipeline.results
+    from models import build_model
+    from pipeline.__main__ import main
     from models.errors import UserError
-    from models.training import save_checkpoint
+    from pipeline.checkpoints import save_checkpoint
 
     def fake_job(spec, data=None, **kw):  # a finished job whose row is larger than the limit allows
-        return {**dict(zip(experiment.KEY_COLUMNS, spec.key())), "image_auroc": 0.5, "config_json": "x" * 5000}
+        return {**dict(zip(pipeline.results.KEY_COLUMNS, spec.key())), "image_auroc": 0.5, "config_json": "x" * 5000}
 
-    experiment.run_job = fake_job
+    pipeline.grid.run_job = fake_job
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
@@ -426,7 +436,7 @@ def test_results_or_checkpoint_location_that_cannot_be_written(root, tmp_path, c
     """A results path under a file, a results path that is a folder, a checkpoint folder under
     a file, a figures folder under a file: exit 2, one sentence, before any training; an
     existing CSV is left untouched."""
-    monkeypatch.setattr(experiment, "load_category", lambda *a, **k: pytest.fail("trained despite an unwritable path"))
+    monkeypatch.setattr(pipeline.grid, "load_category", lambda *a, **k: pytest.fail("trained despite an unwritable path"))
     blocker = tmp_path / "a_file"
     blocker.write_text("I am a file")
     folder = tmp_path / "a_folder.csv"
@@ -474,7 +484,7 @@ def test_results_csv_of_an_older_schema(root, tmp_path):
         old, index=False)
     before = old.read_bytes()
     for fn in (lambda: read_results(old), lambda: append_row(old, fake_row()),
-               lambda: experiment.run_grid(root, ["widget"], ["cae"], image_size=32, train=TRAIN,
+               lambda: pipeline.grid.run_grid(root, ["widget"], ["cae"], image_size=32, train=TRAIN,
                                            model_overrides=TINY, results_csv=old, log=lambda m: None)):
         with pytest.raises(ResultsError) as info:
             fn()

@@ -8,7 +8,7 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import f1_score, roc_auc_score
 
-from models import metrics
+from pipeline import metrics
 
 
 def slow_aupro(masks, maps, fpr_limit=0.3):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import models
-from models import plots, report
+from pipeline import plots, report
 
 CATEGORIES = {"carpet": "texture", "grid": "texture", "bottle": "object", "screw": "object", "widget": "custom"}
 

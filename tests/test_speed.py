@@ -9,8 +9,11 @@ import pytest
 import torch
 
 import models
-from models import experiment
-from models.training import TrainConfig, fit, seed_everything
+import pipeline.evaluate
+import pipeline.grid
+import pipeline.job
+import pipeline.results
+from pipeline.train import TrainConfig, fit, seed_everything
 
 
 def test_channels_last_fit_matches_nchw_on_cpu():
@@ -34,7 +37,7 @@ def test_peak_memory_is_per_job():
     big = np.ones(2**27 // 8)  # 128 MB, touched
     big += 1
     del big
-    experiment._reset_peak_memory(torch.device("cpu"))
-    peak = experiment._peak_memory_mb(torch.device("cpu"))
+    pipeline.job.reset_peak_memory(torch.device("cpu"))
+    peak = pipeline.job.peak_memory_mb(torch.device("cpu"))
     current = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     assert math.isfinite(peak) and peak < current + 64

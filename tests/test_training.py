@@ -9,8 +9,8 @@ import torch
 
 import models
 from models.errors import CheckpointError, ConfigError, TrainingError
-from models.training import (TrainConfig, batch_indices, fit, load_checkpoint, resolve_device, save_checkpoint,
-                             seed_everything)
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.train import TrainConfig, batch_indices, fit, resolve_device, seed_everything
 
 TINY_CAE = {"widths": (8, 16), "latent_dim": 16}
 

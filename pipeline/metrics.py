@@ -1,4 +1,4 @@
-"""Per-category detection and segmentation metrics (DESIGN.md section 5).
+"""Per-category detection and segmentation metrics (docs/design.md, "Metrics").
 
 - ``image_auroc``: ROC AUC of image scores (good = 0, defective = 1), scikit-learn.
 - ``pixel_auroc``: ROC AUC over all test pixels pooled (good images included), computed

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .errors import ConfigError, DatasetError
+from models.errors import ConfigError, DatasetError
 
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
 
@@ -66,8 +66,8 @@ def find_or_make_dataset(data_root, demo_dir="data/demo", *, seed: int = 0, **de
     """``data_root`` if it holds at least one category; otherwise say so in one sentence,
     write the built-in demo dataset to ``demo_dir`` (kept if already there) and return it.
     ``demo_options`` go to ``make_synthetic_dataset`` (the tests make a tiny demo)."""
-    from . import make_synthetic_dataset
-    from .mvtec import list_categories
+    from .demo_data import make_synthetic_dataset
+    from models.mvtec import list_categories
 
     root = Path(data_root).expanduser()
     try:
@@ -82,7 +82,7 @@ def find_or_make_dataset(data_root, demo_dir="data/demo", *, seed: int = 0, **de
 
 def describe_dataset(root) -> pd.DataFrame:
     """One row per category: its type; what the notebook is about to train on."""
-    from .mvtec import category_type, dataset_name, list_categories
+    from models.mvtec import category_type, dataset_name, list_categories
 
     cats = list_categories(root)
     name = dataset_name(root)
@@ -217,7 +217,7 @@ def find_checkpoint(row, checkpoint_dir="checkpoints") -> Path | None:
 
 def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir="checkpoints", device="cpu") -> dict:
     """Model name -> trained model of ``category`` (rows without a checkpoint are skipped)."""
-    from .training import load_checkpoint
+    from .checkpoints import load_checkpoint
 
     out = {}
     for _, row in plots.prepare_results(rows).query("category == @category").iterrows():
@@ -228,7 +228,7 @@ def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir="checkpoints"
 
 
 def _test_split(data_root, category: str, model):
-    from .mvtec import MVTecAD
+    from models.mvtec import MVTecAD
 
     c = model.config
     return MVTecAD(data_root, category, "test", image_size=c.image_size, in_channels=c.in_channels)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DatasetError
+from models.errors import DatasetError
 
 # Display names and the canonical order of the registry's models.
 MODEL_LABELS = {"cae": "CAE", "vae": "VAE", "vit_vae": "ViT-VAE", "vae_grf": "VAE-GRF"}
@@ -94,12 +94,12 @@ def prepare_results(df: pd.DataFrame) -> pd.DataFrame:
     ``label`` (the category, suffixed with its dataset when several datasets are present).
     """
     if df is None or len(df) == 0:
-        raise DatasetError("the results table is empty; run `python -m models run` (or the notebook) first.")
+        raise DatasetError("the results table is empty; run `python -m pipeline run` (or the notebook) first.")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DatasetError(
             f"the results table lacks column(s) {', '.join(missing)}; "
-            "use a CSV written by `python -m models run` or experiment.run_grid."
+            "use a CSV written by `python -m pipeline run` or grid.run_grid."
         )
     d = df.copy()
     d["category"] = d["category"].astype(str)
@@ -384,7 +384,7 @@ def anomaly_gallery(models_by_name: dict, dataset, out_path, n_good: int = 2, n_
     """
     import torch
 
-    from .errors import ConfigError
+    from models.errors import ConfigError
 
     if not models_by_name:
         raise ConfigError("anomaly_gallery needs at least one trained model.")
@@ -459,7 +459,7 @@ def grf_prior_figure(out_path, *, size: int = 64, kernels=("exponential", "mater
     import seaborn as sns
     import torch
 
-    from . import grf
+    from models import grf
 
     names = {"exponential": "exponential", "matern32": "Matérn-3/2", "gaussian": "Gaussian"}
     d = torch.linspace(0, 3 * max(rhos), 200, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Training: the config, device choice, seeding, the optimiser loop and checkpoints.
+"""Training: the config, device choice, seeding and the optimiser loop (checkpoints: checkpoints.py).
 
 ``fit`` trains any ``AnomalyModel`` on a dataset's cached uint8 tensor (``ds.images``,
 N x C x S x S, decoded once by ``MVTecAD``): each epoch walks a seeded permutation of the
@@ -12,36 +12,30 @@ copied non-blocking when it is too large), bf16 autocast (``amp``), fused AdamW,
 (NHWC) is used for the convolutional models on every device: oneDNN's CPU convolutions are
 also faster in NHWC (1.0-1.4x per training step at 128 px here; bench/bench_speed.py).
 
-Checkpoints hold plain data only (state dict of tensors, model name, config dict, results
-row) and are read with ``torch.load(weights_only=True)``, so a checkpoint file can never
-run code on load.
+``fit`` reports each finished epoch to an optional ``on_epoch(epoch, history)`` callback
+(progress displays, tests that need a job to be mid-training at a known moment).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import random
-import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from models.errors import ConfigError, DatasetError, TrainingError
+
 from .augment import AUGMENTATIONS, augment_batch
-from .errors import CheckpointError, ConfigError, DatasetError, TrainingError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LR_SCHEDULES = ("cosine", "constant")
-# Test-only hook: seconds to sleep after each epoch, so a test can kill a run mid-job
-# deterministically (tests/test_cli.py). Never set it otherwise.
-TEST_EPOCH_SLEEP_ENV = "MODELS_TEST_EPOCH_SLEEP"
 
 
 @dataclass(kw_only=True)
@@ -81,8 +75,10 @@ class TrainConfig:
             bad(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay!r} and {self.grad_clip!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             bad(f"lr_schedule {self.lr_schedule!r} is unknown; valid: {', '.join(LR_SCHEDULES)}")
-        if str(self.device).split(":")[0] not in DEVICES:
-            bad(f"device {self.device!r} is unknown; valid: {', '.join(DEVICES)}")
+        try:  # unknown or unavailable (cuda without a GPU): refused now, before any data is read
+            resolve_device(self.device)
+        except ConfigError as e:
+            bad(str(e).rstrip("."))
         if not isinstance(self.num_threads, int) or self.num_threads < 0:
             bad(f"num_threads must be a whole number >= 0, got {self.num_threads!r}")
         if self.augment not in AUGMENTATIONS:
@@ -171,7 +167,7 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = N
     return batches
 
 
-def _autocast(device: torch.device, amp: bool):
+def autocast(device: torch.device, amp: bool):
     # bf16 needs no loss scaling; only CUDA gets it (CPU autocast is slower for these convs).
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and amp)
 
@@ -186,15 +182,18 @@ def evaluate_loss(model, source: BatchSource, *, batch_size: int, amp: bool = Tr
     total = torch.zeros((), device=source.device, dtype=torch.float64)
     try:
         for idx in batch_indices(len(source), batch_size):
-            with _autocast(source.device, amp):
+            with autocast(source.device, amp):
                 total += model.loss(source.batch(idx))["loss"].double() * idx.numel()
     finally:
         model.train(was_training)
     return total.item() / len(source)
 
 
-def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: str | None = None) -> dict:
+def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: str | None = None,
+        on_epoch: Callable[[int, dict], None] | None = None) -> dict:
     """Train ``model`` on ``train_ds.images`` with AdamW; returns the history.
+
+    ``on_epoch(epoch, history)`` is called after each epoch (1-based) with the history so far.
 
     history: train_loss / val_loss per epoch, terms (last epoch's mean of each loss term),
     seconds, data_seconds (batch gathering and conversion), batch_size, steps, device.
@@ -238,7 +237,6 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
     loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
     generator = torch.Generator().manual_seed(cfg.seed)  # the data order, independent of model RNG use
-    test_sleep = float(os.environ.get(TEST_EPOCH_SLEEP_ENV) or 0)
 
     history = {"train_loss": [], "val_loss": [], "terms": {}, "seconds": 0.0, "data_seconds": 0.0,
                "batch_size": batch_size, "steps": 0, "device": str(device)}
@@ -254,7 +252,7 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
                 x = source.batch(idx)
                 x = augment_batch(x, cfg.augment)  # a no-op for "none"
                 history["data_seconds"] += time.perf_counter() - t0
-                with _autocast(device, cfg.amp):
+                with autocast(device, cfg.amp):
                     out = loss_fn(x)
                 loss = out["loss"]
                 optimiser.zero_grad(set_to_none=True)
@@ -280,8 +278,8 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
             history["val_loss"].append(val_loss)
             history["terms"] = means
             bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
-            if test_sleep:
-                time.sleep(test_sleep)
+            if on_epoch is not None:
+                on_epoch(epoch, history)
     finally:
         bar.close()
         if device.type == "cuda":
@@ -290,137 +288,3 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
         del optimiser, scheduler, loss_fn, source, val_source  # nothing outlives the job
     model.eval()
     return history
-
-
-# --- checkpoints -----------------------------------------------------------------------------
-
-CHECKPOINT_FORMAT = 1
-
-
-def _plain(value):
-    """Numpy scalars and nested containers -> builtin types (weights_only can load those)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, str):  # str subclasses (torch.__version__ is a TorchVersion) would need a global
-        return str(value)
-    return value
-
-
-def _json_norm(d: dict) -> dict:
-    return json.loads(json.dumps(_plain(d), sort_keys=True))  # tuples -> lists, like a file round trip
-
-
-def _umask() -> int:
-    """The process's umask (reading it means setting it, so it is set back at once)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_config: TrainConfig | None = None) -> Path:
-    """Write {format, model, config, state_dict, row, train_config} atomically (temp file + rename)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
-        raise CheckpointError(f"cannot create the checkpoint folder {str(path.parent)!r} ({why}); "
-                              "pass another --checkpoint-dir.") from None
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "model": name,
-        "config": _plain(model.config.to_dict()),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "row": _plain(row) if row is not None else None,
-        "train_config": train_config.to_dict() if train_config is not None else None,
-    }
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CheckpointError(f"cannot write a checkpoint in {str(path.parent)!r} ({e.strerror}); "
-                              "make the folder writable or pass another --checkpoint-dir.") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is shared like any file
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # disk full or file size limit (torch.save's zip writer raises RuntimeError)
-        Path(tmp).unlink(missing_ok=True)
-        why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"cannot write the checkpoint {str(path)!r} ({why}); "
-                              "free disk space or pass another --checkpoint-dir.") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _pickle_imports(path: Path) -> bool:
-    """True if ``path`` is a raw pickle that imports globals (what a code-running pickle does).
-    Only reads opcodes with ``pickletools``: nothing is unpickled."""
-    import pickletools
-    import zipfile
-
-    if zipfile.is_zipfile(path):
-        return False
-    try:
-        with open(path, "rb") as f:
-            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST") for op, _, _ in pickletools.genops(f))
-    except Exception:  # noqa: BLE001 - not a pickle at all
-        return False
-
-
-def read_checkpoint(path) -> dict:
-    """The checkpoint's payload, checked; plain data only (never unpickles code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every failure here means "not a checkpoint we can load"
-        # weights_only refuses imports of arbitrary globals (functions, classes): code could run.
-        unsafe = any(w in str(e) for w in ("GLOBAL", "Unsupported global", "Unsupported class")) or _pickle_imports(path)
-        why = ("it contains Python objects other than tensors and plain data, and loading it could run code"
-               if unsafe else f"it is not a PyTorch checkpoint ({type(e).__name__})")
-        raise CheckpointError(f"refused to load {str(path)!r}: {why}; use a checkpoint written by this package.") from None
-    keys = {"format", "model", "config", "state_dict"}
-    if not isinstance(payload, dict) or not keys <= set(payload):
-        raise CheckpointError(f"{str(path)!r} is not a checkpoint of this package (it lacks model, config and state_dict).")
-    if payload["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(path)!r} has checkpoint format {payload['format']!r}; this version reads {CHECKPOINT_FORMAT}.")
-    return payload
-
-
-def load_checkpoint(path, *, model: str | None = None, config=None, device="cpu"):
-    """Rebuild the model stored in ``path``; ``model``/``config`` (name, dict or ModelConfig)
-    are what the caller expects, and a checkpoint of anything else is refused with the reason.
-    The checkpoint's payload is kept as ``m.checkpoint`` (row, train_config)."""
-    from . import MODEL_NAMES, MODELS, model_config  # the registry imports the models, not training
-
-    payload = read_checkpoint(path)
-    name, stored = payload["model"], payload["config"]
-    where = repr(str(path))
-    if name not in MODELS:
-        raise CheckpointError(f"{where} holds an unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}.")
-    if model is not None and model != name:
-        raise CheckpointError(f"{where} holds a {name} model, not a {model}; load it as {name!r}.")
-    if config is not None:
-        want = _json_norm(config.to_dict() if hasattr(config, "to_dict") else dict(config))
-        have = _json_norm(stored)
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        if diff:
-            detail = ", ".join(f"{k}={have.get(k)!r} (expected {want.get(k)!r})" for k in diff[:4])
-            raise CheckpointError(f"{where} was trained with a different {name} config: {detail}.")
-    try:
-        cfg = model_config(name, **stored)
-        m = MODELS[name](cfg)
-        m.load_state_dict(payload["state_dict"])
-    except (ConfigError, RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{where} does not match the {name} model of this version: {first}") from None
-    m.checkpoint = {k: payload.get(k) for k in ("row", "train_config")}
-    return m.to(device).eval()

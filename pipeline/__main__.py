@@ -1,4 +1,4 @@
-"""Command line: ``python -m models run | plots | demo-data`` (the notebook calls the same functions).
+"""Command line: ``python -m pipeline run | plots | demo-data`` (the notebook calls the same functions).
 
 Exit status: 0 success; 1 some jobs failed (the others' rows are written); 2 a bad
 argument, dataset or file (one sentence on stderr, no traceback); 130 interrupted (every
@@ -6,10 +6,24 @@ finished row is kept; the same command resumes).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
 import warnings
 from pathlib import Path
+
+import pandas as pd
+
+from models import MODEL_NAMES, list_categories
+from models.errors import ConfigError, DatasetError, UserError
+
+from . import plots
+from .checkpoints import DEFAULT_CHECKPOINT_DIR
+from .demo_data import make_synthetic_dataset
+from .grid import run_grid
+from .results import DEFAULT_RESULTS_CSV, read_results
+from .train import TrainConfig
 
 DEFAULT_DATA_ROOT = "mvtec_anomaly_detection"
 DEMO_DIR = "data/demo"
@@ -18,8 +32,6 @@ TABLE_COLUMNS = ["category", "model", "image_auroc", "pixel_auroc", "aupro", "f1
 
 def _parse_value(text: str):
     """'8' -> 8, '0.5' -> 0.5, '[8,16]' -> [8, 16], 'true' -> True, else the string."""
-    import json
-
     try:
         return json.loads(text)
     except ValueError:
@@ -27,8 +39,6 @@ def _parse_value(text: str):
 
 
 def _overrides(items: list[str]) -> dict:
-    from .errors import ConfigError
-
     out: dict = {}
     for item in items or []:
         name, sep, value = item.partition("=")
@@ -43,9 +53,6 @@ def _overrides(items: list[str]) -> dict:
 def _data_root(arg: str | None, log) -> Path:
     """--data-root, else $MVTEC_ROOT, else ./mvtec_anomaly_detection; only that implicit default
     falls back to the demo dataset (an explicit path that is wrong is an error)."""
-    from . import list_categories, make_synthetic_dataset
-    from .errors import DatasetError
-
     if arg is not None:
         return Path(arg)
     if os.environ.get("MVTEC_ROOT"):
@@ -61,8 +68,6 @@ def _data_root(arg: str | None, log) -> Path:
 
 
 def _print_table(df) -> None:
-    import pandas as pd
-
     if df.empty:
         print("(no results)")
         return
@@ -72,15 +77,12 @@ def _print_table(df) -> None:
 
 
 def cmd_run(args) -> int:
-    from . import experiment
-    from .training import TrainConfig
-
     log = lambda msg: print(msg, flush=True)
     root = _data_root(args.data_root, log)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         device=args.device, amp=not args.no_amp, compile=args.compile,
                         num_threads=args.num_threads, progress=not args.no_progress)
-    df = experiment.run_grid(
+    df = run_grid(
         root, args.categories, args.models, image_size=args.image_size, train=train,
         model_overrides=_overrides(args.set), results_csv=args.results_csv, force=args.force,
         checkpoint_dir=args.checkpoint_dir, threshold_rule=args.threshold_rule, cache_dir=args.cache_dir, log=log,
@@ -97,9 +99,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_plots(args) -> int:
-    from . import plots
-    from .experiment import read_results
-
     df = read_results(args.results_csv)
     for path in plots.make_all_figures(df, Path(args.out)):
         print(path)
@@ -107,22 +106,14 @@ def cmd_plots(args) -> int:
 
 
 def cmd_demo_data(args) -> int:
-    from . import make_synthetic_dataset
-
     print(make_synthetic_dataset(args.out, seed=args.seed))
     return 0
 
 
 def build_parser():
-    import argparse
-
-    from . import MODEL_NAMES
-    from .experiment import DEFAULT_CHECKPOINT_DIR, DEFAULT_RESULTS_CSV
-    from .training import TrainConfig
-
     d = TrainConfig()
     p = argparse.ArgumentParser(
-        prog="python -m models",
+        prog="python -m pipeline",
         description="Train and compare reconstruction-based anomaly detectors (CAE, VAE, ViT-VAE, VAE-GRF) "
                     "on MVTec-layout datasets.",
         epilog="Exit status: 0 ok, 1 some jobs failed, 2 bad input (one sentence on stderr), 130 interrupted.",
@@ -178,8 +169,6 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from .errors import UserError
-
     # Warnings are for people: one line each, without source lines.
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     args = build_parser().parse_args(argv)

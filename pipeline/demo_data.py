@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .errors import DatasetError
+from models.errors import DatasetError
 
 VERSION = 1  # bump when the generator changes: an existing demo folder is then rewritten
 CATEGORIES = {"weave": "texture", "woodgrain": "texture", "hexnut": "object", "tablet": "object"}

@@ -1,0 +1,155 @@
+"""Checkpoints: where a job's trained model is kept, and how it is written and read back.
+
+A checkpoint holds plain data only (state dict of tensors, model name, config dict, results
+row, training config) and is read with ``torch.load(weights_only=True)``, so a checkpoint
+file can never run code on load. It is written to a temporary file and renamed into place,
+so a killed run never leaves half a checkpoint. Its path is
+``<checkpoint_dir>/<dataset>/<category>/<model>-<config_hash>.pt`` (``checkpoint_path``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickletools
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import MODEL_NAMES, MODELS, model_config
+from models.errors import CheckpointError, ConfigError
+
+from .files import current_umask
+from .train import TrainConfig
+
+CHECKPOINT_FORMAT = 1
+DEFAULT_CHECKPOINT_DIR = "checkpoints"  # git-ignored
+
+
+def _plain(value):
+    """Numpy scalars and nested containers -> builtin types (weights_only can load those)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str):  # str subclasses (torch.__version__ is a TorchVersion) would need a global
+        return str(value)
+    return value
+
+
+def _json_norm(d: dict) -> dict:
+    return json.loads(json.dumps(_plain(d), sort_keys=True))  # tuples -> lists, like a file round trip
+
+
+def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_config: TrainConfig | None = None) -> Path:
+    """Write {format, model, config, state_dict, row, train_config} atomically (temp file + rename)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise CheckpointError(f"cannot create the checkpoint folder {str(path.parent)!r} ({why}); "
+                              "pass another --checkpoint-dir.") from None
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": name,
+        "config": _plain(model.config.to_dict()),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "row": _plain(row) if row is not None else None,
+        "train_config": train_config.to_dict() if train_config is not None else None,
+    }
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write a checkpoint in {str(path.parent)!r} ({e.strerror}); "
+                              "make the folder writable or pass another --checkpoint-dir.") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a checkpoint is shared like any file
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # disk full or file size limit (torch.save's zip writer raises RuntimeError)
+        Path(tmp).unlink(missing_ok=True)
+        why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot write the checkpoint {str(path)!r} ({why}); "
+                              "free disk space or pass another --checkpoint-dir.") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _pickle_imports(path: Path) -> bool:
+    """True if ``path`` is a raw pickle that imports globals (what a code-running pickle does).
+    Only reads opcodes with ``pickletools``: nothing is unpickled."""
+    if zipfile.is_zipfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST") for op, _, _ in pickletools.genops(f))
+    except Exception:  # noqa: BLE001 - not a pickle at all
+        return False
+
+
+def read_checkpoint(path) -> dict:
+    """The checkpoint's payload, checked; plain data only (never unpickles code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure here means "not a checkpoint we can load"
+        # weights_only refuses imports of arbitrary globals (functions, classes): code could run.
+        unsafe = any(w in str(e) for w in ("GLOBAL", "Unsupported global", "Unsupported class")) or _pickle_imports(path)
+        why = ("it contains Python objects other than tensors and plain data, and loading it could run code"
+               if unsafe else f"it is not a PyTorch checkpoint ({type(e).__name__})")
+        raise CheckpointError(f"refused to load {str(path)!r}: {why}; use a checkpoint written by this package.") from None
+    keys = {"format", "model", "config", "state_dict"}
+    if not isinstance(payload, dict) or not keys <= set(payload):
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint of this package (it lacks model, config and state_dict).")
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} has checkpoint format {payload['format']!r}; this version reads {CHECKPOINT_FORMAT}.")
+    return payload
+
+
+def load_checkpoint(path, *, model: str | None = None, config=None, device="cpu"):
+    """Rebuild the model stored in ``path``; ``model``/``config`` (name, dict or ModelConfig)
+    are what the caller expects, and a checkpoint of anything else is refused with the reason.
+    The checkpoint's payload is kept as ``m.checkpoint`` (row, train_config)."""
+    payload = read_checkpoint(path)
+    name, stored = payload["model"], payload["config"]
+    where = repr(str(path))
+    if name not in MODELS:
+        raise CheckpointError(f"{where} holds an unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}.")
+    if model is not None and model != name:
+        raise CheckpointError(f"{where} holds a {name} model, not a {model}; load it as {name!r}.")
+    if config is not None:
+        want = _json_norm(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+        have = _json_norm(stored)
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if diff:
+            detail = ", ".join(f"{k}={have.get(k)!r} (expected {want.get(k)!r})" for k in diff[:4])
+            raise CheckpointError(f"{where} was trained with a different {name} config: {detail}.")
+    try:
+        cfg = model_config(name, **stored)
+        m = MODELS[name](cfg)
+        m.load_state_dict(payload["state_dict"])
+    except (ConfigError, RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{where} does not match the {name} model of this version: {first}") from None
+    m.checkpoint = {k: payload.get(k) for k in ("row", "train_config")}
+    return m.to(device).eval()
+
+
+def safe_name(name: str) -> str:
+    """``name`` as a file-system-safe folder name (letters, digits, ``-_.``; others become ``_``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "_"
+
+
+def checkpoint_path(checkpoint_dir, *, dataset: str, category: str, model: str, config_hash: str) -> Path:
+    """Where the job (dataset, category, model, config_hash) keeps its checkpoint."""
+    return Path(checkpoint_dir) / safe_name(dataset) / safe_name(category) / f"{model}-{config_hash}.pt"

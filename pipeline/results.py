@@ -1,0 +1,217 @@
+"""The results CSV: one row per finished job, and the cache that lets a rerun skip it.
+
+One row per key (dataset, category, model, config_hash); ``config_hash`` covers everything
+that changes a result (see ``job.JobSpec.config_dict``). A rerun skips the keys already
+present and writes nothing (the file stays byte-identical); ``force`` replaces them;
+deleting the file retrains everything.
+
+Each row is written the moment its job ends: under an exclusive ``fcntl.flock`` on a side
+lock file, the CSV is re-read (another run may have added rows), the row appended, the
+table written to a temporary file in the same folder and renamed over the CSV. A SIGKILL
+or Ctrl-C at any point leaves either the old or the new complete file, and two runs
+sharing one CSV neither lose nor duplicate rows. Existing cells are kept as the exact text
+they were written as; columns of an older or newer schema are kept (missing ones are
+empty). A CSV that cannot be read is an error naming it and is never overwritten.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.errors import UserError
+
+from .files import current_umask
+
+try:  # POSIX; elsewhere concurrent runs on one CSV are not guarded
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+DEFAULT_RESULTS_CSV = "evaluation_results_all_models.csv"
+KEY_COLUMNS = ("dataset", "category", "model", "config_hash")
+# The contract's columns, in this order (docs/design.md, "The results CSV") ...
+COLUMNS = ("dataset", "category", "model", "config_hash")
+# The contract's columns, in this order (DESIGN section 6) ...
+COLUMNS = (
+    "dataset", "category", "category_type", "model", "image_auroc", "pixel_auroc", "aupro", "f1",
+    "precision", "recall", "threshold", "threshold_rule", "f1_max", "score", "epochs", "image_size", "seed",
+    "train_seconds", "infer_ms_per_image", "params", "config_hash", "device", "torch_version", "finished_at",
+)
+# ... then these extras.
+EXTRA_COLUMNS = (
+    "peak_memory_mb", "n_train", "n_val", "n_test", "train_loss", "val_loss", "batch_size", "lr",
+    "data_seconds", "score_seconds", "metrics_seconds", "config_json",
+)
+TEXT_COLUMNS = ("dataset", "category", "category_type", "model", "threshold_rule", "score", "config_hash",
+                "device", "torch_version", "finished_at", "config_json")
+
+
+class ResultsError(UserError, ValueError):
+    """A results CSV that cannot be read or written."""
+
+
+def cell_text(value) -> str:
+    """A row value as CSV text: floats with repr (exact round trip), NaN/None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else repr(float(value))
+    return str(value)
+
+
+def _ordered_columns(*tables_columns) -> list[str]:
+    """The contract's columns, the extras, then any other columns in the order first seen."""
+    seen = list(COLUMNS) + list(EXTRA_COLUMNS)
+    for cols in tables_columns:
+        seen += [c for c in cols if c not in seen]
+    present = set().union(*map(set, tables_columns))
+    return [c for c in seen if c in present or c in COLUMNS]
+
+
+def _unreadable(csv: Path, why: str) -> ResultsError:
+    return ResultsError(
+        f"results file {str(csv)!r} cannot be read ({why}); it was left untouched: "
+        f"fix or move it, or pass another --results-csv."
+    )
+
+
+def read_text_table(csv: Path) -> pd.DataFrame:
+    """The CSV with every cell as the exact text written (used to append without rewriting cells)."""
+    try:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise _unreadable(csv, "the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise _unreadable(csv, str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__) from None
+    except OSError as e:
+        raise _unreadable(csv, e.strerror or type(e).__name__) from None
+    missing = [c for c in KEY_COLUMNS if c not in df.columns]
+    if missing:
+        raise _unreadable(csv, f"it has no {', '.join(missing)} column, so it is not a results table of this version")
+    return df
+
+
+def read_results(csv=DEFAULT_RESULTS_CSV, *, missing_ok: bool = False) -> pd.DataFrame:
+    """The results table with typed columns; every contract column is present (NaN where an
+    older file lacks it) and no column of the file is dropped."""
+    csv = Path(csv)
+    if not csv.exists():
+        if missing_ok:
+            return pd.DataFrame(columns=list(COLUMNS))
+        raise ResultsError(f"no results file at {str(csv)!r}; run `python -m pipeline run` first or pass --results-csv.")
+    read_text_table(csv)  # the same checks (and errors) as when appending
+    df = pd.read_csv(csv, dtype={c: str for c in TEXT_COLUMNS})
+    for c in COLUMNS:
+        if c not in df.columns:
+            df[c] = np.nan
+    return df[_ordered_columns(df.columns)]
+
+
+@contextlib.contextmanager
+def _locked(csv: Path):
+    """Exclusive lock on ``.<csv name>.lock`` next to the CSV (blocks while another run writes)."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    lock = csv.with_name(f".{csv.name}.lock")
+    try:
+        f = open(lock, "a")
+    except OSError as e:
+        raise ResultsError(f"cannot create the lock file {str(lock)!r} ({e.strerror}); make the folder writable or pass another --results-csv.") from None
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _atomic_write_csv(df: pd.DataFrame, csv: Path) -> None:
+    """Write to a temp file in the same folder, fsync, rename over ``csv`` (all or nothing)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{csv.name}.", suffix=".tmp", dir=csv.parent)
+    except OSError as e:
+        raise ResultsError(f"cannot write results next to {str(csv)!r} ({e.strerror}); make the folder writable or pass another --results-csv.") from None
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        mode = csv.stat().st_mode & 0o777 if csv.exists() else 0o666 & ~current_umask()
+        os.chmod(tmp, mode)  # mkstemp makes 0600; keep the old file's permissions
+        os.replace(tmp, csv)
+    except OSError as e:  # disk full, quota, file size limit: the old file was never touched
+        Path(tmp).unlink(missing_ok=True)
+        raise ResultsError(f"cannot write results to {str(csv)!r} ({e.strerror or e}); the file was left as it was: "
+                           f"free disk space or pass another --results-csv.") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(csv) -> Path:
+    """Fail before any training if the results can be neither read nor written."""
+    csv = Path(csv)
+    try:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise ResultsError(f"cannot create the results folder {str(csv.parent)!r} ({why}); pass another --results-csv.") from None
+    if csv.exists():
+        read_text_table(csv)
+        if not os.access(csv, os.W_OK):
+            raise ResultsError(f"results file {str(csv)!r} is read-only; make it writable or pass another --results-csv (it was left untouched).")
+    if not os.access(csv.parent, os.W_OK):
+        raise ResultsError(f"the results folder {str(csv.parent)!r} is not writable; make it writable or pass another --results-csv.")
+    return csv
+
+
+def _remove_orphan_temps(csv: Path) -> None:
+    """Delete temp files of this CSV left by a writer killed mid-write. Called under the lock:
+    writers create temp files only while holding it, so any found now is an orphan."""
+    if fcntl is None:  # pragma: no cover - no lock, no certainty
+        return
+    name = re.compile(rf"\.{re.escape(csv.name)}\.[a-z0-9_]{{8}}\.tmp")  # mkstemp's 8 random characters
+    for p in csv.parent.glob(f".{glob.escape(csv.name)}.*.tmp"):
+        if name.fullmatch(p.name):
+            p.unlink(missing_ok=True)
+
+
+def append_row(csv, row: dict, *, replace: bool = False) -> bool:
+    """Add ``row`` to the CSV atomically, under the lock; False if its key is already there
+    (written meanwhile by another run) and ``replace`` is off. Other rows keep their exact text."""
+    csv = Path(csv)
+    with _locked(csv):
+        _remove_orphan_temps(csv)
+        table = read_text_table(csv) if csv.exists() else pd.DataFrame(columns=list(COLUMNS))
+        key = [str(row[k]) for k in KEY_COLUMNS]
+        present = (table[list(KEY_COLUMNS)] == key).all(axis=1) if len(table) else pd.Series([], dtype=bool)
+        if present.any() and not replace:
+            return False
+        new = pd.DataFrame([{k: cell_text(v) for k, v in row.items()}], dtype=str)
+        columns = _ordered_columns(table.columns, new.columns)
+        out = pd.concat([table.loc[~present].reindex(columns=columns, fill_value=""),
+                         new.reindex(columns=columns, fill_value="")], ignore_index=True)
+        _atomic_write_csv(out, csv)
+    return True
+
+
+def finished_keys(csv) -> set[tuple[str, ...]]:
+    """The keys (KEY_COLUMNS, as text) of the rows already in ``csv``; empty if it does not exist."""
+    csv = Path(csv)
+    if not csv.exists():
+        return set()
+    table = read_text_table(csv)
+    return set(map(tuple, table[list(KEY_COLUMNS)].itertuples(index=False, name=None)))
