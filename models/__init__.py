@@ -18,7 +18,7 @@ import numbers
 import numpy as np
 
 from . import grf, scoring, variational
-from .base import AnomalyModel, ModelConfig
+from .base import DEFAULT_IMAGE_SIZE, AnomalyModel, ModelConfig
 from .cae import CAE
 from .errors import CheckpointError, ConfigError, DatasetError, UserError
 from .mvtec import MVTecAD, list_categories
@@ -31,7 +31,13 @@ MODELS: dict[str, type[AnomalyModel]] = {"cae": CAE, "vae": VAE, "vit_vae": ViTV
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 
 
-def model_config(name: str, image_size: int = 128, in_channels: int = 3, **overrides) -> ModelConfig:
+def model_label(name: str) -> str:
+    """Display name of model ``name`` (its class's ``label``); an unknown name (a row of an
+    old CSV, a model no longer registered) is shown as it is."""
+    return MODELS[name].label if name in MODELS else name
+
+
+def model_config(name: str, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: int = 3, **overrides) -> ModelConfig:
     """The config dataclass of model ``name`` with defaults replaced by ``overrides``."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}.")
@@ -76,14 +82,15 @@ def _check_type(name: str, key: str, value, default) -> None:
         raise ConfigError(f"{name}: {key} must be {kind(default)} (default {default!r}), got {value!r}.")
 
 
-def build_model(name: str, image_size: int = 128, in_channels: int = 3, **overrides) -> AnomalyModel:
+def build_model(name: str, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: int = 3, **overrides) -> AnomalyModel:
     """A freshly initialised model ``name`` (one of MODEL_NAMES); unknown names/settings raise ConfigError."""
     config = model_config(name, image_size=image_size, in_channels=in_channels, **overrides)
     return MODELS[name](config)
 
 
 __all__ = [
-    "MODELS", "MODEL_NAMES", "AnomalyModel", "ModelConfig", "build_model", "model_config",
+    "MODELS", "MODEL_NAMES", "DEFAULT_IMAGE_SIZE", "AnomalyModel", "ModelConfig", "build_model", "model_config",
+    "model_label",
     "MVTecAD", "list_categories", "grf", "scoring",
     "UserError", "DatasetError", "ConfigError", "CheckpointError",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -20,10 +21,12 @@ from torch import nn
 from . import scoring
 from .errors import ConfigError
 
+DEFAULT_IMAGE_SIZE = 128  # px; the one default of every image_size (configs, dataset, grid, CLI)
+
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    image_size: int = 128  # input side in px; must be a multiple of the model's stride / patch
+    image_size: int = DEFAULT_IMAGE_SIZE  # input side in px; must be a multiple of the model's stride / patch
     in_channels: int = 3  # 1 (grayscale) or 3 (RGB)
     score_map: str = "l2"  # "l2" (mean_c squared residual) or "ssim" (1 - SSIM) / 2
     score_sigma: float = 4.0  # Gaussian smoothing of the map in px; 0 = raw map
@@ -62,6 +65,13 @@ class AnomalyModel(nn.Module):
     """Base of the four models: a reconstruction model scored by its residual."""
 
     config_class: type[ModelConfig] = ModelConfig
+    # Display name in figures, tables and the report; a subclass that sets none shows its class name.
+    label: ClassVar[str] = "AnomalyModel"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "label" not in cls.__dict__:
+            cls.label = cls.__name__
 
     def __init__(self, config: ModelConfig):
         super().__init__()

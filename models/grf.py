@@ -85,6 +85,27 @@ def _rfft_weights(width: int, dtype, device) -> torch.Tensor:
     return weights
 
 
+RHO_BOUNDS = (0.1, 16.0)  # (min, max) of a learned rho in latent px; 16 = the latent side at 128 px
+
+
+def check_prior_settings(*, kernel: str, rho: float, variance: float, eps: float, learn_rho: bool,
+                         rho_bounds: tuple[float, float], where: str = "GRF prior") -> None:
+    """Raise ConfigError for settings no GRF prior can use. The one place they are checked:
+    ``GRFPrior`` calls it, and so does the VAE-GRF's config (``where`` names the caller)."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"{where}: kernel {kernel!r} is unknown; valid kernels: {', '.join(KERNELS)}.")
+    if not (rho >= 0 and math.isfinite(rho)):
+        raise ConfigError(f"{where}: rho must be a finite number >= 0 latent pixels (0 = white-noise prior), got {rho}.")
+    if not variance > 0:
+        raise ConfigError(f"{where}: the prior variance must be > 0, got {variance}.")
+    if not 0 < eps < 1:
+        raise ConfigError(f"{where}: the relative spectrum floor eps must be in (0, 1), got {eps}.")
+    lo, hi = rho_bounds
+    if learn_rho and not (0 < lo <= rho <= hi):
+        raise ConfigError(f"{where}: a learned rho must start inside rho_bounds ({lo}, {hi}) with bounds > 0, "
+                          f"got rho={rho}.")
+
+
 class GRFPrior(nn.Module):
     """N(0, Sigma) on the h x w torus per channel, Sigma stationary (see the module docstring).
 
@@ -113,23 +134,15 @@ class GRFPrior(nn.Module):
         variance: float = 1.0,
         eps: float = 1e-6,
         learn_rho: bool = False,
-        rho_bounds: tuple[float, float] = (0.1, 32.0),
+        rho_bounds: tuple[float, float] = RHO_BOUNDS,
         kl_float64: bool = False,
     ):
         super().__init__()
-        if kernel not in KERNELS:
-            raise ConfigError(f"GRF kernel {kernel!r} is unknown; valid kernels: {', '.join(KERNELS)}.")
         if height < 1 or width < 1:
             raise ConfigError(f"GRF prior needs a latent map of at least 1 x 1 sites, got {height} x {width}.")
-        if not (rho >= 0 and math.isfinite(rho)):
-            raise ConfigError(f"GRF rho must be a finite number >= 0 (latent pixels), got {rho}.")
-        if not variance > 0:
-            raise ConfigError(f"GRF variance must be > 0, got {variance}.")
-        if not 0 < eps < 1:
-            raise ConfigError(f"GRF eps (spectrum floor) must be in (0, 1), got {eps}.")
+        check_prior_settings(kernel=kernel, rho=rho, variance=variance, eps=eps, learn_rho=learn_rho,
+                             rho_bounds=rho_bounds)
         lo, hi = rho_bounds
-        if learn_rho and not (0 < lo <= rho <= hi):
-            raise ConfigError(f"a learned GRF rho must start inside rho_bounds ({lo}, {hi}) with bounds > 0, got rho={rho}.")
         self.height, self.width, self.kernel = height, width, kernel
         self.variance, self.eps, self.rho_bounds = float(variance), float(eps), (float(lo), float(hi))
         self.kl_float64 = kl_float64

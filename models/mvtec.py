@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .base import DEFAULT_IMAGE_SIZE
 from .errors import ConfigError, DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -38,6 +39,7 @@ MVTEC_OBJECTS = (
 )
 MARKER_FILE = "DATASET.json"  # written by pipeline/demo_data.py at the root of the demo dataset
 SPLITS = ("train", "val", "test")
+DEFAULT_VAL_FRACTION = 0.1  # of train/good held out as val (threshold, validation loss)
 DECODE_VERSION = 1  # bump when decoding changes: invalidates on-disk caches
 MEMORY_CACHE_LIMIT = 4 * 1024**3  # bytes of decoded arrays kept across datasets (LRU)
 HUGE_PIXELS = 4096 * 4096  # larger images are box-reduced while decoding (memory); smaller are decoded as they are
@@ -383,9 +385,9 @@ class MVTecAD(torch.utils.data.Dataset):
         root,
         category: str,
         split: str = "train",
-        image_size: int = 128,
+        image_size: int = DEFAULT_IMAGE_SIZE,
         in_channels: int = 3,
-        val_fraction: float = 0.1,
+        val_fraction: float = DEFAULT_VAL_FRACTION,
         seed: int = 0,
         cache_dir=None,
         *,

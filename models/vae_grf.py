@@ -27,7 +27,7 @@ from torch import nn
 
 from .base import ModelConfig
 from .errors import ConfigError
-from .grf import KERNELS, GRFPrior
+from .grf import RHO_BOUNDS, GRFPrior, check_prior_settings
 from .layers import ConvDecoder, ConvEncoder, check_conv_size
 from .variational import VariationalModel, bound_logvar
 
@@ -48,7 +48,7 @@ class VAEGRFConfig(ModelConfig):
     prior_eps: float = 1e-6
     # Learn rho (in log space, clamped to rho_bounds) instead of fixing it.
     learn_rho: bool = False
-    rho_bounds: tuple[float, float] = (0.1, 16.0)
+    rho_bounds: tuple[float, float] = RHO_BOUNDS
 
     def __post_init__(self):
         self.widths = tuple(self.widths)  # a JSON round trip turns tuples into lists
@@ -61,25 +61,15 @@ class VAEGRFConfig(ModelConfig):
             raise ConfigError(f"vae_grf: latent_channels must be a positive integer, got {self.latent_channels}.")
         if not self.beta >= 0:  # also rejects NaN
             raise ConfigError(f"vae_grf: beta must be >= 0, got {self.beta}.")
-        if self.kernel not in KERNELS:
-            raise ConfigError(f"vae_grf: kernel {self.kernel!r} is unknown; valid kernels: {', '.join(KERNELS)}.")
-        if not self.rho >= 0:
-            raise ConfigError(f"vae_grf: rho must be >= 0 latent pixels (0 = white-noise prior), got {self.rho}.")
-        lo, hi = self.rho_bounds
-        if self.learn_rho and not 0 < lo <= self.rho <= hi:
-            raise ConfigError(
-                f"vae_grf: with learn_rho, rho ({self.rho}) must lie in rho_bounds ({lo}, {hi}) and the bounds be > 0."
-            )
-        if not self.prior_variance > 0 or not 0 < self.prior_eps < 1:
-            raise ConfigError(
-                f"vae_grf: prior_variance must be > 0 and prior_eps in (0, 1), got {self.prior_variance} and {self.prior_eps}."
-            )
+        check_prior_settings(kernel=self.kernel, rho=self.rho, variance=self.prior_variance, eps=self.prior_eps,
+                             learn_rho=self.learn_rho, rho_bounds=self.rho_bounds, where="vae_grf")
 
 
 class VAEGRF(VariationalModel):
     """Map-latent VAE with a GRF prior; reconstruct() decodes the posterior mean."""
 
     config_class = VAEGRFConfig
+    label = "VAE-GRF"
 
     def __init__(self, config: VAEGRFConfig):
         super().__init__(config)

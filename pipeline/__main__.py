@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from models import MODEL_NAMES, list_categories
+from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories
 from models.errors import ConfigError, DatasetError, UserError
 
 from . import plots
 from .checkpoints import DEFAULT_CHECKPOINT_DIR
 from .demo_data import make_synthetic_dataset
 from .grid import run_grid
+from .metrics import DEFAULT_THRESHOLD_RULE
 from .results import DEFAULT_RESULTS_CSV, read_results
 from .train import TrainConfig
 
@@ -132,7 +133,8 @@ def build_parser():
     r.add_argument("--categories", nargs="+", metavar="C", help="categories to run (default: all under the root)")
     r.add_argument("--models", nargs="+", metavar="M", help=f"models to run (default: all: {' '.join(MODEL_NAMES)})")
     r.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"training epochs (default {d.epochs})")
-    r.add_argument("--image-size", type=int, default=128, metavar="S", help="square input size in px (default 128)")
+    r.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, metavar="S",
+                   help=f"square input size in px (default {DEFAULT_IMAGE_SIZE})")
     r.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B", help=f"batch size (default {d.batch_size})")
     r.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
     r.add_argument("--seed", type=int, default=d.seed, metavar="K", help=f"seed of everything (default {d.seed})")
@@ -143,8 +145,9 @@ def build_parser():
     r.add_argument("--force", action="store_true", help="retrain and replace rows already in the CSV")
     r.add_argument("--set", action="append", metavar="MODEL.KEY=VALUE",
                    help="override a model setting, e.g. --set cae.latent_dim=64 --set vae.widths=[16,32,64]")
-    r.add_argument("--threshold-rule", default="val_max",
-                   help="decision threshold from val normal scores: val_max, val_p99, val_mean+3std (default val_max)")
+    r.add_argument("--threshold-rule", default=DEFAULT_THRESHOLD_RULE,
+                   help="decision threshold from val normal scores: val_max, val_p99, val_mean+3std "
+                        f"(default {DEFAULT_THRESHOLD_RULE})")
     r.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINT_DIR, metavar="DIR",
                    help=f"where each job's checkpoint is saved (default {DEFAULT_CHECKPOINT_DIR}/)")
     r.add_argument("--cache-dir", metavar="DIR", help="optional disk cache of decoded images")

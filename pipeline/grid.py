@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from models import MODEL_NAMES, list_categories
+from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories
 from models.errors import ConfigError, DatasetError, UserError
-from models.mvtec import dataset_name
+from models.mvtec import DEFAULT_VAL_FRACTION, dataset_name
+
+from .metrics import DEFAULT_THRESHOLD_RULE
 
 from .checkpoints import DEFAULT_CHECKPOINT_DIR
 from .job import JobSpec, load_category, run_job
@@ -26,9 +28,9 @@ from .results import (DEFAULT_RESULTS_CSV, KEY_COLUMNS, ResultsError, append_row
 from .train import TrainConfig
 
 
-def make_specs(data_root, categories=None, models=None, *, image_size: int = 128, train: TrainConfig | None = None,
-               model_overrides: dict | None = None, threshold_rule: str = "val_max",
-               val_fraction: float = 0.1) -> list[JobSpec]:
+def make_specs(data_root, categories=None, models=None, *, image_size: int = DEFAULT_IMAGE_SIZE,
+               train: TrainConfig | None = None, model_overrides: dict | None = None, threshold_rule: str = DEFAULT_THRESHOLD_RULE,
+               val_fraction: float = DEFAULT_VAL_FRACTION) -> list[JobSpec]:
     """The grid's jobs, category-major (a category is decoded once for all its models), validated."""
     available = list_categories(data_root)  # DatasetError for a missing or empty root
     cats = available if categories is None else list(dict.fromkeys(categories))
@@ -60,10 +62,10 @@ def _fmt(x) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def run_grid(data_root, categories=None, models=None, *, image_size: int = 128, train: TrainConfig | None = None,
-             model_overrides: dict | None = None, results_csv=DEFAULT_RESULTS_CSV, force: bool = False,
-             checkpoint_dir=DEFAULT_CHECKPOINT_DIR, threshold_rule: str = "val_max", val_fraction: float = 0.1,
-             cache_dir=None, log=print) -> pd.DataFrame:
+def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAULT_IMAGE_SIZE,
+             train: TrainConfig | None = None, model_overrides: dict | None = None, results_csv=DEFAULT_RESULTS_CSV,
+             force: bool = False, checkpoint_dir=DEFAULT_CHECKPOINT_DIR, threshold_rule: str = DEFAULT_THRESHOLD_RULE,
+             val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir=None, log=print) -> pd.DataFrame:
     """Train and evaluate every (category, model) whose row is not yet in ``results_csv``.
 
     Returns the grid's rows (cached and new) as a DataFrame in grid order; ``df.attrs``

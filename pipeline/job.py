@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from models import MODELS, AnomalyModel, ModelConfig, model_config
+from models import DEFAULT_IMAGE_SIZE, MODELS, AnomalyModel, ModelConfig, model_config
 from models.errors import ConfigError, DatasetError
-from models.mvtec import MVTecAD, category_type
+from models.mvtec import DEFAULT_VAL_FRACTION, MVTecAD, category_type
 
 from . import metrics
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, save_checkpoint
@@ -45,12 +45,12 @@ class JobSpec:
     category: str
     model: str
     dataset: str  # dataset name (models.mvtec.dataset_name(data_root)), part of the key
-    image_size: int = 128
+    image_size: int = DEFAULT_IMAGE_SIZE
     in_channels: int = 3  # experiments use RGB (grayscale categories are replicated to 3 channels)
     train: TrainConfig = field(default_factory=TrainConfig)
     model_overrides: dict = field(default_factory=dict)  # e.g. {"latent_dim": 64}
-    threshold_rule: str = "val_max"  # see metrics.val_threshold
-    val_fraction: float = 0.1  # of train/good held out as val (threshold + validation loss)
+    threshold_rule: str = metrics.DEFAULT_THRESHOLD_RULE  # see metrics.val_threshold
+    val_fraction: float = DEFAULT_VAL_FRACTION  # of train/good held out as val (threshold + validation loss)
 
     def model_config(self) -> ModelConfig:
         return model_config(self.model, image_size=self.image_size, in_channels=self.in_channels, **self.model_overrides)
@@ -100,8 +100,8 @@ class CategoryData:
     seconds: float = 0.0  # time to decode (or fetch from cache) the three splits
 
 
-def load_category(root, category: str, *, image_size: int = 128, in_channels: int = 3, seed: int = 0,
-                  val_fraction: float = 0.1, cache_dir=None) -> CategoryData:
+def load_category(root, category: str, *, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: int = 3, seed: int = 0,
+                  val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir=None) -> CategoryData:
     """The train / val / test splits of one category, decoded once (shared by the models of a grid)."""
     t0 = time.perf_counter()
     kw = dict(image_size=image_size, in_channels=in_channels, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir)

@@ -175,10 +175,11 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
 
 # --- honest threshold (val normals only) and F1 -------------------------------------------------
 
+DEFAULT_THRESHOLD_RULE = "val_max"
 THRESHOLD_RULES = ("val_max", "val_pNN (e.g. val_p99)", "val_mean+Kstd (e.g. val_mean+3std)")
 
 
-def val_threshold(val_scores, rule: str = "val_max") -> float:
+def val_threshold(val_scores, rule: str = DEFAULT_THRESHOLD_RULE) -> float:
     """Decision threshold from the scores of ``val`` normal images only (never test labels).
 
     - ``"val_max"``: the largest val score, so no val image is flagged;
