@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from helpers import SLOW_EPOCHS_CLI, make_tiny_mvtec
 
 import models
@@ -98,6 +99,15 @@ def test_bad_arguments_exit_2_with_one_sentence(root, tmp_path, capsys, extra, m
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_unavailable_device_exits_2_before_any_data_is_read(root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pipeline.grid, "load_category", lambda *a, **k: pytest.fail("data read for an unusable device"))
+    assert main(run_args(root, tmp_path / "r.csv", tmp_path, "--models", "cae", "--device", "cuda")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: training: device 'cuda' was requested but no CUDA GPU is available")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r.csv").exists()
 
 
 def test_missing_data_root_exits_2(tmp_path, capsys):

@@ -131,3 +131,11 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     with pytest.raises(CheckpointError, match="could run code"):
         load_checkpoint(evil)
     assert not marker.exists()
+
+
+def test_on_epoch_is_called_after_every_epoch_with_the_history_so_far():
+    seen = []
+    cfg = TrainConfig(epochs=3, batch_size=4, progress=False, device="cpu")
+    fit(models.build_model("cae", image_size=32, **TINY_CAE), fake_ds(), cfg=cfg,
+        on_epoch=lambda epoch, history: seen.append((epoch, len(history["train_loss"]))))
+    assert seen == [(1, 1), (2, 2), (3, 3)]
