@@ -8,8 +8,8 @@
                              [--label NAME] [--results-csv /tmp/accuracy_runs.csv]
                              [--out-csv /tmp/accuracy_scores.csv] [--num-threads 1] [--force]
 
-1. ``experiment.run_grid`` trains and evaluates every (category, model) like ``python -m
-   models run`` does, with rows cached in a SCRATCH CSV under /tmp (never the repository's
+1. ``pipeline.grid.run_grid`` trains and evaluates every (category, model) like ``python -m
+   pipeline run`` does, with rows cached in a SCRATCH CSV under /tmp (never the repository's
    evaluation_results_all_models.csv) and checkpoints under /tmp/accuracy_ckpt. A rerun with
    the same settings skips training.
 2. A scoring rule changes only how a reconstruction is turned into a map and a score, not
@@ -29,22 +29,49 @@ Small test sets: one image moves AUROC by several points; compare settings, not 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models import scoring
+from models.errors import ConfigError
+from pipeline import metrics
+from pipeline.checkpoints import checkpoint_path, load_checkpoint
+from pipeline.grid import run_grid
+from pipeline.job import load_category
+from pipeline.results import DEFAULT_RESULTS_CSV
+from pipeline.train import TrainConfig
 
-from models import experiment, metrics, scoring  # noqa: E402
-from models.__main__ import _overrides, _parse_value  # noqa: E402
-from models.training import TrainConfig, load_checkpoint  # noqa: E402
-
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO.parent / "shared" / "data" / "dev"
 DEFAULT_RULES = ("default", "l2/0/mean", "l2/4/mean", "l2/4/max", "l2/4/top0.01", "ssim/4/mean", "ssim/4/max",
                  "ssim/4/top0.01")
+
+
+# Stopgap copies of pipeline.__main__._parse_value / _overrides (the CLI's --set / value parsing),
+# which are private there; replace them with the public names once pipeline exports them.
+def parse_value(text: str):
+    """'8' -> 8, '0.5' -> 0.5, '[8,16]' -> [8, 16], 'true' -> True, else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"True": True, "False": False}.get(text, text)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['cae.latent_dim=64', ...] -> {'cae': {'latent_dim': 64}, ...} (lists become tuples)."""
+    out: dict = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        model, dot, key = name.partition(".")
+        if not (sep and dot and model and key):
+            raise ConfigError(f"--set expects MODEL.KEY=VALUE (e.g. --set cae.latent_dim=64), got {item!r}.")
+        value = parse_value(value)
+        out.setdefault(model, {})[key] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def parse_rule(text: str, cfg) -> dict:
@@ -59,7 +86,8 @@ def parse_rule(text: str, cfg) -> dict:
             reduce, topk = "topk", float(reduce[3:])
         rule = dict(score_map=m, score_sigma=float(sigma), score_reduce=reduce, score_topk=topk)
     except ValueError:
-        raise SystemExit(f"--scores: cannot read {text!r}; write MAP/SIGMA/REDUCE, e.g. l2/4/max or ssim/4/top0.01.")
+        msg = f"--scores: cannot read {text!r}; write MAP/SIGMA/REDUCE, e.g. l2/4/max or ssim/4/top0.01."
+        raise SystemExit(msg) from None
     if m not in scoring.SCORE_MAPS or reduce not in scoring.SCORE_REDUCTIONS:
         raise SystemExit(f"--scores: {text!r} names an unknown map or reduction; maps: {scoring.SCORE_MAPS}, "
                          f"reductions: mean, max, topF.")
@@ -85,7 +113,8 @@ def score_rule(x, x_hat, rule: dict, batch_size: int = 32) -> tuple[torch.Tensor
 
 def rescore(row, data, ckpt_dir: Path, rules: list[str]) -> list[dict]:
     """One trained model (found by its row's config_hash) scored under every rule."""
-    path = ckpt_dir / experiment._safe(row["dataset"]) / experiment._safe(row["category"]) / f"{row['model']}-{row['config_hash']}.pt"
+    path = checkpoint_path(ckpt_dir, dataset=row["dataset"], category=row["category"], model=row["model"],
+                           config_hash=row["config_hash"])
     model = load_checkpoint(path)
     x_test, xh_test = reconstruct_split(model, data.test)
     x_val, xh_val = reconstruct_split(model, data.val)
@@ -130,16 +159,17 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="retrain rows already in --results-csv")
     a = p.parse_args(argv)
-    if Path(a.results_csv).resolve() == Path(experiment.DEFAULT_RESULTS_CSV).resolve():
+    # The repository's table, wherever this is run from (DEFAULT_RESULTS_CSV is relative to the cwd).
+    if Path(a.results_csv).resolve() in {Path(DEFAULT_RESULTS_CSV).resolve(), (REPO / DEFAULT_RESULTS_CSV).resolve()}:
         raise SystemExit("--results-csv must be a scratch file, not the repository's results table.")
     torch.set_num_threads(a.num_threads)
 
     train_kw = {k: v for k, v in dict(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr).items() if v is not None}
     for item in a.train:
         key, _, value = item.partition("=")
-        v = _parse_value(value)
+        v = parse_value(value)
         train_kw[key] = tuple(v) if isinstance(v, list) else v
-    overrides = _overrides(a.set)
+    overrides = parse_overrides(a.set)
     root = Path(a.data_root)
     ckpt_dir = Path(a.checkpoint_dir)
     rows = []
@@ -147,14 +177,14 @@ def main(argv=None) -> int:
     for seed in a.seeds:
         train = TrainConfig(seed=seed, device=a.device, num_threads=a.num_threads, progress=False, **train_kw)
         t0 = time.perf_counter()
-        df = experiment.run_grid(root, a.categories, a.models, image_size=a.image_size, train=train,
-                                 model_overrides=overrides, results_csv=a.results_csv, force=a.force,
-                                 checkpoint_dir=ckpt_dir, log=lambda m: print(m, flush=True))
+        df = run_grid(root, a.categories, a.models, image_size=a.image_size, train=train,
+                      model_overrides=overrides, results_csv=a.results_csv, force=a.force,
+                      checkpoint_dir=ckpt_dir, log=lambda m: print(m, flush=True))
         grid_s = time.perf_counter() - t0
         for f in df.attrs.get("failures", []):
             print(f"FAILED {f['model']} on {f['category']}: {f['error']}")
         for category, group in df.groupby("category", sort=False):
-            data = experiment.load_category(root, category, image_size=a.image_size, seed=seed)
+            data = load_category(root, category, image_size=a.image_size, seed=seed)
             for _, row in group.iterrows():
                 budget = dict(label=a.label, dataset=row["dataset"], category=category, model=row["model"], seed=seed,
                               image_size=int(row["image_size"]), epochs=int(row["epochs"]),
@@ -171,10 +201,10 @@ def main(argv=None) -> int:
     cols = ["category", "model", "seed", "rule", "image_auroc", "pixel_auroc", "aupro", "f1", "train_seconds"]
     fmt = lambda x: f"{x:.3f}"
     with pd.option_context("display.width", 200, "display.max_rows", 1000):
-        print(f"\n== {a.label or 'run'}: {root}, {a.image_size} px, train {train_kw or 'defaults'}, overrides {overrides or 'none'}")
+        print(f"\n== {a.label or 'run'}: {root}, {a.image_size} px, train {train_kw or 'defaults'}, "
+              f"overrides {overrides or 'none'}")
         print(table[cols].to_string(index=False, float_format=fmt))
-        mean = (table.groupby(["model", "rule"], sort=False)[["image_auroc", "pixel_auroc", "aupro", "f1", "train_seconds"]]
-                .mean().reset_index())
+        mean = table.groupby(["model", "rule"], sort=False)[cols[4:]].mean().reset_index()  # metrics, train_seconds
         print("\nmean over categories (and seeds):")
         print(mean.to_string(index=False, float_format=fmt))
     print(f"\nwall {wall:.0f} s; rows appended to {out_csv}")

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import models  # noqa: E402
-from models import mvtec  # noqa: E402
+import models
+from models import mvtec
+from pipeline.demo_data import make_synthetic_dataset
 
 
 def _load_all(root, categories, size, **kwargs) -> int:
@@ -75,11 +73,11 @@ def main() -> None:
 
     if args.regenerate:
         fresh = Path(tempfile.mkdtemp(prefix="bench_demo_")) / "demo"
-        _, t = _timed(lambda: models.make_synthetic_dataset(fresh, seed=0))
+        _, t = _timed(lambda: make_synthetic_dataset(fresh, seed=0))
         n = sum(1 for _ in fresh.rglob("*.png"))
         print(f"demo dataset written in {t:.1f} s ({n} PNG files, {1000 * t / n:.1f} ms/file)", flush=True)
         shutil.rmtree(fresh.parent, ignore_errors=True)
-    demo = models.make_synthetic_dataset(args.demo, seed=0)  # no-op when already there
+    demo = make_synthetic_dataset(args.demo, seed=0)  # no-op when already there
     bench_root("demo", demo, args.sizes)
     dev = Path(args.dev)
     if dev.is_dir():

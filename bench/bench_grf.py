@@ -53,8 +53,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     b, c = args.batch, args.channels
-    print(f"GRF KL, batch {b} x {c} channels, device {dev}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    print(f"{'side':>5} {'n':>5} {'fft64 fwd+bwd':>14} {'fft32 fwd+bwd':>14} {'dense fwd+bwd':>14} {'dense setup':>12} {'S MB':>7} {'rel diff':>9}")
+    print(f"GRF KL, batch {b} x {c} channels, device {dev}, {torch.get_num_threads()} thread(s), "
+          f"torch {torch.__version__}")
+    print(f"{'side':>5} {'n':>5} {'fft64 fwd+bwd':>14} {'fft32 fwd+bwd':>14} {'dense fwd+bwd':>14} "
+          f"{'dense setup':>12} {'S MB':>7} {'rel diff':>9}")
     for side in args.sides:
         n = side * side
         prior = GRFPrior(side, side, kernel="exponential", rho=2.0).to(dev)

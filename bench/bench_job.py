@@ -4,7 +4,7 @@
                               [--image-size 128] [--epochs 5] [--batch-size 32] [--threads N]
                               [--aupro-maps 100] [--aupro-size 256] [--skip-job] [--skip-aupro]
 
-Part 1, per model, one full job (as experiment.run_job does it), split into:
+Part 1, per model, one full job (as pipeline.job.run_job does it), split into:
   data      decode + resize the category's train/val/test once (cold: memory cache cleared
             for the first model; the later models reuse it, as in a grid)
   train     fit(); "batching" is the part of it spent gathering + converting batches
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import tempfile
 import time
 import warnings
@@ -33,11 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import models  # noqa: E402
-from models import experiment, metrics, mvtec  # noqa: E402
-from models.training import TrainConfig, fit, resolve_device, seed_everything  # noqa: E402
+import models
+from models import mvtec
+from pipeline import metrics
+from pipeline.demo_data import make_synthetic_dataset
+from pipeline.evaluate import score_split
+from pipeline.job import load_category
+from pipeline.train import TrainConfig, fit, resolve_device, seed_everything
 
 
 def bench_job(root, category, names, *, image_size, epochs, batch_size, device) -> None:
@@ -51,14 +52,14 @@ def bench_job(root, category, names, *, image_size, epochs, batch_size, device) 
     mvtec.clear_memory_cache()
     for name in names:
         t0 = time.perf_counter()
-        data = experiment.load_category(root, category, image_size=image_size, seed=cfg.seed)
+        data = load_category(root, category, image_size=image_size, seed=cfg.seed)
         data_s = time.perf_counter() - t0
         seed_everything(cfg.seed)
         model = models.build_model(name, image_size=image_size)
         hist = fit(model, data.train, data.val, cfg, desc=name)
         t0 = time.perf_counter()
-        maps, scores = experiment.score_split(model, data.test, batch_size=hist["batch_size"], device=dev)
-        _, val_scores = experiment.score_split(model, data.val, batch_size=hist["batch_size"], device=dev)
+        maps, scores = score_split(model, data.test, batch_size=hist["batch_size"], device=dev)
+        _, val_scores = score_split(model, data.val, batch_size=hist["batch_size"], device=dev)
         score_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         labels, masks = data.test.labels.numpy(), data.test.masks.numpy()
@@ -169,8 +170,8 @@ def main() -> None:
         if root is None and dev.is_dir():
             root = dev.resolve()
         if root is None:
-            root = models.make_synthetic_dataset(Path(tempfile.mkdtemp()) / "demo", image_size=a.image_size,
-                                                 n_train=60, n_test_good=12, n_per_defect=5, categories=["hexnut"])
+            root = make_synthetic_dataset(Path(tempfile.mkdtemp()) / "demo", image_size=a.image_size,
+                                          n_train=60, n_test_good=12, n_per_defect=5, categories=["hexnut"])
         category = a.category or models.list_categories(root)[0]
         bench_job(root, category, a.models, image_size=a.image_size, epochs=a.epochs, batch_size=a.batch_size,
                   device=a.device)

@@ -9,14 +9,15 @@ split, AU-PRO, memory over many jobs, and (with a GPU) the full-grid estimate.
 Sections (all measured in one process, side by side, so ratios survive a busy machine):
   throughput  per model: training images/s of ``fit`` on the cached uint8 tensors, in
               channels_last (NHWC, what fit uses for conv models) and NCHW, alternated;
-              inference images/s of ``experiment.score_split``; peak memory of the model.
+              inference images/s of ``pipeline.evaluate.score_split``; peak memory of the model.
   baseline    a straightforward loop, as a typical user writes it: a torchvision
               ImageFolder-style dataset that opens, decodes and resizes each PNG per item,
               in a DataLoader (num_workers 0 and 2), same model, batch, AdamW and clipping
               -- against ``fit`` on the tensors ``MVTecAD`` decoded once. Per-epoch ratio,
               and the ratio with our one-time decode charged to the measured epochs.
-  job         one ``experiment.run_job`` at default settings (TrainConfig's epochs) split
-              into decode, batching (inside fit), training, scoring (test + val), metrics.
+  job         one job at default settings (TrainConfig's epochs), run as ``pipeline.job.run_job``
+              runs it (train_model -> evaluate -> record), split into decode, batching (inside
+              fit), training, scoring (test + val), metrics.
   aupro       metrics.aupro and pixel_auroc on 100 random maps at 256 px.
   memory      ``run_grid`` over every (category, model), twice (the second pass forced):
               RSS, live tensors and the row's peak_memory_mb after every job.
@@ -35,21 +36,23 @@ import math
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 import types
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
-
-import models  # noqa: E402
-from models import experiment, metrics, mvtec  # noqa: E402
-from models.training import TrainConfig, fit, resolve_device, seed_everything  # noqa: E402
+import models
+from bench_job import blob_case  # the same case as bench_job's AU-PRO comparison (bench/ is this script's folder)
+from models import mvtec
+from pipeline import metrics
+from pipeline.demo_data import make_synthetic_dataset
+from pipeline.evaluate import evaluate, score_split
+from pipeline.grid import run_grid
+from pipeline.job import JobSpec, load_category, peak_memory_mb, record, reset_peak_memory, train_model
+from pipeline.train import TrainConfig, fit, has_conv, resolve_device, seed_everything
 
 # MVTec AD's split sizes (all 15 categories), for the full-grid extrapolation.
 MVTEC_TRAIN, MVTEC_TEST, MVTEC_CATEGORIES = 3629, 1725, 15
@@ -111,7 +114,7 @@ def bench_throughput(args, data) -> dict:
     out = {}
     for name in args.models:
         gc.collect()
-        experiment._reset_peak_memory(dev)
+        reset_peak_memory(dev)
         seed_everything(0)
         model = models.build_model(name, image_size=args.image_size)
         times = {True: [], False: []}
@@ -122,16 +125,16 @@ def bench_throughput(args, data) -> dict:
                 h = fit(model, fake_ds(train), None, cfg)
                 if rnd:
                     times[cl].append(h["seconds"])
-        model.to(memory_format=torch.channels_last if models.training.has_conv(model) else torch.contiguous_format)
+        model.to(memory_format=torch.channels_last if has_conv(model) else torch.contiguous_format)
         score_t = []
         for rnd in range(3):
             sync(dev)
             t0 = time.perf_counter()
-            experiment.score_split(model, fake_ds(evalset), batch_size=args.batch_size, device=dev)
+            score_split(model, fake_ds(evalset), batch_size=args.batch_size, device=dev)
             sync(dev)
             if rnd:
                 score_t.append(time.perf_counter() - t0)
-        peak = experiment._peak_memory_mb(dev)
+        peak = peak_memory_mb(dev)
         r = {
             "params": sum(p.numel() for p in model.parameters()),
             "train_img_s": len(train) / min(times[True]),
@@ -251,42 +254,38 @@ def bench_job(args, root, category) -> dict:
     dev = resolve_device(args.device)
     name = args.job_model
     epochs = args.job_epochs or TrainConfig().epochs
-    captured, score_t = {}, []
-    real_fit, real_score = experiment.fit, experiment.score_split
-
-    def fit_spy(*a, **kw):
-        captured.update(real_fit(*a, **kw))
-        return captured
-
-    def score_spy(*a, **kw):
-        sync(dev)
-        t0 = time.perf_counter()
-        out = real_score(*a, **kw)
-        sync(dev)
-        score_t.append(time.perf_counter() - t0)
-        return out
-
     mvtec.clear_memory_cache()
-    data = experiment.load_category(root, category, image_size=args.image_size)
-    spec = experiment.JobSpec(data_root=root, category=category, model=name, dataset=mvtec.dataset_name(root),
-                              image_size=args.image_size, train=train_cfg(args, defaults=True, epochs=epochs))
+    data = load_category(root, category, image_size=args.image_size)
+    spec = JobSpec(data_root=root, category=category, model=name, dataset=mvtec.dataset_name(root),
+                   image_size=args.image_size, train=train_cfg(args, defaults=True, epochs=epochs))
+    spec.validate()
     ckpt = tempfile.mkdtemp(prefix="bench_speed_ckpt_")
-    experiment.fit, experiment.score_split = fit_spy, score_spy
-    try:
+    try:  # run_job's three steps, timed one by one
+        reset_peak_memory(dev)
         t0 = time.perf_counter()
-        row = experiment.run_job(spec, data, checkpoint_dir=ckpt)
+        model, captured = train_model(spec, data)
+        sync(dev)
+        t1 = time.perf_counter()
+        evaluation = evaluate(model, data, threshold_rule=spec.threshold_rule, batch_size=captured["batch_size"],
+                              amp=spec.train.amp, desc=spec.describe())
+        sync(dev)
+        eval_s = time.perf_counter() - t1
+        row = record(spec, data, model, captured, evaluation, checkpoint_dir=ckpt, peak_memory=peak_memory_mb(dev))
         wall = time.perf_counter() - t0
     finally:
-        experiment.fit, experiment.score_split = real_fit, real_score
         shutil.rmtree(ckpt, ignore_errors=True)
+    del model
+    gc.collect()
     train_s, batching = captured["seconds"], captured["data_seconds"]
-    scoring, metric_s = sum(score_t), row["metrics_seconds"]
+    metric_s = row["metrics_seconds"]
+    scoring = eval_s - metric_s  # test + val
     parts = {"decode (once per category)": data.seconds, "batching (in fit)": batching,
              "training: fwd/bwd/step + val loss": train_s - batching, "scoring (test + val)": scoring,
              "metrics": metric_s, "other (checkpoint, row)": wall - train_s - scoring - metric_s}
     total = data.seconds + wall
     print(f"\n== one job: {name} on {category}, {epochs} epochs (TrainConfig default: {TrainConfig().epochs}), "
-          f"{row['n_train']} train / {row['n_val']} val / {row['n_test']} test images, batch {row['batch_size']}, {dev}")
+          f"{row['n_train']} train / {row['n_val']} val / {row['n_test']} test images, "
+          f"batch {row['batch_size']}, {dev}")
     for k, v in parts.items():
         print(f"  {k:36s} {v:8.2f} s  {100 * v / total:5.1f}%")
     out = {"model": name, "category": category, "epochs": epochs, "parts_s": parts, "total_s": total,
@@ -303,8 +302,6 @@ def bench_job(args, root, category) -> dict:
 # --- AU-PRO -------------------------------------------------------------------------------------
 
 def bench_aupro(n_maps: int = 100, size: int = 256, seed: int = 0) -> dict:
-    from bench_job import blob_case  # the same case as bench_job's AU-PRO comparison
-
     masks, maps = blob_case(n_maps, size, seed)
     t = {}
     for fn in ("aupro", "pixel_auroc"):
@@ -340,8 +337,8 @@ def bench_memory(args, root) -> dict:
     try:
         peaks = []
         for force in (False, True):
-            df = experiment.run_grid(root, cats, args.models, image_size=args.image_size, train=cfg,
-                                     results_csv=tmp / "results.csv", checkpoint_dir=tmp / "ckpt", force=force, log=log)
+            df = run_grid(root, cats, args.models, image_size=args.image_size, train=cfg,
+                          results_csv=tmp / "results.csv", checkpoint_dir=tmp / "ckpt", force=force, log=log)
             peaks += list(df["peak_memory_mb"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -365,8 +362,8 @@ def bench_grid(args, root, category) -> dict:
     cfg = train_cfg(args, defaults=True, epochs=TrainConfig().epochs)
     try:
         t0 = time.perf_counter()
-        df = experiment.run_grid(root, [category], args.models, image_size=args.image_size, train=cfg,
-                                 results_csv=tmp / "results.csv", checkpoint_dir=tmp / "ckpt", log=lambda m: None)
+        df = run_grid(root, [category], args.models, image_size=args.image_size, train=cfg,
+                      results_csv=tmp / "results.csv", checkpoint_dir=tmp / "ckpt", log=lambda m: None)
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -381,7 +378,8 @@ def bench_grid(args, root, category) -> dict:
         + df["infer_ms_per_image"] / 1000 * (MVTEC_TEST + 0.1 * MVTEC_TRAIN)
     out["mvtec_15x4_estimate_s"] = float(per_model.mean()) * len(models.MODEL_NAMES)
     print(f"MVTec AD all {MVTEC_CATEGORIES} categories x {len(models.MODEL_NAMES)} models, estimated from this "
-          f"category's jobs ({MVTEC_TRAIN} train, {MVTEC_TEST} test images): {out['mvtec_15x4_estimate_s'] / 60:.1f} min "
+          f"category's jobs ({MVTEC_TRAIN} train, {MVTEC_TEST} test images): "
+          f"{out['mvtec_15x4_estimate_s'] / 60:.1f} min "
           f"(+ decoding: about {MVTEC_CATEGORIES} x this category's decode scaled by its file count)")
     return out
 
@@ -423,7 +421,7 @@ def main() -> None:
         root = shared_dev.resolve()
     if root is None:
         # One demo category at its default size (120 train, 64 test images, 256 px PNGs).
-        root = models.make_synthetic_dataset(Path(tempfile.mkdtemp()) / "demo", categories=["hexnut", "weave"])
+        root = make_synthetic_dataset(Path(tempfile.mkdtemp()) / "demo", categories=["hexnut", "weave"])
     category = a.category or models.list_categories(root)[0]
     load0 = os.getloadavg()
     info = {"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
@@ -437,7 +435,7 @@ def main() -> None:
     results: dict = {"info": info}
     data = None
     if "throughput" in sections:
-        data = experiment.load_category(root, category, image_size=a.image_size)
+        data = load_category(root, category, image_size=a.image_size)
         results["throughput"] = bench_throughput(a, data)
     if "baseline" in sections:
         results["baseline"] = bench_baseline(a, root, category)

@@ -15,6 +15,10 @@ root="${1:-${MVTEC_ROOT:-}}"
 if [[ -z "$root" && -d ../shared/data/dev ]]; then root=../shared/data/dev; fi
 args=(--device cuda --json bench/gpu_speed.json)
 if [[ -n "$root" ]]; then args+=(--data-root "$root"); fi
+(cd / && python -c "import models, pipeline") 2>/dev/null || {  # as the scripts see it (not via the cwd)
+    echo "gpu_check: cannot import models / pipeline; install the project first: pip install -r requirements.txt" >&2
+    exit 1
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python bench/bench_speed.py "${args[@]}" --only throughput baseline job aupro memory grid
 python bench/bench_speed.py "${args[@]/gpu_speed.json/gpu_speed_compile.json}" --only throughput --compile \
