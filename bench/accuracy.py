@@ -29,7 +29,6 @@ Small test sets: one image moves AUROC by several points; compare settings, not 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -37,8 +36,8 @@ import pandas as pd
 import torch
 
 from models import scoring
-from models.errors import ConfigError
 from pipeline import metrics
+from pipeline.__main__ import parse_overrides, parse_value
 from pipeline.checkpoints import checkpoint_path, load_checkpoint
 from pipeline.grid import run_grid
 from pipeline.job import load_category
@@ -49,29 +48,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "dev"
 DEFAULT_RULES = ("default", "l2/0/mean", "l2/4/mean", "l2/4/max", "l2/4/top0.01", "ssim/4/mean", "ssim/4/max",
                  "ssim/4/top0.01")
-
-
-# Stopgap copies of pipeline.__main__._parse_value / _overrides (the CLI's --set / value parsing),
-# which are private there; replace them with the public names once pipeline exports them.
-def parse_value(text: str):
-    """'8' -> 8, '0.5' -> 0.5, '[8,16]' -> [8, 16], 'true' -> True, else the string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return {"True": True, "False": False}.get(text, text)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """['cae.latent_dim=64', ...] -> {'cae': {'latent_dim': 64}, ...} (lists become tuples)."""
-    out: dict = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        model, dot, key = name.partition(".")
-        if not (sep and dot and model and key):
-            raise ConfigError(f"--set expects MODEL.KEY=VALUE (e.g. --set cae.latent_dim=64), got {item!r}.")
-        value = parse_value(value)
-        out.setdefault(model, {})[key] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 def parse_rule(text: str, cfg) -> dict:

@@ -31,7 +31,7 @@ DEMO_DIR = "data/demo"
 TABLE_COLUMNS = ["category", "model", "image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "train_seconds"]
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
     """'8' -> 8, '0.5' -> 0.5, '[8,16]' -> [8, 16], 'true' -> True, else the string."""
     try:
         return json.loads(text)
@@ -39,14 +39,15 @@ def _parse_value(text: str):
         return {"True": True, "False": False}.get(text, text)
 
 
-def _overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str]) -> dict:
+    """['cae.latent_dim=64', ...] -> {'cae': {'latent_dim': 64}, ...} (lists become tuples)."""
     out: dict = {}
     for item in items or []:
         name, sep, value = item.partition("=")
         model, dot, key = name.partition(".")
         if not (sep and dot and model and key):
             raise ConfigError(f"--set expects MODEL.KEY=VALUE (e.g. --set cae.latent_dim=64), got {item!r}.")
-        value = _parse_value(value)
+        value = parse_value(value)
         out.setdefault(model, {})[key] = tuple(value) if isinstance(value, list) else value
     return out
 
@@ -85,7 +86,7 @@ def cmd_run(args) -> int:
                         num_threads=args.num_threads, progress=not args.no_progress)
     df = run_grid(
         root, args.categories, args.models, image_size=args.image_size, train=train,
-        model_overrides=_overrides(args.set), results_csv=args.results_csv, force=args.force,
+        model_overrides=parse_overrides(args.set), results_csv=args.results_csv, force=args.force,
         checkpoint_dir=args.checkpoint_dir, threshold_rule=args.threshold_rule, cache_dir=args.cache_dir, log=log,
     )
     print()
