@@ -38,8 +38,6 @@ except ImportError:  # pragma: no cover
 DEFAULT_RESULTS_CSV = "evaluation_results_all_models.csv"
 KEY_COLUMNS = ("dataset", "category", "model", "config_hash")
 # The contract's columns, in this order (docs/design.md, "The results CSV") ...
-COLUMNS = ("dataset", "category", "model", "config_hash")
-# The contract's columns, in this order (DESIGN section 6) ...
 COLUMNS = (
     "dataset", "category", "category_type", "model", "image_auroc", "pixel_auroc", "aupro", "f1",
     "precision", "recall", "threshold", "threshold_rule", "f1_max", "score", "epochs", "image_size", "seed",

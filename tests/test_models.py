@@ -121,7 +121,7 @@ def test_save_and_load_reproduce_maps(name, tmp_path):
     _train(model, x, steps=3, batch=8)  # moves weights and BatchNorm statistics off their init
     maps = model.anomaly_map(x)
     path = tmp_path / "model.pt"
-    # The checkpoint format of CONTRACT/DESIGN (training.py owns the real save/load).
+    # The checkpoint format (pipeline/checkpoints.py owns the real save/load).
     torch.save({"model": name, "config": model.config.to_dict(), "state_dict": model.state_dict(),
                 "row": None, "format": 1}, path)
     ckpt = torch.load(path, weights_only=True)
