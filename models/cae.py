@@ -43,6 +43,7 @@ class CAE(AnomalyModel):
     """Deterministic autoencoder; loss = mean squared error per pixel."""
 
     config_class = CAEConfig
+    label = "CAE"
 
     def __init__(self, config: CAEConfig):
         super().__init__(config)

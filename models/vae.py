@@ -66,6 +66,7 @@ class VAE(VariationalModel):
     """VAE with a dense latent vector; reconstruct() decodes the posterior mean."""
 
     config_class = VAEConfig
+    label = "VAE"
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)

@@ -163,6 +163,7 @@ class ViTVAE(VariationalModel):
     """Transformer-encoder VAE over patches with a per-token latent; reconstruct() decodes the mean."""
 
     config_class = ViTVAEConfig
+    label = "ViT-VAE"
 
     def __init__(self, config: ViTVAEConfig):
         super().__init__(config)

@@ -4,22 +4,29 @@ Everything here draws on ``matplotlib.figure.Figure`` objects with the Agg canva
 pyplot's global state: nothing is switched at import time, nothing leaks between calls,
 and the same code runs headless (CLI, tests) and in a notebook (which shows the PNGs).
 
-The comparison figures read only the results table (DESIGN section 6); the entry point
-for the command line is ``make_all_figures(df, out_dir)``. Each model keeps one colour in
-every figure (``model_colors``); categories are ordered textures, then objects, then
-custom categories, and the split is marked where it helps reading.
+The comparison figures read only the results table (docs/design.md, results CSV); the
+entry point for the command line is ``make_all_figures(df, out_dir)``. The galleries and
+the GRF figures draw arrays they are given (``examples`` runs the models and samples the
+prior): nothing here builds, runs or samples a model. Models are named, ordered and
+coloured by the registry (``models.MODEL_NAMES``, each class's ``label``): each keeps one
+colour in every figure (``model_colors``). Categories are ordered textures, then objects,
+then custom categories, and the split is marked where it helps reading.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+import models
+from models import model_label
 from models.errors import DatasetError
 
-# Display names and the canonical order of the registry's models.
-MODEL_LABELS = {"cae": "CAE", "vae": "VAE", "vit_vae": "ViT-VAE", "vae_grf": "VAE-GRF"}
 METRIC_LABELS = {
     "image_auroc": "Image AUROC",
     "pixel_auroc": "Pixel AUROC",
@@ -39,29 +46,29 @@ GALLERY_DPI = 100  # galleries are mostly photographs: 100 dpi keeps them ~1 MB 
 # Shared helpers
 
 
-def model_label(name: str) -> str:
-    return MODEL_LABELS.get(name, name)
+@functools.cache
+def _seaborn():
+    """seaborn, imported on first use, not with this module: it costs about 1 s more than
+    matplotlib (it loads scipy.stats, and IPython through ipywidgets), and this module is also
+    imported where nothing is drawn (``python -m pipeline run``, the report's tables)."""
+    import seaborn
+
+    return seaborn
 
 
 def model_colors(names) -> dict[str, tuple]:
-    """Model name -> RGB, stable across figures: registry models keep fixed colours,
-    other names take the following colours of the palette in sorted order."""
-    import seaborn as sns
-
-    palette = sns.color_palette("colorblind", 10)
-    known = list(MODEL_LABELS)
-    colors = {name: palette[i] for i, name in enumerate(known)}
-    extra = sorted(n for n in set(names) if n not in colors)
-    for i, name in enumerate(extra):
-        colors[name] = palette[(len(known) + i) % len(palette)]
+    """Model name -> RGB, stable across figures: the registry's models take the palette's
+    colours in registry order (``models.MODEL_NAMES``), other names (rows of a model no
+    longer registered) the following ones, in sorted order."""
+    known = list(models.MODEL_NAMES)
+    extra = sorted(n for n in set(names) if n not in known)
+    palette = _seaborn().color_palette("colorblind", max(10, len(known) + len(extra)))
+    colors = {name: palette[i] for i, name in enumerate(known + extra)}
     return {n: colors[n] for n in names}
 
 
-def _new_figure(width: float, height: float):
+def _new_figure(width: float, height: float) -> Figure:
     """A pyplot-free figure on the Agg canvas (constrained layout keeps labels apart)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -76,13 +83,9 @@ def _save(fig, out_path, dpi: int = DPI) -> Path:
 
 def _style():
     """Seaborn look applied only while a figure is drawn (a context, not a global switch)."""
-    import contextlib
-
-    import seaborn as sns
-
     stack = contextlib.ExitStack()
-    stack.enter_context(sns.axes_style("whitegrid"))
-    stack.enter_context(sns.plotting_context("notebook", font_scale=0.9))
+    stack.enter_context(_seaborn().axes_style("whitegrid"))
+    stack.enter_context(_seaborn().plotting_context("notebook", font_scale=0.9))
     return stack
 
 
@@ -111,7 +114,7 @@ def prepare_results(df: pd.DataFrame) -> pd.DataFrame:
     d["label"] = d["category"] + (" (" + d["dataset"].astype(str) + ")" if several else "")
     type_rank = {t: i for i, t in enumerate(TYPE_ORDER)}
     d["_type_rank"] = d["category_type"].map(lambda t: type_rank.get(t, len(TYPE_ORDER)))
-    model_rank = {m: i for i, m in enumerate(MODEL_LABELS)}
+    model_rank = {m: i for i, m in enumerate(models.MODEL_NAMES)}
     d["_model_rank"] = d["model"].map(lambda m: model_rank.get(m, len(model_rank)))
     d = d.sort_values(["_type_rank", "category", "dataset", "_model_rank", "model"], kind="stable")
     return d.drop(columns=["_type_rank", "_model_rank"]).reset_index(drop=True)
@@ -126,7 +129,8 @@ def _models(d: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(d["model"]))
 
 
-def _dataset_note(d: pd.DataFrame) -> str:
+def dataset_note(d: pd.DataFrame) -> str:
+    """'dataset: <names>' of a prepared results table, for titles and the report summary."""
     return "dataset: " + ", ".join(sorted(d["dataset"].astype(str).unique()))
 
 
@@ -152,13 +156,13 @@ def _mark_type_groups(ax, cats: list[tuple[str, str]], *, axis: str = "x", label
 # Comparison figures (results table -> PNG)
 
 
-def _grouped_bars(ax, d, metric, cats, models, colors, *, oracle: str | None = None):
+def _grouped_bars(ax, d, metric, cats, names, colors, *, oracle: str | None = None):
     """Bars of ``metric`` per category (x) and model (hue); NaN cells are marked 'n/a'."""
-    n = len(models)
+    n = len(names)
     width = 0.8 / n
     x = np.arange(len(cats))
     index = {lab: i for i, (lab, _) in enumerate(cats)}
-    for j, m in enumerate(models):
+    for j, m in enumerate(names):
         rows = d[d["model"] == m]
         xs = np.array([index[lab] for lab in rows["label"]]) - 0.4 + width * (j + 0.5)
         ys = rows[metric].to_numpy(dtype=float)
@@ -190,15 +194,15 @@ def f1_score_comparison(df: pd.DataFrame, out_path) -> Path:
     """Grouped bars of F1 at the honest threshold (from val normals) per category x model,
     with the oracle F1 max as a black tick over each bar for reference."""
     d = prepare_results(df)
-    cats, models = _categories(d), _models(d)
-    colors = model_colors(models)
+    cats, names = _categories(d), _models(d)
+    colors = model_colors(names)
     with _style():
-        fig = _new_figure(_bar_width(len(cats), len(models)), 4.6)
+        fig = _new_figure(_bar_width(len(cats), len(names)), 4.6)
         ax = fig.add_subplot()
         oracle = "f1_max" if "f1_max" in d.columns else None
-        _grouped_bars(ax, d, "f1", cats, models, colors, oracle=oracle)
+        _grouped_bars(ax, d, "f1", cats, names, colors, oracle=oracle)
         ax.set_xlabel("category")
-        ax.set_title(f"F1 per category and model ({_dataset_note(d)})")
+        ax.set_title(f"F1 per category and model ({dataset_note(d)})")
         fig.legend(loc="outside right center", frameon=False)
     return _save(fig, out_path)
 
@@ -206,18 +210,18 @@ def f1_score_comparison(df: pd.DataFrame, out_path) -> Path:
 def roc_auc_comparison(df: pd.DataFrame, out_path) -> Path:
     """Grouped bars of image AUROC (top) and pixel AUROC (bottom) per category x model."""
     d = prepare_results(df)
-    cats, models = _categories(d), _models(d)
-    colors = model_colors(models)
+    cats, names = _categories(d), _models(d)
+    colors = model_colors(names)
     with _style():
-        fig = _new_figure(_bar_width(len(cats), len(models)), 8.0)
+        fig = _new_figure(_bar_width(len(cats), len(names)), 8.0)
         axes = fig.subplots(2, 1, sharex=True)
         for ax, metric in zip(axes, ("image_auroc", "pixel_auroc")):
-            _grouped_bars(ax, d, metric, cats, models, colors)
+            _grouped_bars(ax, d, metric, cats, names, colors)
             ax.axhline(0.5, color="0.3", lw=1, ls=":")
             ax.set_title(f"{METRIC_LABELS[metric]} (dotted line: chance)", fontsize=10)
         axes[0].tick_params(labelbottom=False)
         axes[1].set_xlabel("category")
-        fig.suptitle(f"ROC AUC per category and model ({_dataset_note(d)})")
+        fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)})")
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", frameon=False)
     return _save(fig, out_path)
 
@@ -230,9 +234,9 @@ def results_table(df: pd.DataFrame, metric: str = "image_auroc") -> pd.DataFrame
     categories, NaN cells skipped). Columns: display names of the models.
     """
     d = prepare_results(df)
-    cats, models = _categories(d), _models(d)
+    cats, names = _categories(d), _models(d)
     table = d.pivot(index="label", columns="model", values=metric).reindex(
-        index=[lab for lab, _ in cats], columns=models
+        index=[lab for lab, _ in cats], columns=names
     )
     types = pd.Series({lab: t for lab, t in cats})
     rows = [table]
@@ -253,8 +257,6 @@ def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
     Colour scale fixed to [0, 1] and centred on 0.5 (chance): red is worse than chance,
     yellow is chance, green is good, whatever the data range.
     """
-    import seaborn as sns
-
     d = prepare_results(df)
     cats = _categories(d)
     with _style():
@@ -264,7 +266,7 @@ def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
         axes = fig.subplots(1, 2, sharey=True)
         for k, (ax, metric) in enumerate(zip(axes, ("image_auroc", "pixel_auroc"))):
             table = results_table(d, metric)
-            sns.heatmap(table, ax=ax, annot=True, fmt=".2f", vmin=0, vmax=1, center=0.5, cmap="RdYlGn",
+            _seaborn().heatmap(table, ax=ax, annot=True, fmt=".2f", vmin=0, vmax=1, center=0.5, cmap="RdYlGn",
                         linewidths=0.5, linecolor="white", cbar=k == 1, annot_kws={"fontsize": 8},
                         cbar_kws={"label": "AUROC (0.5 = chance)", "shrink": 0.8})
             ax.grid(False)
@@ -278,23 +280,21 @@ def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
             ax.set_ylabel("category" if k == 0 else "")
             ax.tick_params(axis="x", rotation=0)
             ax.tick_params(axis="y", rotation=0)
-        fig.suptitle(f"ROC AUC per category and model ({_dataset_note(d)})")
+        fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)})")
     return _save(fig, out_path)
 
 
 def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
     """Per model, the distribution over categories of image AUROC, pixel AUROC, AU-PRO and F1:
     a box per model and one marker per category (circle: texture, triangle: object)."""
-    import seaborn as sns
-
     d = prepare_results(df)
-    models = _models(d)
-    colors = model_colors(models)
-    labels = [model_label(m) for m in models]
+    names = _models(d)
+    colors = model_colors(names)
+    labels = [model_label(m) for m in names]
     markers = {"texture": "o", "object": "^", "custom": "s"}
     rng = np.random.default_rng(0)  # jitter only; fixed so the PNG is reproducible
     with _style():
-        fig = _new_figure(max(8.0, 3.0 + 1.6 * len(models)), 7.5)
+        fig = _new_figure(max(8.0, 3.0 + 1.6 * len(names)), 7.5)
         axes = fig.subplots(2, 2).ravel()
         for ax, metric in zip(axes, ("image_auroc", "pixel_auroc", "aupro", "f1")):
             sub = d[["model", "category_type", metric]].dropna()
@@ -303,11 +303,11 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
                         transform=ax.transAxes, color="0.4")
                 ax.set_xticks(range(len(labels)), labels)
             elif sub.groupby("model").size().max() >= 4:
-                sns.boxplot(data=sub.assign(name=sub["model"].map(model_label)), x="name", y=metric, hue="name",
-                            order=labels, hue_order=labels, palette=[colors[m] for m in models], ax=ax,
+                _seaborn().boxplot(data=sub.assign(name=sub["model"].map(model_label)), x="name", y=metric, hue="name",
+                            order=labels, hue_order=labels, palette=[colors[m] for m in names], ax=ax,
                             showfliers=False, width=0.55, legend=False, boxprops={"alpha": 0.55})
             else:  # a box of 1-3 points would suggest a spread that is not there: show the mean instead
-                for i, m in enumerate(models):
+                for i, m in enumerate(names):
                     mean = sub.loc[sub["model"] == m, metric].mean()
                     ax.hlines(mean, i - 0.28, i + 0.28, color=colors[m], lw=3, label="mean" if i == 0 else None)
                 ax.set_xticks(range(len(labels)), labels)
@@ -316,7 +316,7 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
                     pts = sub[sub["category_type"] == t]
                     if pts.empty:
                         continue
-                    xs = pts["model"].map({m: i for i, m in enumerate(models)}).to_numpy(dtype=float)
+                    xs = pts["model"].map({m: i for i, m in enumerate(names)}).to_numpy(dtype=float)
                     ax.scatter(xs + rng.uniform(-0.15, 0.15, len(xs)), pts[metric], marker=marker, s=22,
                                color="0.15", alpha=0.8, zorder=3, label=t)
             if metric != "f1" and metric != "aupro":
@@ -325,16 +325,16 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
             ax.set_title(METRIC_LABELS[metric], fontsize=10)
             ax.set_xlabel("model")
             ax.set_ylabel(SHORT_LABELS[metric])
-        handles, names = [], []
+        handles, entries = [], []
         for ax in axes:
             for h, n in zip(*ax.get_legend_handles_labels()):
-                if n not in names:
+                if n not in entries:
                     handles.append(h)
-                    names.append(n)
+                    entries.append(n)
         if handles:
-            fig.legend(handles, [n if n == "mean" else f"{n} category" for n in names], loc="outside lower center",
-                       ncols=len(names), frameon=False)
-        fig.suptitle(f"Metrics across categories, per model ({_dataset_note(d)})")
+            fig.legend(handles, [n if n == "mean" else f"{n} category" for n in entries], loc="outside lower center",
+                       ncols=len(entries), frameon=False)
+        fig.suptitle(f"Metrics across categories, per model ({dataset_note(d)})")
     return _save(fig, out_path)
 
 
@@ -347,90 +347,51 @@ def make_all_figures(df: pd.DataFrame, out_dir) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------
-# Anomaly-map gallery (trained models + test split -> PNG)
+# Anomaly-map gallery (arrays from examples.gallery_examples -> PNG)
 
 
-def _pick_examples(labels: np.ndarray, defect_types: list[str], n_good: int, n_defect: int) -> list[int]:
-    """Deterministic picks: good images evenly spaced, defects round-robin over defect types."""
-    good = np.flatnonzero(labels == 0)
-    picks = [int(i) for i in good[np.unique(np.linspace(0, len(good) - 1, n_good).round().astype(int))]] if (
-        n_good > 0 and len(good)) else []
-    by_type: dict[str, list[int]] = {}
-    for i in np.flatnonzero(labels == 1):
-        by_type.setdefault(defect_types[i], []).append(int(i))
-    queues = [by_type[t] for t in sorted(by_type)]
-    chosen: list[int] = []
-    k = 0
-    while len(chosen) < n_defect and any(k < len(q) for q in queues):
-        chosen += [q[k] for q in queues if k < len(q)][: n_defect - len(chosen)]
-        k += 1
-    return picks + chosen
-
-
-def _as_rgb(img) -> tuple[np.ndarray, str | None]:
-    """(C, H, W) float tensor in [0, 1] -> array for imshow and its colormap."""
-    a = img.detach().float().clamp(0, 1).cpu().numpy()
+def _as_rgb(img: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(C, H, W) float array in [0, 1] -> array for imshow and its colormap."""
+    a = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
     return (a[0], "gray") if a.shape[0] == 1 else (a.transpose(1, 2, 0), None)
 
 
-def anomaly_gallery(models_by_name: dict, dataset, out_path, n_good: int = 2, n_defect: int = 4) -> Path:
+def anomaly_gallery(out_path, *, images: np.ndarray, masks: np.ndarray, row_labels: list[str],
+                    reconstructions: dict[str, np.ndarray], maps: dict[str, np.ndarray], category: str = "") -> Path:
     """Test images of one category: input, ground truth, then each model's reconstruction
-    and anomaly map (its own ``anomaly_map``, the map its scores come from).
+    and anomaly map (``examples.gallery_examples`` computes them).
 
-    Rows: ``n_good`` good and ``n_defect`` defective images (defects spread over the defect
-    types). Each model's maps share one colour scale over all rows (0 to the 99.5th
-    percentile), so a good and a defective image can be compared; maps are never
-    normalised per image. The ground-truth outline is drawn on every map.
+    ``images`` (N, C, S, S) in [0, 1]; ``masks`` (N, S, S); ``row_labels`` one per image
+    ("good" or its defect type); ``reconstructions`` / ``maps``: model name -> (N, C, S, S)
+    / (N, S, S), drawn in that order. Each model's maps share one colour scale over all rows
+    (0 to the 99.5th percentile), so a good and a defective image can be compared; maps are
+    never normalised per image. The ground-truth outline is drawn on every map.
     """
-    import torch
-
-    from models.errors import ConfigError
-
-    if not models_by_name:
-        raise ConfigError("anomaly_gallery needs at least one trained model.")
-    for name, m in models_by_name.items():
-        c = m.config
-        if (c.image_size, c.in_channels) != (dataset.image_size, dataset.in_channels):
-            raise ConfigError(
-                f"model {name} takes {c.in_channels}-channel {c.image_size}-px images but the dataset has "
-                f"{dataset.in_channels}-channel {dataset.image_size}-px ones; load the dataset with the model's size."
-            )
-    labels = np.asarray(dataset.labels)
-    idx = _pick_examples(labels, list(dataset.defect_types), n_good, n_defect)
-    x = dataset.images[idx].float() / 255.0  # (N, C, S, S) in [0, 1]
-    masks = np.asarray(dataset.masks[idx]) > 0  # (N, S, S)
-    recons, maps = {}, {}
-    for name, m in models_by_name.items():
-        device = next(m.parameters()).device
-        was_training = m.training
-        m.eval()
-        with torch.inference_mode():
-            xd = x.to(device)
-            recons[name] = m.reconstruct(xd).float().cpu()
-            maps[name] = m.anomaly_map(xd).float().cpu().numpy()
-        m.train(was_training)
-
-    names = list(models_by_name)
+    names = list(maps)
+    masks = np.asarray(masks) > 0
+    n_rows, n_cols = len(images), 2 + 2 * len(names)
+    assert names and list(reconstructions) == names, "one reconstruction and one map per model, same order"
+    assert len(masks) == len(row_labels) == n_rows, "one mask and one row label per image"
+    assert all(len(maps[n]) == len(reconstructions[n]) == n_rows for n in names), "one map per image and model"
     colors = model_colors(names)
-    n_rows, n_cols = len(idx), 2 + 2 * len(names)
     fig = _new_figure(1.45 * n_cols + 0.6, 1.45 * n_rows + 1.3)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    heads = ["input", "ground truth"] + [f"{model_label(n)}\n{w}" for n in names for w in ("reconstruction", "error map")]
+    heads = ["input", "ground truth"]
+    heads += [f"{model_label(n)}\n{w}" for n in names for w in ("reconstruction", "error map")]
     for j, h in enumerate(heads):
         axes[0, j].set_title(h, fontsize=9, color=colors[names[(j - 2) // 2]] if j >= 2 else "black")
-    for r, i in enumerate(idx):
-        label = "good" if labels[i] == 0 else str(dataset.defect_types[i])
-        axes[r, 0].set_ylabel(label, fontsize=9)
-        img, cmap = _as_rgb(x[r])
+    for r in range(n_rows):
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
+        img, cmap = _as_rgb(images[r])
         axes[r, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)
         axes[r, 1].imshow(masks[r], cmap="gray", vmin=0, vmax=1)
     for k, n in enumerate(names):
         vmax = float(np.quantile(maps[n], 0.995)) or 1.0
         for r in range(n_rows):
-            img, cmap = _as_rgb(recons[n][r])
+            img, cmap = _as_rgb(reconstructions[n][r])
             axes[r, 2 + 2 * k].imshow(img, cmap=cmap, vmin=0, vmax=1)
             im = axes[r, 3 + 2 * k].imshow(maps[n][r], cmap="inferno", vmin=0, vmax=vmax)
             if masks[r].any():
@@ -438,49 +399,45 @@ def anomaly_gallery(models_by_name: dict, dataset, out_path, n_good: int = 2, n_
         cb = fig.colorbar(im, ax=axes[:, 3 + 2 * k], location="bottom", shrink=0.9, aspect=12, pad=0.02)
         cb.set_ticks([0, vmax], labels=["0", f"{vmax:.2g}"])
         cb.ax.tick_params(labelsize=7)
-    cat = getattr(dataset, "category", "")
-    fig.suptitle(f"{cat}: test images, reconstructions and anomaly maps (cyan: ground-truth outline)", fontsize=10)
+    fig.suptitle(f"{category}: test images, reconstructions and anomaly maps (cyan: ground-truth outline)", fontsize=10)
     return _save(fig, out_path, dpi=GALLERY_DPI)
 
 
 # --------------------------------------------------------------------------------------
-# GRF figures (for the README, images/)
+# GRF figures (for the README, images/; arrays from examples.grf_prior_samples / latent_examples)
+
+KERNEL_LABELS = {"exponential": "exponential", "matern32": "Matérn-3/2", "gaussian": "Gaussian"}
 
 
-def grf_prior_figure(out_path, *, size: int = 64, kernels=("exponential", "matern32", "gaussian"),
-                     rhos=(1.0, 2.0, 4.0), seed: int = 0) -> Path:
-    """Samples of the GRF prior (``grf.GRFPrior.sample``) on a ``size`` x ``size`` torus.
+def grf_prior_figure(out_path, *, samples: np.ndarray, kernels, rhos, distances: np.ndarray,
+                     kernel_values: np.ndarray) -> Path:
+    """Samples of the GRF prior (``examples.grf_prior_samples``) on a torus.
 
-    Rows: kernels; columns: correlation lengths rho (latent px), then the kernel k(d)
-    itself. Every panel draws from the same white noise (the generator is reseeded), so
-    the panels differ only by the covariance: larger rho = larger blobs, the Gaussian
-    kernel is smoother than Matern-3/2, which is smoother than the exponential.
+    ``samples`` (kernels, rhos, h, w): rows are kernels, columns correlation lengths rho
+    (latent px), then a last column with each kernel k(d) (``kernel_values`` (kernels, rhos,
+    M) at ``distances`` (M,)). Drawn from the same white noise, the panels differ only by the
+    covariance: larger rho = larger blobs, the Gaussian kernel is smoother than Matern-3/2,
+    which is smoother than the exponential.
     """
-    import seaborn as sns
-    import torch
-
-    from models import grf
-
-    names = {"exponential": "exponential", "matern32": "Matérn-3/2", "gaussian": "Gaussian"}
-    d = torch.linspace(0, 3 * max(rhos), 200, dtype=torch.float64)
-    colors = sns.color_palette("viridis", len(rhos))
+    kernels, rhos = list(kernels), list(rhos)
+    samples = np.asarray(samples)
+    assert samples.shape[:2] == (len(kernels), len(rhos)), f"samples {samples.shape} are not (kernels, rhos, h, w)"
+    colors = _seaborn().color_palette("viridis", len(rhos))
     fig = _new_figure(2.3 * (len(rhos) + 1) + 0.8, 2.3 * len(kernels) + 0.6)
     axes = fig.subplots(len(kernels), len(rhos) + 1, squeeze=False)
     for r, kernel in enumerate(kernels):
         for c, rho in enumerate(rhos):
-            prior = grf.GRFPrior(size, size, kernel=kernel, rho=float(rho))
-            z = prior.sample(1, 1, generator=torch.Generator().manual_seed(seed))[0, 0].numpy()  # (size, size)
             ax = axes[r, c]
-            im = ax.imshow(z, cmap="RdBu_r", vmin=-3, vmax=3, interpolation="nearest")
+            im = ax.imshow(samples[r, c], cmap="RdBu_r", vmin=-3, vmax=3, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(f"ρ = {rho:g} latent px", fontsize=10)
             if c == 0:
-                ax.set_ylabel(names.get(kernel, kernel), fontsize=10)
+                ax.set_ylabel(KERNEL_LABELS.get(kernel, kernel), fontsize=10)
         ax = axes[r, -1]
-        for rho, color in zip(rhos, colors):
-            ax.plot(d.numpy(), grf.kernel_values(d, kernel, float(rho), 1.0).numpy(), color=color, label=f"ρ = {rho:g}")
+        for c, (rho, color) in enumerate(zip(rhos, colors)):
+            ax.plot(distances, kernel_values[r, c], color=color, label=f"ρ = {rho:g}")
         ax.set_ylim(-0.05, 1.05)
         ax.set_ylabel("k(d) / s²", fontsize=9)
         ax.tick_params(labelsize=8)
@@ -490,98 +447,53 @@ def grf_prior_figure(out_path, *, size: int = 64, kernels=("exponential", "mater
         if r == len(kernels) - 1:
             ax.set_xlabel("torus distance d (latent px)", fontsize=9)
     fig.colorbar(im, ax=axes[:, :-1], location="left", shrink=0.6, pad=0.05, label="z (prior variance s² = 1)")
-    fig.suptitle(f"Samples of the GRF prior on a {size}×{size} torus (same white noise in every panel)", fontsize=11)
+    h, w = samples.shape[-2:]
+    fig.suptitle(f"Samples of the GRF prior on a {h}×{w} torus (same white noise in every panel)", fontsize=11)
     return _save(fig, out_path)
 
 
-def _demo_images(n: int, size: int, channels: int):
-    """Two procedural images (stripes, a blob) for when no real images are given."""
-    import torch
-
-    t = torch.linspace(0, 1, size)
-    yy, xx = torch.meshgrid(t, t, indexing="ij")
-    stripes = 0.5 + 0.35 * torch.sin(2 * torch.pi * (5 * xx + 2 * yy))
-    blob = 0.25 + 0.6 * torch.exp(-((xx - 0.45) ** 2 + (yy - 0.55) ** 2) / 0.05)
-    base = [stripes, blob]
-    imgs = torch.stack([base[i % 2] for i in range(n)])[:, None]  # (n, 1, S, S)
-    return imgs.expand(n, channels, size, size).clone()
-
-
-def vae_vs_grf_figure(out_path, *, vae=None, vae_grf=None, images=None, n_samples: int = 2, seed: int = 0,
-                      note: str = "") -> Path:
+def vae_vs_grf_figure(out_path, *, images: np.ndarray, vae_z: np.ndarray, vae_decoded: np.ndarray,
+                      grf_z: np.ndarray, grf_decoded: np.ndarray, note: str = "") -> Path:
     """The VAE's latent VECTOR against the VAE-GRF's latent MAP, for the same images, and
-    samples of each prior decoded by each model.
+    samples of each prior decoded by each model (``examples.latent_examples``).
 
-    Rows 1..N: an image encoded (posterior mean) by both models and decoded back; rows after:
-    z drawn from each prior (VAE: N(0, I); VAE-GRF: the GRF, ``prior.sample``) and decoded.
-    Columns: input | VAE z (bars over the D latent dims) | VAE decoded | two channels of the
-    VAE-GRF map z (the two most active on these images) | VAE-GRF decoded.
-
-    ``vae`` / ``vae_grf``: trained models (default: freshly initialised ones at 64 px, which
-    only shows the shapes; the notebook passes trained ones). ``images``: (N, C, S, S) in [0, 1].
+    ``images`` (N, C, S, S) in [0, 1]. ``vae_z`` (N + n, D), ``grf_z`` (N + n, C_z, h, w)
+    and their decodings (N + n, C, S, S): the first N rows are the images' posterior means,
+    the n rows after are draws of each prior (VAE: N(0, I); VAE-GRF: the GRF). Columns:
+    input | VAE z (bars over the D latent dims) | VAE decoded | two channels of the VAE-GRF
+    map z (the two that vary most over the images) | VAE-GRF decoded.
     """
-    import torch
-
-    import models
-
-    if vae is None:
-        vae = models.build_model("vae", image_size=64, in_channels=3)
-    if vae_grf is None:
-        vae_grf = models.build_model("vae_grf", image_size=vae.config.image_size, in_channels=vae.config.in_channels)
-    size, channels = vae.config.image_size, vae.config.in_channels
-    if images is None:
-        images = _demo_images(2, size, channels)
-    images = images.float()
-    was = vae.training, vae_grf.training
-    vae.eval()
-    vae_grf.eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.inference_mode():
-        dev_v, dev_g = next(vae.parameters()).device, next(vae_grf.parameters()).device
-        mu_v, _ = vae.encode(images.to(dev_v))  # (N, D)
-        rec_v = vae.decode(mu_v).float().cpu()
-        mu_g, _ = vae_grf.encode(images.to(dev_g))  # (N, C, h, w)
-        rec_g = vae_grf.decode(mu_g).float().cpu()
-        z_v = torch.randn(n_samples, mu_v.shape[1], generator=gen)  # (n, D) ~ N(0, I)
-        z_g = vae_grf.prior.sample(n_samples, mu_g.shape[1], generator=gen)  # (n, C, h, w) ~ GRF
-        smp_v = vae.decode(z_v.to(dev_v)).float().cpu()
-        smp_g = vae_grf.decode(z_g.to(dev_g)).float().cpu()
-    vae.train(was[0])
-    vae_grf.train(was[1])
-    mu_v, mu_g, z_g = mu_v.cpu().numpy(), mu_g.cpu().numpy(), z_g.cpu().numpy()
-    active = np.argsort(-mu_g.var(axis=(0, 2, 3)))[:2]  # the two channels that vary most
-
-    n_img = len(images)
-    n_rows = n_img + n_samples
+    n_img, n_rows = len(images), len(vae_z)
+    assert 0 < n_img <= n_rows and len(grf_z) == len(vae_decoded) == len(grf_decoded) == n_rows, (
+        "vae_z, grf_z and the decodings need one row per image, then one per prior sample")
+    active = np.argsort(-grf_z[:n_img].var(axis=(0, 2, 3)))[:2]  # the two channels that vary most
     fig = _new_figure(13.0, 2.0 * n_rows + 1.0)
     axes = fig.subplots(n_rows, 6, squeeze=False, gridspec_kw={"width_ratios": [1, 2.2, 1, 1, 1, 1]})
     colors = model_colors(["vae", "vae_grf"])
-    heads = ["input", f"VAE: latent vector z\n(D = {mu_v.shape[1]})", "VAE decoded",
-             f"VAE-GRF: latent map z\nchannel {active[0]} ({mu_g.shape[2]}×{mu_g.shape[3]})",
-             f"VAE-GRF: latent map z\nchannel {active[-1]}", "VAE-GRF decoded"]
+    vae, grf = model_label("vae"), model_label("vae_grf")
+    heads = ["input", f"{vae}: latent vector z\n(D = {vae_z.shape[1]})", f"{vae} decoded",
+             f"{grf}: latent map z\nchannel {active[0]} ({grf_z.shape[2]}×{grf_z.shape[3]})",
+             f"{grf}: latent map z\nchannel {active[-1]}", f"{grf} decoded"]
     head_colors = ["black", colors["vae"], colors["vae"], colors["vae_grf"], colors["vae_grf"], colors["vae_grf"]]
-    vlim = float(max(np.abs(mu_v).max(), np.abs(z_v.numpy()).max(), 1e-6))
-    mlim = float(max(np.abs(mu_g[:, active]).max(), np.abs(z_g[:, active]).max(), 1e-6))
+    vlim = float(max(np.abs(vae_z).max(), 1e-6))
+    mlim = float(max(np.abs(grf_z[:, active]).max(), 1e-6))
     for r in range(n_rows):
         enc = r < n_img
-        vec = mu_v[r] if enc else z_v[r - n_img].numpy()
-        maps = mu_g[r, active] if enc else z_g[r - n_img, active]
-        pics = [images[r] if enc else None, rec_v[r] if enc else smp_v[r - n_img],
-                rec_g[r] if enc else smp_g[r - n_img]]
         for c, ax in enumerate(axes[r]):
             if c != 1:
                 ax.set_xticks([])
                 ax.set_yticks([])
             if r == 0:
                 ax.set_title(heads[c], fontsize=9, color=head_colors[c])
-        if pics[0] is not None:
-            img, cmap = _as_rgb(pics[0])
+        if enc:
+            img, cmap = _as_rgb(images[r])
             axes[r, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)
             axes[r, 0].set_ylabel(f"image {r + 1}\n(posterior mean)", fontsize=9)
         else:
             axes[r, 0].axis("off")
             axes[r, 0].text(0.5, 0.5, f"prior\nsample {r - n_img + 1}", ha="center", va="center", fontsize=10,
                             transform=axes[r, 0].transAxes)
+        vec = vae_z[r]
         axes[r, 1].bar(np.arange(len(vec)), vec, width=1.0, color=colors["vae"])
         axes[r, 1].set_ylim(-vlim * 1.05, vlim * 1.05)
         axes[r, 1].set_xlim(-0.5, len(vec) - 0.5)
@@ -589,12 +501,13 @@ def vae_vs_grf_figure(out_path, *, vae=None, vae_grf=None, images=None, n_sample
         axes[r, 1].set_ylabel("z_j", fontsize=8)
         if r == n_rows - 1:
             axes[r, 1].set_xlabel("latent dimension j", fontsize=8)
-        for k, ax in ((0, axes[r, 3]), (1, axes[r, 4])):
-            im = ax.imshow(maps[k], cmap="RdBu_r", vmin=-mlim, vmax=mlim, interpolation="nearest")
-        for ax, pic in ((axes[r, 2], pics[1]), (axes[r, 5], pics[2])):
+        for k, ax in ((0, axes[r, 3]), (1, axes[r, 4])):  # a one-channel map shows its channel twice
+            im = ax.imshow(grf_z[r, active[min(k, len(active) - 1)]], cmap="RdBu_r", vmin=-mlim, vmax=mlim,
+                           interpolation="nearest")
+        for ax, pic in ((axes[r, 2], vae_decoded[r]), (axes[r, 5], grf_decoded[r])):
             img, cmap = _as_rgb(pic)
             ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
     fig.colorbar(im, ax=axes[:, 3:5], location="bottom", shrink=0.7, aspect=25, label="z (latent map value)")
-    title = "VAE (latent vector, N(0, I) prior) vs VAE-GRF (latent map, GRF prior)"
+    title = f"{vae} (latent vector, N(0, I) prior) vs {grf} (latent map, GRF prior)"
     fig.suptitle(title + (f" — {note}" if note else ""), fontsize=11)
     return _save(fig, out_path)

@@ -8,15 +8,22 @@ table it summarises.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
-from . import plots
+from models import model_label
 from models.errors import ConfigError, DatasetError
+from models.mvtec import MVTecAD, category_type, dataset_name, list_categories
+
+from . import examples, plots
+from .checkpoints import load_checkpoint
+from .demo_data import make_synthetic_dataset
 
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
 
@@ -54,7 +61,9 @@ def env(name: str, default):
             return [part.strip() for part in raw.split(",") if part.strip()]
     except ValueError:
         kind = type(default).__name__ if default is not None else "comma-separated list"
-        raise ConfigError(f"environment variable {name}={raw!r} is not a valid {kind}; unset it or fix its value.") from None
+        raise ConfigError(
+            f"environment variable {name}={raw!r} is not a valid {kind}; unset it or fix its value."
+        ) from None
     return raw
 
 
@@ -66,9 +75,6 @@ def find_or_make_dataset(data_root, demo_dir="data/demo", *, seed: int = 0, **de
     """``data_root`` if it holds at least one category; otherwise say so in one sentence,
     write the built-in demo dataset to ``demo_dir`` (kept if already there) and return it.
     ``demo_options`` go to ``make_synthetic_dataset`` (the tests make a tiny demo)."""
-    from .demo_data import make_synthetic_dataset
-    from models.mvtec import list_categories
-
     root = Path(data_root).expanduser()
     try:
         list_categories(root)
@@ -82,8 +88,6 @@ def find_or_make_dataset(data_root, demo_dir="data/demo", *, seed: int = 0, **de
 
 def describe_dataset(root) -> pd.DataFrame:
     """One row per category: its type; what the notebook is about to train on."""
-    from models.mvtec import category_type, dataset_name, list_categories
-
     cats = list_categories(root)
     name = dataset_name(root)
     return pd.DataFrame({"dataset": name, "category": cats, "category_type": [category_type(root, c) for c in cats]})
@@ -122,10 +126,10 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> Markdown:
     models = list(dict.fromkeys(d["model"]))
     types = [t for t in plots.TYPE_ORDER if (d["category_type"] == t).any()]
     n_cats = d["label"].nunique()
-    label = plots.model_label
+    label = model_label
     per_type = d.drop_duplicates("label")["category_type"].value_counts()
     lines = [
-        f"**{plots._dataset_note(d).capitalize()}**: {n_cats} categories "
+        f"**{plots.dataset_note(d).capitalize()}**: {n_cats} categories "
         f"({', '.join(f'{per_type[t]} {t}' for t in types)}), {len(models)} models.",
         "",
         "Best model per category type (mean over its categories):",
@@ -144,7 +148,9 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> Markdown:
             best = means[means == means.max()].index
             cells.append(f"{', '.join(label(b) for b in best)} ({_fmt(means.max())})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Wins per model (categories, out of {n_cats}, where it has the highest value; ties count for each):", "",
+    lines += ["",
+              f"Wins per model (categories, out of {n_cats}, where it has the highest value; ties count for each):",
+              "",
               "| model | " + " | ".join(plots.METRIC_LABELS[m] for m in metrics) + " |",
               "|---" * (len(metrics) + 1) + "|"]
     wins = {m: {k: 0 for k in models} for m in metrics}
@@ -170,10 +176,7 @@ PREVIEW_WIDTH = 1100  # px
 def _preview(path: Path):
     """An IPython Image of ``path``: the PNG itself if small, else a downscaled JPEG, so the
     executed notebook stays a few MB instead of embedding every full-size gallery."""
-    import io
-
-    from IPython.display import Image as IPyImage
-    from PIL import Image
+    from IPython.display import Image as IPyImage  # only called from show(), in a notebook: see there
 
     if path.stat().st_size <= PREVIEW_MAX_BYTES:
         return IPyImage(filename=str(path))
@@ -189,7 +192,7 @@ def _preview(path: Path):
 def show(paths) -> None:
     """Display figure files inline in a notebook (large ones as a preview); print their paths elsewhere."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    try:
+    try:  # IPython only here: it costs 0.2-0.3 s to import and is needed only in a notebook
         from IPython import get_ipython
         from IPython.display import display
 
@@ -209,7 +212,7 @@ def show(paths) -> None:
 
 
 def find_checkpoint(row, checkpoint_dir="checkpoints") -> Path | None:
-    """The checkpoint experiment.run_job saved for ``row`` (``<dir>/<dataset>/<category>/
+    """The checkpoint job.run_job saved for ``row`` (``<dir>/<dataset>/<category>/
     <model>-<config_hash>.pt``), found by its file name so folder-name escaping does not matter."""
     hits = sorted(Path(checkpoint_dir).glob(f"*/*/{row['model']}-{row['config_hash']}.pt"))
     return hits[0] if hits else None
@@ -217,8 +220,6 @@ def find_checkpoint(row, checkpoint_dir="checkpoints") -> Path | None:
 
 def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir="checkpoints", device="cpu") -> dict:
     """Model name -> trained model of ``category`` (rows without a checkpoint are skipped)."""
-    from .checkpoints import load_checkpoint
-
     out = {}
     for _, row in plots.prepare_results(rows).query("category == @category").iterrows():
         path = find_checkpoint(row, checkpoint_dir)
@@ -228,8 +229,6 @@ def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir="checkpoints"
 
 
 def _test_split(data_root, category: str, model):
-    from models.mvtec import MVTecAD
-
     c = model.config
     return MVTecAD(data_root, category, "test", image_size=c.image_size, in_channels=c.in_channels)
 
@@ -245,8 +244,10 @@ def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoint
             print(f"no checkpoints for {category!r} under {checkpoint_dir}; its gallery is skipped.")
             continue
         test = _test_split(data_root, category, next(iter(trained.values())))
-        paths.append(plots.anomaly_gallery(trained, test, Path(out_dir) / f"gallery_{category}.png",
-                                           n_good=n_good, n_defect=n_defect))
+        ex = examples.gallery_examples(trained, test, n_good=n_good, n_defect=n_defect)
+        paths.append(plots.anomaly_gallery(Path(out_dir) / f"gallery_{category}.png", images=ex.images, masks=ex.masks,
+                                           row_labels=ex.row_labels, reconstructions=ex.reconstructions,
+                                           maps=ex.maps, category=ex.category))
     return paths
 
 
@@ -254,10 +255,10 @@ def grf_figures(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoi
     """``grf.png`` (prior samples) and ``vae-vae-grf.png`` in ``out_dir``. The second uses the
     trained VAE and VAE-GRF of the first category (textures first) that has both, on one good
     and one defective test image; without them it shows untrained models and says so."""
-    import torch
-
     out_dir = Path(out_dir)
-    paths = [plots.grf_prior_figure(out_dir / "grf.png")]
+    prior = examples.grf_prior_samples()
+    paths = [plots.grf_prior_figure(out_dir / "grf.png", samples=prior.samples, kernels=prior.kernels, rhos=prior.rhos,
+                                    distances=prior.distances, kernel_values=prior.kernel_values)]
     d = plots.prepare_results(rows)
     vae = vae_grf = images = None
     note = "untrained models (no checkpoints of this run)"
@@ -266,13 +267,12 @@ def grf_figures(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoi
         if len(trained) == 2:
             vae, vae_grf = trained["vae"], trained["vae_grf"]
             test = _test_split(data_root, category, vae)
-            idx = plots._pick_examples(np.asarray(test.labels), list(test.defect_types), 1, 1)
+            idx = examples.pick_examples(np.asarray(test.labels), list(test.defect_types), 1, 1)
             images = test.images[idx].float() / 255.0  # (N, C, S, S)
             note = f"trained on {d['dataset'].iloc[0]}/{category}, test images"
             break
-    if vae is not None and images is not None and len(images) == 0:
-        images = None
-    with torch.random.fork_rng():
-        paths.append(plots.vae_vs_grf_figure(out_dir / "vae-vae-grf.png", vae=vae, vae_grf=vae_grf, images=images,
-                                             note=note))
+    ex = examples.latent_examples(vae, vae_grf, images)  # untrained models when vae is None
+    paths.append(plots.vae_vs_grf_figure(out_dir / "vae-vae-grf.png", images=ex.images, vae_z=ex.vae_z,
+                                         vae_decoded=ex.vae_decoded, grf_z=ex.grf_z, grf_decoded=ex.grf_decoded,
+                                         note=note))
     return paths

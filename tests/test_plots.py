@@ -6,10 +6,11 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
+import seaborn as sns
 import torch
 
 import models
-from pipeline import plots, report
+from pipeline import examples, plots, report
 
 CATEGORIES = {"carpet": "texture", "grid": "texture", "bottle": "object", "screw": "object", "widget": "custom"}
 
@@ -113,25 +114,167 @@ def _toy_test_split(size=32, channels=3):
                                  defect_types=kinds, image_size=size, in_channels=channels, category="toy")
 
 
+def _capture_figures(monkeypatch) -> list:
+    """The matplotlib Figures that plots saves from now on (to read their titles and legends)."""
+    figures, save = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out_path, **kw: figures.append(fig) or save(fig, out_path, **kw))
+    return figures
+
+
+def _texts(fig) -> list[str]:
+    """Every title, suptitle and legend entry of a figure."""
+    out = [fig.get_suptitle()] + [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    for ax in fig.axes:
+        out.append(ax.get_title())
+        if ax.get_legend() is not None:
+            out += [t.get_text() for t in ax.get_legend().get_texts()]
+    return out
+
+
 @pytest.mark.parametrize("channels", [1, 3])
-def test_anomaly_gallery(tmp_path, channels):
+def test_anomaly_gallery_draws_the_arrays_it_is_given(tmp_path, monkeypatch, channels):
+    rng = np.random.default_rng(0)
+    n, size = 3, 32
+    masks = np.zeros((n, size, size), bool)
+    masks[1:, 8:14, 8:14] = True
+    recons = {m: rng.random((n, channels, size, size), dtype=np.float32) for m in ("vae_grf", "cae")}
+    maps = {m: rng.random((n, size, size), dtype=np.float32) for m in recons}
+    figures = _capture_figures(monkeypatch)
+    out = plots.anomaly_gallery(tmp_path / "gallery.png", images=rng.random((n, channels, size, size)), masks=masks,
+                                row_labels=["good", "hole", "scratch"], reconstructions=recons, maps=maps,
+                                category="toy")
+    assert out == tmp_path / "gallery.png" and out.stat().st_size > 20_000
+    (fig,) = figures
+    assert len(fig.axes) == n * (2 + 2 * 2) + 2  # the panels and one colour bar per model
+    texts = _texts(fig)
+    # Models in the order given, each named by its registry label.
+    assert texts[1:7] == ["input", "ground truth", "VAE-GRF\nreconstruction", "VAE-GRF\nerror map",
+                          "CAE\nreconstruction", "CAE\nerror map"]
+    assert fig.get_suptitle().startswith("toy:")
+    # One colour scale per model over all rows: 0 to the 99.5th percentile of its maps.
+    cae_map = fig.axes[5].images[0]
+    assert cae_map.get_clim() == pytest.approx((0, np.quantile(maps["cae"], 0.995)))
+    with pytest.raises(AssertionError, match="one mask"):
+        plots.anomaly_gallery(tmp_path / "bad.png", images=rng.random((n, channels, size, size)), masks=masks[:2],
+                              row_labels=["a"] * n, reconstructions=recons, maps=maps)
+
+
+def test_gallery_examples_are_each_models_own_maps():
     torch.manual_seed(0)
     tiny = {"cae": dict(widths=(8, 16), latent_dim=8), "vae_grf": dict(widths=(8, 16), latent_channels=2)}
-    trained = {n: models.build_model(n, image_size=32, in_channels=channels, **o) for n, o in tiny.items()}
-    out = plots.anomaly_gallery(trained, _toy_test_split(channels=channels), tmp_path / "gallery.png")
-    assert out.is_file() and out.stat().st_size > 20_000
+    trained = {n: models.build_model(n, image_size=32, in_channels=3, **o) for n, o in tiny.items()}
+    trained["cae"].train()  # each model is left in the mode it was in
+    trained["vae_grf"].eval()
+    split = _toy_test_split(channels=3)
+    ex = examples.gallery_examples(trained, split, n_good=2, n_defect=3)
+    idx = examples.pick_examples(np.asarray(split.labels), split.defect_types, 2, 3)
+    x = split.images[idx].float() / 255.0
+    assert ex.category == "toy" and ex.row_labels == ["good", "good", "hole", "scratch", "hole"]
+    assert ex.images.dtype == np.float32 and ex.images.shape == (5, 3, 32, 32)
+    np.testing.assert_array_equal(ex.images, x.numpy())
+    assert ex.masks.dtype == bool and ex.masks.shape == (5, 32, 32) and ex.masks[2:].any(axis=(1, 2)).all()
+    assert list(ex.maps) == list(ex.reconstructions) == ["cae", "vae_grf"]
+    for name, m in trained.items():
+        assert ex.maps[name].dtype == np.float32 and ex.maps[name].shape == (5, 32, 32)
+        assert ex.reconstructions[name].shape == (5, 3, 32, 32)
+        np.testing.assert_allclose(ex.maps[name], m.anomaly_map(x).numpy(), rtol=1e-5, atol=1e-7)
+    assert trained["cae"].training and not trained["vae_grf"].training
+    with pytest.raises(models.ConfigError, match="1-channel"):
+        examples.gallery_examples(trained, _toy_test_split(channels=1))
+    with pytest.raises(models.ConfigError, match="at least one"):
+        examples.gallery_examples({}, split)
 
 
 def test_pick_examples_spreads_over_defect_types():
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
     kinds = ["good"] * 3 + ["a", "a", "b", "c"]
-    assert plots._pick_examples(labels, kinds, 2, 3) == [0, 2, 3, 5, 6]
+    assert examples.pick_examples(labels, kinds, 2, 3) == [0, 2, 3, 5, 6]
 
 
-def test_grf_figures(tmp_path):
-    p = plots.grf_prior_figure(tmp_path / "grf.png", size=16, rhos=(0.5, 1.0))
+def test_grf_prior_samples_and_figure(tmp_path):
+    prior = examples.grf_prior_samples(size=16, rhos=(0.5, 1.0))
+    assert prior.kernels == examples.GRF_KERNELS and prior.rhos == (0.5, 1.0)
+    assert prior.samples.shape == (3, 2, 16, 16) and prior.kernel_values.shape == (3, 2, len(prior.distances))
+    assert prior.kernel_values[:, :, 0] == pytest.approx(1.0)  # k(0) = s^2 = 1
+    # Same white noise in every panel: each sample is the prior's own draw from that seed.
+    again = models.grf.GRFPrior(16, 16, kernel="gaussian", rho=1.0).sample(
+        1, 1, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(prior.samples[2, 1], again[0, 0].numpy())
+    p = plots.grf_prior_figure(tmp_path / "grf.png", samples=prior.samples, kernels=prior.kernels, rhos=prior.rhos,
+                               distances=prior.distances, kernel_values=prior.kernel_values)
     assert p.is_file() and p.stat().st_size > 20_000
+
+
+def test_latent_examples_and_vae_vs_grf_figure(tmp_path):
+    torch.manual_seed(0)
     vae = models.build_model("vae", image_size=32, widths=(8, 16), latent_dim=8)
     vae_grf = models.build_model("vae_grf", image_size=32, widths=(8, 16), latent_channels=2)
-    p = plots.vae_vs_grf_figure(tmp_path / "vae-vae-grf.png", vae=vae, vae_grf=vae_grf)
+    images = torch.rand(3, 3, 32, 32)
+    state = torch.get_rng_state()
+    ex = examples.latent_examples(vae, vae_grf, images, n_samples=2)
+    assert torch.equal(torch.get_rng_state(), state)  # sampling is seeded, the caller's RNG untouched
+    assert ex.images.shape == (3, 3, 32, 32)
+    assert ex.vae_z.shape == (5, 8) and ex.grf_z.shape == (5, 2, 8, 8)  # 32 px / stride 4
+    assert ex.vae_decoded.shape == ex.grf_decoded.shape == (5, 3, 32, 32)
+    vae.eval()
+    np.testing.assert_allclose(ex.vae_z[:3], vae.encode(images)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ex.vae_z[3:], examples.latent_examples(vae, vae_grf, images).vae_z[3:])
+    p = plots.vae_vs_grf_figure(tmp_path / "vae-vae-grf.png", images=ex.images, vae_z=ex.vae_z,
+                                vae_decoded=ex.vae_decoded, grf_z=ex.grf_z, grf_decoded=ex.grf_decoded, note="test")
     assert p.is_file() and p.stat().st_size > 20_000
+    # Without models: freshly initialised ones at 64 px on two procedural images.
+    fresh = examples.latent_examples(n_samples=1)
+    assert fresh.images.shape == (2, 3, 64, 64) and len(fresh.vae_z) == len(fresh.grf_z) == 3
+
+
+def test_figures_never_build_or_run_models():
+    """plots draws arrays: no torch, no registry lookups of networks, no model calls."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(plots))
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    used |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    forbidden = {"torch", "build_model", "reconstruct", "anomaly_map", "encode", "decode", "sample", "GRFPrior"}
+    assert not used & forbidden
+
+
+def test_labels_and_colours_come_from_the_registry():
+    assert [models.model_label(n) for n in models.MODEL_NAMES] == ["CAE", "VAE", "ViT-VAE", "VAE-GRF"]
+    assert models.model_label("retired_model") == "retired_model"  # a row of an old CSV
+
+    class Unnamed(models.AnomalyModel):
+        pass
+
+    assert Unnamed.label == "Unnamed"
+    colors = plots.model_colors(["retired_model", *models.MODEL_NAMES])
+    assert len(set(colors.values())) == 5
+
+
+def test_a_fifth_registered_model_is_picked_up(tmp_path, monkeypatch):
+    class Fifth(models.CAE):
+        label = "Fifth"
+
+    # Its registry line goes in the middle, so that registry order is told apart from "unknown names last".
+    names = (*models.MODEL_NAMES[:2], "fifth", *models.MODEL_NAMES[2:])
+    monkeypatch.setattr(models, "MODELS", {n: models.MODELS.get(n, Fifth) for n in names})
+    monkeypatch.setattr(models, "MODEL_NAMES", names)
+    order = ["CAE", "VAE", "Fifth", "ViT-VAE", "VAE-GRF"]
+    df = fake_results({"carpet": "texture", "bottle": "object"}, ("fifth", "cae", "vae", "vit_vae", "vae_grf"))
+    assert list(plots.results_table(df).columns) == order  # registry order, not the CSV's
+    assert "| Fifth |" in report.summary(df)
+    colors = plots.model_colors(names)
+    assert list(colors.values()) == sns.color_palette("colorblind", 10)[:5]  # the palette in registry order
+    assert len(set(colors.values())) == 5
+    figures = _capture_figures(monkeypatch)
+    plots.f1_score_comparison(df, tmp_path / "f1.png")
+    legend = [t.get_text() for t in figures[-1].legends[0].get_texts()]
+    assert [t for t in legend if "oracle" not in t] == order
+    (bars,) = [c for c in figures[-1].axes[0].containers if c.get_label() == "Fifth"]
+    assert tuple(bars.patches[0].get_facecolor()[:3]) == pytest.approx(colors["fifth"])
+    # Built from the registry, it runs through the gallery like the four.
+    fifth = models.build_model("fifth", image_size=32, widths=(8, 16), latent_dim=8)
+    ex = examples.gallery_examples({"fifth": fifth}, _toy_test_split())
+    plots.anomaly_gallery(tmp_path / "gallery.png", images=ex.images, masks=ex.masks, row_labels=ex.row_labels,
+                          reconstructions=ex.reconstructions, maps=ex.maps)
+    assert "Fifth\nerror map" in _texts(figures[-1])
