@@ -76,7 +76,8 @@ def _check_type(name: str, key: str, value, default) -> None:
     def kind(d) -> str:
         if isinstance(d, tuple):
             return "a list" + (f" of {kind(d[0]).removeprefix('a ')}s" if d else "")
-        return {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}.get(type(d), type(d).__name__)
+        return {bool: "true or false", int: "a whole number", float: "a number",
+                str: "a text"}.get(type(d), type(d).__name__)
 
     if not fits(value, default):
         raise ConfigError(f"{name}: {key} must be {kind(default)} (default {default!r}), got {value!r}.")
@@ -91,6 +92,6 @@ def build_model(name: str, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: in
 __all__ = [
     "MODELS", "MODEL_NAMES", "DEFAULT_IMAGE_SIZE", "AnomalyModel", "ModelConfig", "build_model", "model_config",
     "model_label",
-    "MVTecAD", "list_categories", "grf", "scoring",
+    "MVTecAD", "list_categories", "grf", "scoring", "variational",
     "UserError", "DatasetError", "ConfigError", "CheckpointError",
 ]

@@ -95,7 +95,9 @@ def check_prior_settings(*, kernel: str, rho: float, variance: float, eps: float
     if kernel not in KERNELS:
         raise ConfigError(f"{where}: kernel {kernel!r} is unknown; valid kernels: {', '.join(KERNELS)}.")
     if not (rho >= 0 and math.isfinite(rho)):
-        raise ConfigError(f"{where}: rho must be a finite number >= 0 latent pixels (0 = white-noise prior), got {rho}.")
+        raise ConfigError(
+            f"{where}: rho must be a finite number >= 0 latent pixels (0 = white-noise prior), got {rho}."
+        )
     if not variance > 0:
         raise ConfigError(f"{where}: the prior variance must be > 0, got {variance}.")
     if not 0 < eps < 1:

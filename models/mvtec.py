@@ -189,11 +189,13 @@ def _open(path: Path, reduce_to: int | None = None) -> tuple[Image.Image, tuple[
         raise DatasetError(f"{path} is not an image file PIL can read; replace or remove it.") from None
     except Image.DecompressionBombError as e:
         raise DatasetError(
-            f"image {path} is too large to decode safely ({str(e).rstrip('.')}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
-            "if you trust the file."
+            f"image {path} is too large to decode safely ({str(e).rstrip('.')}); downscale it, "
+            "or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise DatasetError(f"cannot read image {path} ({e}); the file is damaged or truncated, replace or remove it.") from None
+        raise DatasetError(
+            f"cannot read image {path} ({e}); the file is damaged or truncated, replace or remove it."
+        ) from None
 
 
 def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
@@ -354,8 +356,8 @@ def _disk_save(file: Path, entries: dict) -> None:
     blob = {
         "version": DECODE_VERSION,
         "entries": [
-            {"kind": k[0], "path": k[1], "mtime_ns": k[2], "size": k[3], "data": torch.from_numpy(np.ascontiguousarray(v[0])),
-             "original_size": list(v[1])}
+            {"kind": k[0], "path": k[1], "mtime_ns": k[2], "size": k[3],
+             "data": torch.from_numpy(np.ascontiguousarray(v[0])), "original_size": list(v[1])}
             for k, v in entries.items()
         ],
     }

@@ -61,7 +61,8 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5) -> torch.Tens
     return s.mean(dim=1)
 
 
-def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, *, score_map: str = "l2", score_sigma: float = 0.0) -> torch.Tensor:
+def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, *, score_map: str = "l2",
+                score_sigma: float = 0.0) -> torch.Tensor:
     """(B, C, H, W) image and reconstruction -> (B, H, W) map, >= 0, larger = more anomalous."""
     assert x.shape == x_hat.shape, f"image {tuple(x.shape)} and reconstruction {tuple(x_hat.shape)} differ"
     x, x_hat = x.float(), x_hat.float()

@@ -23,8 +23,8 @@ good reconstruction) sets s^2 near the maximum-likelihood decoder variance, i.e.
 residual variance of a trained model (per-pixel MSE 0.0007-0.0023 measured on the dev
 images). Measured at 64 px, 300 steps, on MVTec grid: beta = 1 collapsed (KL 3 nats,
 MSE 0.021, 10x the CAE's 0.0013); beta = 0.1 still blurry (MSE 0.010); beta <= 0.02 kept
-all 128 dimensions in use (KL 110-310 nats) at MSE 0.0022-0.0028; a per-pixel-mean recon with beta scaled by 1/(C H W) would be the same loss
-but with a beta that must change with every image size.
+all 128 dimensions in use (KL 110-310 nats) at MSE 0.0022-0.0028; a per-pixel-mean recon with beta
+scaled by 1/(C H W) would be the same loss but with a beta that must change with every image size.
 
 The loss itself and the bounded log-variance are shared with the other VAEs
 (``variational.py``).
@@ -39,6 +39,7 @@ from .base import ModelConfig
 from .errors import ConfigError
 from .layers import ConvDecoder, ConvEncoder, MapToVector, VectorToMap, check_conv_size
 from .variational import VariationalModel, bound_logvar
+
 
 @dataclass(kw_only=True)
 class VAEConfig(ModelConfig):

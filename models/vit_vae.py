@@ -93,7 +93,9 @@ class ViTVAEConfig(ModelConfig):
         if self.latent_dim < 1:
             raise ConfigError(f"vit_vae: latent_dim must be a positive integer, got {self.latent_dim}.")
         if not abs(self.logvar_init) <= 10:  # also rejects NaN
-            raise ConfigError(f"vit_vae: logvar_init must be in [-10, 10] (the log-variance bound), got {self.logvar_init}.")
+            raise ConfigError(
+                f"vit_vae: logvar_init must be in [-10, 10] (the log-variance bound), got {self.logvar_init}."
+            )
         if not self.beta >= 0 or not self.mlp_ratio > 0 or not 0 <= self.dropout < 1:
             raise ConfigError(
                 f"vit_vae: need beta >= 0, mlp_ratio > 0 and dropout in [0, 1), got "

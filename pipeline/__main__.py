@@ -136,7 +136,8 @@ def build_parser():
     r.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"training epochs (default {d.epochs})")
     r.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, metavar="S",
                    help=f"square input size in px (default {DEFAULT_IMAGE_SIZE})")
-    r.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B", help=f"batch size (default {d.batch_size})")
+    r.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
+                   help=f"batch size (default {d.batch_size})")
     r.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
     r.add_argument("--seed", type=int, default=d.seed, metavar="K", help=f"seed of everything (default {d.seed})")
     r.add_argument("--results-csv", default=DEFAULT_RESULTS_CSV, metavar="FILE",
@@ -159,8 +160,10 @@ def build_parser():
     r.set_defaults(func=cmd_run)
 
     pl = sub.add_parser("plots", help="draw the comparison figures from a results CSV",
-                        description="Draw the comparison figures (F1, ROC AUC bars, heatmap, distributions) from a results CSV.")
-    pl.add_argument("--results-csv", default=DEFAULT_RESULTS_CSV, metavar="FILE", help=f"(default {DEFAULT_RESULTS_CSV})")
+                        description="Draw the comparison figures (F1, ROC AUC bars, heatmap, distributions) "
+                                    "from a results CSV.")
+    pl.add_argument("--results-csv", default=DEFAULT_RESULTS_CSV, metavar="FILE",
+                    help=f"(default {DEFAULT_RESULTS_CSV})")
     pl.add_argument("--out", default="results", metavar="DIR", help="output folder (default results/)")
     pl.set_defaults(func=cmd_plots)
 
@@ -183,7 +186,8 @@ def main(argv=None) -> int:
         return 2
     except OSError as e:  # a file the system refused (disk full, not a folder, permissions): not a bug of ours
         where = f" {e.filename!r}" if e.filename else ""
-        print(f"error: cannot access{where} ({e.strerror or e}); check the path, its permissions and the free disk space.",
+        print(f"error: cannot access{where} ({e.strerror or e}); check the path, its permissions "
+              "and the free disk space.",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:

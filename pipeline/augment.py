@@ -31,7 +31,9 @@ def augment_batch(x: torch.Tensor, mode: str = "none") -> torch.Tensor:
     if mode not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {mode!r}; valid: {', '.join(AUGMENTATIONS)}")
     b = x.shape[0]
-    fmt = torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+    fmt = (torch.channels_last
+           if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+           else torch.contiguous_format)
     draw = torch.randint(0, 4, (3, b), device=x.device)  # (3, B): flip-lr, flip-ud, quarter turns
     pick = lambda m: m.view(b, 1, 1, 1)  # (B,) bool -> broadcast over (C, H, W)
     x = torch.where(pick(draw[0] % 2 == 1), x.flip(-1), x)

@@ -45,7 +45,8 @@ def _json_norm(d: dict) -> dict:
     return json.loads(json.dumps(_plain(d), sort_keys=True))  # tuples -> lists, like a file round trip
 
 
-def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_config: TrainConfig | None = None) -> Path:
+def save_checkpoint(path, model, *, name: str, row: dict | None = None,
+                    train_config: TrainConfig | None = None) -> Path:
     """Write {format, model, config, state_dict, row, train_config} atomically (temp file + rename)."""
     path = Path(path)
     try:
@@ -104,15 +105,22 @@ def read_checkpoint(path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure here means "not a checkpoint we can load"
         # weights_only refuses imports of arbitrary globals (functions, classes): code could run.
-        unsafe = any(w in str(e) for w in ("GLOBAL", "Unsupported global", "Unsupported class")) or _pickle_imports(path)
+        unsafe = (any(w in str(e) for w in ("GLOBAL", "Unsupported global", "Unsupported class"))
+                  or _pickle_imports(path))
         why = ("it contains Python objects other than tensors and plain data, and loading it could run code"
                if unsafe else f"it is not a PyTorch checkpoint ({type(e).__name__})")
-        raise CheckpointError(f"refused to load {str(path)!r}: {why}; use a checkpoint written by this package.") from None
+        raise CheckpointError(
+            f"refused to load {str(path)!r}: {why}; use a checkpoint written by this package."
+        ) from None
     keys = {"format", "model", "config", "state_dict"}
     if not isinstance(payload, dict) or not keys <= set(payload):
-        raise CheckpointError(f"{str(path)!r} is not a checkpoint of this package (it lacks model, config and state_dict).")
+        raise CheckpointError(
+            f"{str(path)!r} is not a checkpoint of this package (it lacks model, config and state_dict)."
+        )
     if payload["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(path)!r} has checkpoint format {payload['format']!r}; this version reads {CHECKPOINT_FORMAT}.")
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint format {payload['format']!r}; this version reads {CHECKPOINT_FORMAT}."
+        )
     return payload
 
 

@@ -274,7 +274,8 @@ def _capture(rng, img: np.ndarray) -> np.ndarray:
     """What the camera adds to every image: lighting gradient, exposure, white balance, sensor noise."""
     s = img.shape[0]
     x, y = _grid(s)
-    gain = rng.uniform(0.93, 1.07) * (1 + rng.uniform(-0.08, 0.08) * (x / s - 0.5) + rng.uniform(-0.08, 0.08) * (y / s - 0.5))
+    gain = rng.uniform(0.93, 1.07) * (1 + rng.uniform(-0.08, 0.08) * (x / s - 0.5)
+                                      + rng.uniform(-0.08, 0.08) * (y / s - 0.5))
     noise = rng.standard_normal(img.shape, dtype=np.float32) * 0.012
     out = img * (gain[..., None] * rng.uniform(0.98, 1.02, 3).astype(np.float32)) + noise
     return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)

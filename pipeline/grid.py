@@ -19,17 +19,24 @@ from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories
 from models.errors import ConfigError, DatasetError, UserError
 from models.mvtec import DEFAULT_VAL_FRACTION, dataset_name
 
-from .metrics import DEFAULT_THRESHOLD_RULE
-
 from .checkpoints import DEFAULT_CHECKPOINT_DIR
 from .job import JobSpec, load_category, run_job
-from .results import (DEFAULT_RESULTS_CSV, KEY_COLUMNS, ResultsError, append_row, check_writable, finished_keys,
-                      read_results)
+from .metrics import DEFAULT_THRESHOLD_RULE
+from .results import (
+    DEFAULT_RESULTS_CSV,
+    KEY_COLUMNS,
+    ResultsError,
+    append_row,
+    check_writable,
+    finished_keys,
+    read_results,
+)
 from .train import TrainConfig
 
 
 def make_specs(data_root, categories=None, models=None, *, image_size: int = DEFAULT_IMAGE_SIZE,
-               train: TrainConfig | None = None, model_overrides: dict | None = None, threshold_rule: str = DEFAULT_THRESHOLD_RULE,
+               train: TrainConfig | None = None, model_overrides: dict | None = None,
+               threshold_rule: str = DEFAULT_THRESHOLD_RULE,
                val_fraction: float = DEFAULT_VAL_FRACTION) -> list[JobSpec]:
     """The grid's jobs, category-major (a category is decoded once for all its models), validated."""
     available = list_categories(data_root)  # DatasetError for a missing or empty root
@@ -90,7 +97,7 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
 
     failures: list[dict] = []
     data, data_category, data_error = None, None, None
-    for i, (spec, key) in enumerate(todo, 1):
+    for i, (spec, _key) in enumerate(todo, 1):
         log(f"[{i}/{len(todo)}] {spec.model} on {spec.category} ...")
         try:
             if data_category != spec.category:  # release the previous category before loading the next

@@ -53,7 +53,8 @@ class JobSpec:
     val_fraction: float = DEFAULT_VAL_FRACTION  # of train/good held out as val (threshold + validation loss)
 
     def model_config(self) -> ModelConfig:
-        return model_config(self.model, image_size=self.image_size, in_channels=self.in_channels, **self.model_overrides)
+        return model_config(self.model, image_size=self.image_size, in_channels=self.in_channels,
+                            **self.model_overrides)
 
     def validate(self) -> None:
         """Every parameter error up front, before any data is read or model trained."""

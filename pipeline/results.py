@@ -108,7 +108,9 @@ def read_results(csv=DEFAULT_RESULTS_CSV, *, missing_ok: bool = False) -> pd.Dat
     if not csv.exists():
         if missing_ok:
             return pd.DataFrame(columns=list(COLUMNS))
-        raise ResultsError(f"no results file at {str(csv)!r}; run `python -m pipeline run` first or pass --results-csv.")
+        raise ResultsError(
+            f"no results file at {str(csv)!r}; run `python -m pipeline run` first or pass --results-csv."
+        )
     read_text_table(csv)  # the same checks (and errors) as when appending
     df = pd.read_csv(csv, dtype={c: str for c in TEXT_COLUMNS})
     for c in COLUMNS:
@@ -127,7 +129,8 @@ def _locked(csv: Path):
     try:
         f = open(lock, "a")
     except OSError as e:
-        raise ResultsError(f"cannot create the lock file {str(lock)!r} ({e.strerror}); make the folder writable or pass another --results-csv.") from None
+        raise ResultsError(f"cannot create the lock file {str(lock)!r} ({e.strerror}); make the folder writable "
+                           "or pass another --results-csv.") from None
     with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -141,7 +144,8 @@ def _atomic_write_csv(df: pd.DataFrame, csv: Path) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{csv.name}.", suffix=".tmp", dir=csv.parent)
     except OSError as e:
-        raise ResultsError(f"cannot write results next to {str(csv)!r} ({e.strerror}); make the folder writable or pass another --results-csv.") from None
+        raise ResultsError(f"cannot write results next to {str(csv)!r} ({e.strerror}); make the folder writable "
+                           "or pass another --results-csv.") from None
     try:
         with os.fdopen(fd, "w", newline="") as f:
             df.to_csv(f, index=False)
@@ -166,13 +170,17 @@ def check_writable(csv) -> Path:
         csv.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
-        raise ResultsError(f"cannot create the results folder {str(csv.parent)!r} ({why}); pass another --results-csv.") from None
+        raise ResultsError(
+            f"cannot create the results folder {str(csv.parent)!r} ({why}); pass another --results-csv."
+        ) from None
     if csv.exists():
         read_text_table(csv)
         if not os.access(csv, os.W_OK):
-            raise ResultsError(f"results file {str(csv)!r} is read-only; make it writable or pass another --results-csv (it was left untouched).")
+            raise ResultsError(f"results file {str(csv)!r} is read-only; make it writable "
+                               "or pass another --results-csv (it was left untouched).")
     if not os.access(csv.parent, os.W_OK):
-        raise ResultsError(f"the results folder {str(csv.parent)!r} is not writable; make it writable or pass another --results-csv.")
+        raise ResultsError(f"the results folder {str(csv.parent)!r} is not writable; make it writable "
+                           "or pass another --results-csv.")
     return csv
 
 

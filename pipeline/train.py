@@ -131,7 +131,9 @@ class BatchSource:
     """
 
     def __init__(self, images: torch.Tensor, device: torch.device, *, channels_last: bool = False):
-        assert images.dtype == torch.uint8 and images.ndim == 4, f"expected uint8 (N, C, S, S), got {images.dtype} {tuple(images.shape)}"
+        assert images.dtype == torch.uint8 and images.ndim == 4, (
+            f"expected uint8 (N, C, S, S), got {images.dtype} {tuple(images.shape)}"
+        )
         self.device, self.channels_last = device, channels_last
         self.staging = None
         if device.type == "cuda" and images.numel() > torch.cuda.mem_get_info(device)[0] // 4:
@@ -206,10 +208,13 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
     images = train_ds.images
     n = int(images.shape[0])
     if n < 2:
-        raise DatasetError(f"{desc}: training needs at least 2 images in the train split, found {n}; add images to train/good.")
+        raise DatasetError(
+            f"{desc}: training needs at least 2 images in the train split, found {n}; add images to train/good."
+        )
     batch_size = cfg.batch_size
     if batch_size > n:
-        warnings.warn(f"{desc}: batch_size {batch_size} is larger than the {n} training images; using {n}.", stacklevel=2)
+        warnings.warn(f"{desc}: batch_size {batch_size} is larger than the {n} training images; using {n}.",
+                      stacklevel=2)
         batch_size = n
 
     device = resolve_device(cfg.device)
@@ -241,7 +246,8 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
     history = {"train_loss": [], "val_loss": [], "terms": {}, "seconds": 0.0, "data_seconds": 0.0,
                "batch_size": batch_size, "steps": 0, "device": str(device)}
     start = time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not cfg.progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not cfg.progress, leave=False,
+               dynamic_ncols=True)
     try:
         for epoch in bar:
             model.train()

@@ -8,15 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import SLOW_EPOCHS_CLI, make_tiny_mvtec
 
 import models
-import pipeline.plots
 import pipeline.__main__
 import pipeline.evaluate
 import pipeline.grid
 import pipeline.job
+import pipeline.plots
 import pipeline.results
+from helpers import SLOW_EPOCHS_CLI, make_tiny_mvtec
 from pipeline.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,8 @@ def root(tmp_path_factory):
 def cli(args, *, epoch_sleep: float = 0, **kw):
     """A real `python -m pipeline ARGS` process; with ``epoch_sleep`` each training epoch sleeps that long."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **kw.pop("env", {})}
-    cmd = [sys.executable, "-c", SLOW_EPOCHS_CLI, str(epoch_sleep)] if epoch_sleep else [sys.executable, "-m", "pipeline"]
+    cmd = ([sys.executable, "-c", SLOW_EPOCHS_CLI, str(epoch_sleep)] if epoch_sleep
+           else [sys.executable, "-m", "pipeline"])
     return subprocess.Popen([*cmd, *args], cwd=kw.pop("cwd", REPO), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -165,7 +166,8 @@ def test_help_and_plots(tmp_path, capsys, monkeypatch):
         main(["run", "--help"])
     assert e.value.code == 0 and "--results-csv" in capsys.readouterr().out
     seen = {}
-    monkeypatch.setattr(pipeline.plots, "make_all_figures", lambda df, out: seen.update(df=df, out=out) or [out / "x.png"])
+    monkeypatch.setattr(pipeline.plots, "make_all_figures",
+                        lambda df, out: seen.update(df=df, out=out) or [out / "x.png"])
     csv = tmp_path / "r.csv"
     pd.DataFrame({c: ["x"] for c in pipeline.results.KEY_COLUMNS}).to_csv(csv, index=False)
     assert main(["plots", "--results-csv", str(csv), "--out", str(tmp_path / "figs")]) == 0

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_mvtec
 from PIL import Image
 from scipy import ndimage
 
 import models
+from helpers import make_tiny_mvtec
 from models import mvtec
-from pipeline import demo_data as synthetic
 from models.errors import ConfigError, DatasetError
+from pipeline import demo_data as synthetic
 
 
 @pytest.fixture(autouse=True)
@@ -280,7 +280,8 @@ def test_demo_is_deterministic_complete_and_readable(tmp_path):
         assert len(test) == 2 + 4 * 2 and test.has_masks
         assert len(set(test.defect_types) - {"good"}) == 4
         assert (test.masks[test.labels == 1].flatten(1).sum(1) > 0).all()
-        assert len(models.MVTecAD(a, cat, "train", image_size=32)) + len(models.MVTecAD(a, cat, "val", image_size=32)) == 6
+        assert (len(models.MVTecAD(a, cat, "train", image_size=32))
+                + len(models.MVTecAD(a, cat, "val", image_size=32))) == 6
 
     # Rerun with the same settings: nothing rewritten. Another seed: replaced.
     stamp = (a / "DATASET.json").stat().st_mtime_ns
@@ -317,7 +318,9 @@ def test_demo_default_scale_and_time(tmp_path):
     start = time.perf_counter()
     root = synthetic.make_synthetic_dataset(tmp_path / "demo", categories=["tablet"])
     seconds = time.perf_counter() - start
-    assert 4 * seconds < 120, f"one demo category took {seconds:.0f} s (budget: 30 s for four on an idle 2-core machine)"
+    assert 4 * seconds < 120, (
+        f"one demo category took {seconds:.0f} s (budget: 30 s for four on an idle 2-core machine)"
+    )
     assert len(list((root / "tablet" / "train" / "good").glob("*.png"))) >= 100
     assert len(list((root / "tablet" / "test" / "good").glob("*.png"))) >= 20
     defective = [p for d in synthetic.DEFECTS["object"] for p in (root / "tablet" / "test" / d).glob("*.png")]

@@ -6,17 +6,17 @@ import threading
 import pandas as pd
 import pytest
 import torch
-from helpers import make_tiny_mvtec
 
 import models
 import pipeline.evaluate
 import pipeline.grid
 import pipeline.job
 import pipeline.results
+from helpers import make_tiny_mvtec
 from models.errors import UserError
+from pipeline.checkpoints import load_checkpoint
 from pipeline.grid import run_grid
 from pipeline.results import COLUMNS, ResultsError, append_row, read_results
-from pipeline.checkpoints import load_checkpoint
 from pipeline.train import TrainConfig
 
 # Tiny widths: the grid tests check plumbing, not accuracy.
@@ -61,7 +61,8 @@ def test_grid_writes_four_complete_rows(shared):
     # each job saved a checkpoint that loads back as its model and config
     for _, row in table.iterrows():
         path = tmp / "ck" / row["dataset"] / "widget" / f"{row['model']}-{row['config_hash']}.pt"
-        m = load_checkpoint(path, model=row["model"], config=models.model_config(row["model"], 32, **TINY[row["model"]]))
+        m = load_checkpoint(path, model=row["model"],
+                            config=models.model_config(row["model"], 32, **TINY[row["model"]]))
         assert m.checkpoint["row"]["config_hash"] == row["config_hash"]
 
 

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import SLOW_EPOCHS_CLI, make_tiny_mvtec
 from PIL import Image
 
 import models
@@ -30,11 +29,12 @@ import pipeline.evaluate
 import pipeline.grid
 import pipeline.job
 import pipeline.results
+from helpers import SLOW_EPOCHS_CLI, make_tiny_mvtec
 from models import mvtec
-from pipeline.__main__ import main
 from models.errors import CheckpointError, DatasetError
-from pipeline.results import ResultsError, append_row, read_results
+from pipeline.__main__ import main
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.results import ResultsError, append_row, read_results
 from pipeline.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -382,7 +382,7 @@ def test_two_run_processes_on_one_csv_lose_and_duplicate_nothing(root, tmp_path)
     finally:
         for p in procs:
             p.kill()
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     table = read_results(csv)
     assert sorted(table["model"]) == ["cae", "vae"] and table["config_hash"].is_unique
@@ -436,7 +436,8 @@ def test_results_or_checkpoint_location_that_cannot_be_written(root, tmp_path, c
     """A results path under a file, a results path that is a folder, a checkpoint folder under
     a file, a figures folder under a file: exit 2, one sentence, before any training; an
     existing CSV is left untouched."""
-    monkeypatch.setattr(pipeline.grid, "load_category", lambda *a, **k: pytest.fail("trained despite an unwritable path"))
+    monkeypatch.setattr(pipeline.grid, "load_category",
+                        lambda *a, **k: pytest.fail("trained despite an unwritable path"))
     blocker = tmp_path / "a_file"
     blocker.write_text("I am a file")
     folder = tmp_path / "a_folder.csv"

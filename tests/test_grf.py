@@ -127,7 +127,8 @@ def test_rho_to_zero_gives_standard_normal_kl(kernel):
     mu = torch.randn(4, 3, h, w, generator=gen, dtype=torch.float64)
     logvar = 0.3 * torch.randn(4, 3, h, w, generator=gen, dtype=torch.float64)
     target = std_normal_kl(mu, logvar, variance=1.7)
-    errors = [(prior(h, w, kernel=kernel, rho=rho, variance=1.7).kl(mu, logvar) - target).abs().max() for rho in (0.5, 0.2, 0.05)]
+    errors = [(prior(h, w, kernel=kernel, rho=rho, variance=1.7).kl(mu, logvar) - target).abs().max()
+              for rho in (0.5, 0.2, 0.05)]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6 * target.abs().max()  # converges
     torch.testing.assert_close(prior(h, w, kernel=kernel, rho=0.0, variance=1.7).kl(mu, logvar), target)
 
@@ -178,7 +179,8 @@ def test_buffers_move_with_to_and_stay_out_of_state_dict():
 
 
 def test_bad_arguments_are_config_errors():
-    for kwargs in ({"kernel": "cauchy"}, {"rho": -1.0}, {"variance": 0.0}, {"eps": 0.0}, {"rho": 0.0, "learn_rho": True}):
+    for kwargs in ({"kernel": "cauchy"}, {"rho": -1.0}, {"variance": 0.0}, {"eps": 0.0},
+                   {"rho": 0.0, "learn_rho": True}):
         with pytest.raises(models.ConfigError):
             GRFPrior(4, 4, **kwargs)
 

@@ -105,7 +105,7 @@ def test_eval_is_deterministic_and_keeps_mode(name):
 def _train(model: AnomalyModel, data: torch.Tensor, steps: int, *, lr: float = 3e-3, batch: int = 32) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for step in range(steps):
+    for _step in range(steps):
         idx = torch.randint(0, len(data), (batch,))
         loss = model.loss(data[idx])["loss"]
         opt.zero_grad()

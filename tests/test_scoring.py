@@ -25,7 +25,8 @@ def test_l2_map_is_channel_mean_of_squared_residual():
 def test_maps_of_identical_images_are_zero(channels):
     x, _ = _pair(c=channels)
     for sigma in (0.0, 4.0):
-        assert torch.allclose(scoring.anomaly_map(x, x, score_map="ssim", score_sigma=sigma), torch.zeros(2, 32, 32), atol=1e-5)
+        assert torch.allclose(scoring.anomaly_map(x, x, score_map="ssim", score_sigma=sigma), torch.zeros(2, 32, 32),
+                              atol=1e-5)
         assert torch.equal(scoring.anomaly_map(x, x, score_map="l2", score_sigma=sigma), torch.zeros(2, 32, 32))
 
 

@@ -26,7 +26,8 @@ def test_channels_last_fit_matches_nchw_on_cpu():
         m = models.build_model("cae", image_size=32, widths=(8, 16), latent_dim=16)
         h = fit(m, ds, None, TrainConfig(epochs=2, batch_size=4, device="cpu", progress=False, channels_last=cl))
         weight = m.encoder.stages[0][0].weight
-        runs[cl] = (h["train_loss"], weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous())
+        runs[cl] = (h["train_loss"],
+                    weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous())
     assert runs[True][1] and not runs[False][1]  # the layouts really differ
     assert np.allclose(runs[True][0], runs[False][0], rtol=1e-4)
 

@@ -95,7 +95,8 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     seed_everything(0)
     m = tiny_cae()
     fit(m, fake_ds(6), None, cfg(epochs=1))
-    path = save_checkpoint(tmp_path / "ck" / "cae.pt", m, name="cae", row={"image_auroc": 0.5}, train_config=cfg(epochs=1))
+    path = save_checkpoint(tmp_path / "ck" / "cae.pt", m, name="cae", row={"image_auroc": 0.5},
+                           train_config=cfg(epochs=1))
     back = load_checkpoint(path, model="cae", config=m.config)
     x = fake_ds(2).images.float() / 255
     assert torch.allclose(back.anomaly_map(x), m.anomaly_map(x))
