@@ -31,6 +31,7 @@ from .grf import RHO_BOUNDS, GRFPrior, check_prior_settings
 from .layers import ConvDecoder, ConvEncoder, check_conv_size
 from .variational import VariationalModel, bound_logvar
 
+
 @dataclass(kw_only=True)
 class VAEGRFConfig(ModelConfig):
     # Encoder stage channels (stride 2 each); 3 stages = latent map at H/8 (16 x 16 at 128 px).

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 from scipy import ndimage
-from sklearn.metrics import precision_recall_curve, precision_score, recall_score, f1_score, roc_auc_score
+from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score, roc_auc_score
 
 # 8-connectivity, as in MVTec's evaluation code: diagonal pixels belong to the same defect.
 _STRUCTURE = np.ones((3, 3), dtype=int)

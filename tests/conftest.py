@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+
 from helpers import make_tiny_mvtec
 
 

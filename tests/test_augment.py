@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pipeline.augment import AUGMENTATIONS, augment_batch
 from models.errors import ConfigError
+from pipeline.augment import AUGMENTATIONS, augment_batch
 from pipeline.train import TrainConfig
 
 
