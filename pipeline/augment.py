@@ -14,7 +14,7 @@ Modes:
   element of the 8 symmetries of the square (needs square images, which MVTecAD gives).
 
 Each image draws its own transformation from torch's global RNG (seeded by
-``training.seed_everything``), with a handful of whole-tensor ops per batch, no Python loop
+``pipeline.train.seed_everything``), with a handful of whole-tensor ops per batch, no Python loop
 over samples.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ Everything here draws on ``matplotlib.figure.Figure`` objects with the Agg canva
 pyplot's global state: nothing is switched at import time, nothing leaks between calls,
 and the same code runs headless (CLI, tests) and in a notebook (which shows the PNGs).
 
-The comparison figures read only the results table (docs/design.md, results CSV); the
+The comparison figures read only the results table (docs/design.md, "The results CSV"); the
 entry point for the command line is ``make_all_figures(df, out_dir)``. The galleries and
 the GRF figures draw arrays they are given (``examples`` runs the models and samples the
 prior): nothing here builds, runs or samples a model. Models are named, ordered and
@@ -339,7 +339,7 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
 
 
 def make_all_figures(df: pd.DataFrame, out_dir) -> list[Path]:
-    """The four comparison figures of DESIGN section 7, written to ``out_dir``; their paths."""
+    """The four comparison figures of docs/design.md, "Figures", written to ``out_dir``; their paths."""
     out_dir = Path(out_dir)
     d = prepare_results(df)
     makers = (f1_score_comparison, roc_auc_comparison, roc_auc_heatmap, metrics_distribution)

@@ -22,7 +22,7 @@ from models.errors import ConfigError, DatasetError
 from models.mvtec import MVTecAD, category_type, dataset_name, list_categories
 
 from . import examples, plots
-from .checkpoints import load_checkpoint
+from .checkpoints import checkpoint_path, load_checkpoint
 from .demo_data import make_synthetic_dataset
 
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
@@ -212,10 +212,10 @@ def show(paths) -> None:
 
 
 def find_checkpoint(row, checkpoint_dir="checkpoints") -> Path | None:
-    """The checkpoint job.run_job saved for ``row`` (``<dir>/<dataset>/<category>/
-    <model>-<config_hash>.pt``), found by its file name so folder-name escaping does not matter."""
-    hits = sorted(Path(checkpoint_dir).glob(f"*/*/{row['model']}-{row['config_hash']}.pt"))
-    return hits[0] if hits else None
+    """The checkpoint job.run_job saved for ``row`` (``checkpoints.checkpoint_path``), or None."""
+    path = checkpoint_path(checkpoint_dir, dataset=row["dataset"], category=row["category"], model=row["model"],
+                           config_hash=row["config_hash"])
+    return path if path.is_file() else None
 
 
 def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir="checkpoints", device="cpu") -> dict:
@@ -254,14 +254,15 @@ def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoint
 def grf_figures(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoints") -> list[Path]:
     """``grf.png`` (prior samples) and ``vae-vae-grf.png`` in ``out_dir``. The second uses the
     trained VAE and VAE-GRF of the first category (textures first) that has both, on one good
-    and one defective test image; without them it shows untrained models and says so."""
+    and one defective test image. Without such a pair (e.g. a rerun whose rows all came from the
+    CSV, on a machine without their checkpoints) it is skipped with a note: a figure of untrained
+    models must not replace one of trained models. ``examples.latent_examples()`` draws untrained
+    ones on purpose."""
     out_dir = Path(out_dir)
     prior = examples.grf_prior_samples()
     paths = [plots.grf_prior_figure(out_dir / "grf.png", samples=prior.samples, kernels=prior.kernels, rhos=prior.rhos,
                                     distances=prior.distances, kernel_values=prior.kernel_values)]
     d = plots.prepare_results(rows)
-    vae = vae_grf = images = None
-    note = "untrained models (no checkpoints of this run)"
     for category in dict.fromkeys(d["category"]):
         trained = load_trained(d[d["model"].isin(["vae", "vae_grf"])], category, checkpoint_dir)
         if len(trained) == 2:
@@ -271,7 +272,11 @@ def grf_figures(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoi
             images = test.images[idx].float() / 255.0  # (N, C, S, S)
             note = f"trained on {d['dataset'].iloc[0]}/{category}, test images"
             break
-    ex = examples.latent_examples(vae, vae_grf, images)  # untrained models when vae is None
+    else:
+        print(f"no checkpoints of a trained VAE and VAE-GRF of one category under {checkpoint_dir}; "
+              f"{out_dir / 'vae-vae-grf.png'} is left as it is (delete the results CSV to retrain).")
+        return paths
+    ex = examples.latent_examples(vae, vae_grf, images)
     paths.append(plots.vae_vs_grf_figure(out_dir / "vae-vae-grf.png", images=ex.images, vae_z=ex.vae_z,
                                          vae_decoded=ex.vae_decoded, grf_z=ex.grf_z, grf_decoded=ex.grf_decoded,
                                          note=note))

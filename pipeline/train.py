@@ -55,7 +55,7 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format for conv models (faster on CUDA and on CPU)
     compile: bool = False  # torch.compile the loss (slow first epoch; worth it on long GPU runs)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
-    augment: str = "none"  # per-batch random symmetries (models/augment.py): "none", "flip", "dihedral" (textures)
+    augment: str = "none"  # per-batch random symmetries (pipeline/augment.py): "none", "flip", "dihedral" (textures)
     progress: bool = True  # tqdm bar per job (epoch, loss)
 
     # Fields that do not change the trained model or its scores: left out of config_hash.

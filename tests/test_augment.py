@@ -1,4 +1,4 @@
-"""models/augment.py: batched random symmetries for textures, wired into fit via TrainConfig.augment."""
+"""pipeline/augment.py: batched random symmetries for textures, wired into fit via TrainConfig.augment."""
 import pytest
 import torch
 

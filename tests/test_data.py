@@ -1,4 +1,4 @@
-"""The MVTec-layout loader (models/mvtec.py) and the demo dataset (models/synthetic.py), on tiny folders."""
+"""The MVTec-layout loader (models/mvtec.py) and the demo dataset (pipeline/demo_data.py), on tiny folders."""
 from __future__ import annotations
 
 import hashlib

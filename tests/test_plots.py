@@ -11,12 +11,13 @@ import torch
 
 import models
 from pipeline import examples, plots, report
+from pipeline.checkpoints import checkpoint_path
 
 CATEGORIES = {"carpet": "texture", "grid": "texture", "bottle": "object", "screw": "object", "widget": "custom"}
 
 
 def fake_results(categories=CATEGORIES, model_names=models.MODEL_NAMES, seed=0, nan_category=None) -> pd.DataFrame:
-    """A results table shaped like the CSV (DESIGN section 6), with random metrics."""
+    """A results table shaped like the CSV (docs/design.md, "The results CSV"), with random metrics."""
     rng = np.random.default_rng(seed)
     rows = []
     for cat, kind in categories.items():
@@ -278,3 +279,29 @@ def test_a_fifth_registered_model_is_picked_up(tmp_path, monkeypatch):
     plots.anomaly_gallery(tmp_path / "gallery.png", images=ex.images, masks=ex.masks, row_labels=ex.row_labels,
                           reconstructions=ex.reconstructions, maps=ex.maps)
     assert "Fifth\nerror map" in _texts(figures[-1])
+
+
+def test_find_checkpoint_is_the_jobs_own_path(tmp_path):
+    """The checkpoint of a row is at checkpoints.checkpoint_path of its own dataset and category
+    (names made file-system safe), never a same-named file of another dataset."""
+    row = {"dataset": "my data", "category": "widget ä/1", "model": "cae", "config_hash": "abc123"}
+    assert report.find_checkpoint(row, tmp_path) is None
+    other = checkpoint_path(tmp_path, **{**row, "dataset": "other"})
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"x")
+    assert report.find_checkpoint(row, tmp_path) is None  # same model and hash, another dataset
+    own = checkpoint_path(tmp_path, **row)
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"x")
+    assert report.find_checkpoint(row, tmp_path) == own and own.parent.name == "widget_ä_1"
+
+
+def test_grf_figures_without_checkpoints_keep_the_latent_figure(tmp_path, capsys):
+    """Rows reused from the CSV on a machine without their checkpoints: the prior figure is
+    drawn, the VAE vs VAE-GRF figure of trained models is not replaced by one of untrained models."""
+    latent = tmp_path / "vae-vae-grf.png"
+    latent.write_bytes(b"figure of trained models")
+    paths = report.grf_figures(fake_results(), tmp_path / "no_data", tmp_path, tmp_path / "no_checkpoints")
+    assert paths == [tmp_path / "grf.png"] and (tmp_path / "grf.png").stat().st_size > 10_000
+    assert latent.read_bytes() == b"figure of trained models"
+    assert "vae-vae-grf.png is left as it is" in capsys.readouterr().out
