@@ -9,9 +9,7 @@ so a killed run never leaves half a checkpoint. Its path is
 from __future__ import annotations
 
 import json
-import os
 import pickletools
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import torch
 from models import MODEL_NAMES, MODELS, model_config
 from models.errors import CheckpointError, ConfigError
 
-from .files import current_umask
+from .files import atomic_write
 from .train import TrainConfig
 
 CHECKPOINT_FORMAT = 1
@@ -64,23 +62,13 @@ def save_checkpoint(path, model, *, name: str, row: dict | None = None,
         "train_config": train_config.to_dict() if train_config is not None else None,
     }
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CheckpointError(f"cannot write a checkpoint in {str(path.parent)!r} ({e.strerror}); "
-                              "make the folder writable or pass another --checkpoint-dir.") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, "wb") as f:
             torch.save(payload, f)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a checkpoint is shared like any file
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # disk full or file size limit (torch.save's zip writer raises RuntimeError)
-        Path(tmp).unlink(missing_ok=True)
         why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        fix = "make the folder writable" if isinstance(e, PermissionError) else "free disk space"
         raise CheckpointError(f"cannot write the checkpoint {str(path)!r} ({why}); "
-                              "free disk space or pass another --checkpoint-dir.") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                              f"{fix} or pass another --checkpoint-dir.") from None
     return path
 
 

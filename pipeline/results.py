@@ -20,7 +20,6 @@ import glob
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import pandas as pd
 
 from models.errors import UserError
 
-from .files import current_umask
+from .files import atomic_write
 
 try:  # POSIX; elsewhere concurrent runs on one CSV are not guarded
     import fcntl
@@ -141,26 +140,14 @@ def _locked(csv: Path):
 
 def _atomic_write_csv(df: pd.DataFrame, csv: Path) -> None:
     """Write to a temp file in the same folder, fsync, rename over ``csv`` (all or nothing)."""
+    keep_mode = csv.stat().st_mode & 0o777 if csv.exists() else None  # the old file's permissions
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{csv.name}.", suffix=".tmp", dir=csv.parent)
-    except OSError as e:
-        raise ResultsError(f"cannot write results next to {str(csv)!r} ({e.strerror}); make the folder writable "
-                           "or pass another --results-csv.") from None
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+        with atomic_write(csv, "w", permissions=keep_mode) as f:
             df.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        mode = csv.stat().st_mode & 0o777 if csv.exists() else 0o666 & ~current_umask()
-        os.chmod(tmp, mode)  # mkstemp makes 0600; keep the old file's permissions
-        os.replace(tmp, csv)
-    except OSError as e:  # disk full, quota, file size limit: the old file was never touched
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as e:  # disk full, quota, file size limit, read-only folder: the old file was never touched
+        fix = "make the folder writable" if isinstance(e, PermissionError) else "free disk space"
         raise ResultsError(f"cannot write results to {str(csv)!r} ({e.strerror or e}); the file was left as it was: "
-                           f"free disk space or pass another --results-csv.") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                           f"{fix} or pass another --results-csv.") from None
 
 
 def check_writable(csv) -> Path:
