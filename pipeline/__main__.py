@@ -18,7 +18,7 @@ import pandas as pd
 from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories
 from models.errors import ConfigError, DatasetError, UserError
 
-from . import plots
+from . import demo_data, plots
 from .checkpoints import DEFAULT_CHECKPOINT_DIR
 from .demo_data import make_synthetic_dataset
 from .grid import run_grid
@@ -27,7 +27,7 @@ from .results import DEFAULT_RESULTS_CSV, read_results
 from .train import TrainConfig
 
 DEFAULT_DATA_ROOT = "mvtec_anomaly_detection"
-DEMO_DIR = "data/demo"
+DEMO_DIR = demo_data.DEFAULT_DIR
 TABLE_COLUMNS = ["category", "model", "image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "train_seconds"]
 
 

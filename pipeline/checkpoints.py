@@ -47,12 +47,7 @@ def save_checkpoint(path, model, *, name: str, row: dict | None = None,
                     train_config: TrainConfig | None = None) -> Path:
     """Write {format, model, config, state_dict, row, train_config} atomically (temp file + rename)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
-        raise CheckpointError(f"cannot create the checkpoint folder {str(path.parent)!r} ({why}); "
-                              "pass another --checkpoint-dir.") from None
+    make_checkpoint_dir(path.parent)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": name,
@@ -139,6 +134,18 @@ def load_checkpoint(path, *, model: str | None = None, config=None, device="cpu"
         raise CheckpointError(f"{where} does not match the {name} model of this version: {first}") from None
     m.checkpoint = {k: payload.get(k) for k in ("row", "train_config")}
     return m.to(device).eval()
+
+
+def make_checkpoint_dir(folder) -> Path:
+    """Create ``folder`` (and its parents) for checkpoints, or say in one sentence why not."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise CheckpointError(f"cannot create the checkpoint folder {str(folder)!r} ({why}); "
+                              "pass another --checkpoint-dir.") from None
+    return folder
 
 
 def safe_name(name: str) -> str:

@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from models.errors import DatasetError
 
+DEFAULT_DIR = "data/demo"  # where the CLI and the notebook write it when no dataset is found (git-ignored)
 VERSION = 1  # bump when the generator changes: an existing demo folder is then rewritten
 CATEGORIES = {"weave": "texture", "woodgrain": "texture", "hexnut": "object", "tablet": "object"}
 DEFECTS = {

@@ -89,11 +89,10 @@ def evaluate(model, data, *, threshold_rule: str, batch_size: int = 32, amp: boo
 
     Non-finite maps (a model that diverged in its last steps) are a ``TrainingError``.
     """
-    device = next(model.parameters()).device
     t0 = time.perf_counter()
-    test_maps, test_scores = score_split(model, data.test, batch_size=batch_size, device=device, amp=amp)
+    test_maps, test_scores = score_split(model, data.test, batch_size=batch_size, amp=amp)
     score_seconds = time.perf_counter() - t0
-    _, val_scores = score_split(model, data.val, batch_size=batch_size, device=device, amp=amp)
+    _, val_scores = score_split(model, data.val, batch_size=batch_size, amp=amp)
     if not (torch.isfinite(test_maps).all() and torch.isfinite(val_scores).all()):
         raise TrainingError(f"{desc}: the trained model gives NaN or infinite anomaly maps (training diverged "
                             "in its last steps); lower the learning rate or keep gradient clipping on.")

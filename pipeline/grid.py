@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import math
 import traceback
-from pathlib import Path
 
 import pandas as pd
 
@@ -19,13 +18,12 @@ from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories
 from models.errors import ConfigError, DatasetError, UserError
 from models.mvtec import DEFAULT_VAL_FRACTION, dataset_name
 
-from .checkpoints import DEFAULT_CHECKPOINT_DIR
+from .checkpoints import DEFAULT_CHECKPOINT_DIR, make_checkpoint_dir
 from .job import JobSpec, load_category, run_job
 from .metrics import DEFAULT_THRESHOLD_RULE
 from .results import (
     DEFAULT_RESULTS_CSV,
     KEY_COLUMNS,
-    ResultsError,
     append_row,
     check_writable,
     finished_keys,
@@ -85,19 +83,14 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
     csv = check_writable(results_csv)
     done = finished_keys(csv)
     keys = [s.key() for s in specs]
-    todo = [(s, k) for s, k in zip(specs, keys) if force or k not in done]
+    todo = [s for s, k in zip(specs, keys) if force or k not in done]
     log(f"{len(specs)} job(s): {len(specs) - len(todo)} already in {csv}, {len(todo)} to run.")
     if todo and checkpoint_dir is not None:
-        try:
-            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
-            raise ResultsError(f"cannot create the checkpoint folder {str(checkpoint_dir)!r} ({why}); "
-                               f"pass another --checkpoint-dir.") from None
+        make_checkpoint_dir(checkpoint_dir)  # before any training: a bad --checkpoint-dir is exit 2, not N failed jobs
 
     failures: list[dict] = []
     data, data_category, data_error = None, None, None
-    for i, (spec, _key) in enumerate(todo, 1):
+    for i, spec in enumerate(todo, 1):
         log(f"[{i}/{len(todo)}] {spec.model} on {spec.category} ...")
         try:
             if data_category != spec.category:  # release the previous category before loading the next

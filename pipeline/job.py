@@ -148,15 +148,13 @@ def record(spec: JobSpec, data: CategoryData, model: AnomalyModel, history: dict
     cfg = spec.train
     config = spec.config_dict()
     key_hash = config_hash(config)
-    m = evaluation.metrics
     row = {
         "dataset": spec.dataset,
         "category": spec.category,
         "category_type": category_type(spec.data_root, spec.category),
         "model": spec.model,
-        **{k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "threshold")},
+        **evaluation.metrics,  # evaluate.METRIC_NAMES (the CSV orders the columns, results.COLUMNS)
         "threshold_rule": spec.threshold_rule,
-        "f1_max": m["f1_max"],
         "score": model.config.score_name,
         "epochs": cfg.epochs,
         "image_size": spec.image_size,

@@ -22,7 +22,8 @@ from models.errors import ConfigError, DatasetError
 from models.mvtec import MVTecAD, category_type, dataset_name, list_categories
 
 from . import examples, plots
-from .checkpoints import checkpoint_path, load_checkpoint
+from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, load_checkpoint
+from .demo_data import DEFAULT_DIR as DEFAULT_DEMO_DIR
 from .demo_data import make_synthetic_dataset
 
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
@@ -71,7 +72,7 @@ def env(name: str, default):
 # Data
 
 
-def find_or_make_dataset(data_root, demo_dir="data/demo", *, seed: int = 0, **demo_options) -> Path:
+def find_or_make_dataset(data_root, demo_dir=DEFAULT_DEMO_DIR, *, seed: int = 0, **demo_options) -> Path:
     """``data_root`` if it holds at least one category; otherwise say so in one sentence,
     write the built-in demo dataset to ``demo_dir`` (kept if already there) and return it.
     ``demo_options`` go to ``make_synthetic_dataset`` (the tests make a tiny demo)."""
@@ -211,14 +212,14 @@ def show(paths) -> None:
 # Trained models: galleries and the README's GRF figures
 
 
-def find_checkpoint(row, checkpoint_dir="checkpoints") -> Path | None:
+def find_checkpoint(row, checkpoint_dir=DEFAULT_CHECKPOINT_DIR) -> Path | None:
     """The checkpoint job.run_job saved for ``row`` (``checkpoints.checkpoint_path``), or None."""
     path = checkpoint_path(checkpoint_dir, dataset=row["dataset"], category=row["category"], model=row["model"],
                            config_hash=row["config_hash"])
     return path if path.is_file() else None
 
 
-def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir="checkpoints", device="cpu") -> dict:
+def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir=DEFAULT_CHECKPOINT_DIR, device="cpu") -> dict:
     """Model name -> trained model of ``category`` (rows without a checkpoint are skipped)."""
     out = {}
     for _, row in plots.prepare_results(rows).query("category == @category").iterrows():
@@ -233,7 +234,7 @@ def _test_split(data_root, category: str, model):
     return MVTecAD(data_root, category, "test", image_size=c.image_size, in_channels=c.in_channels)
 
 
-def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoints", *, n_good: int = 2,
+def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir=DEFAULT_CHECKPOINT_DIR, *, n_good: int = 2,
               n_defect: int = 4) -> list[Path]:
     """``gallery_<category>.png`` in ``out_dir`` for each category of ``rows`` that has checkpoints."""
     d = plots.prepare_results(rows)
@@ -251,7 +252,7 @@ def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoint
     return paths
 
 
-def grf_figures(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir="checkpoints") -> list[Path]:
+def grf_figures(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir=DEFAULT_CHECKPOINT_DIR) -> list[Path]:
     """``grf.png`` (prior samples) and ``vae-vae-grf.png`` in ``out_dir``. The second uses the
     trained VAE and VAE-GRF of the first category (textures first) that has both, on one good
     and one defective test image. Without such a pair (e.g. a rerun whose rows all came from the
