@@ -5,7 +5,10 @@ pyplot's global state: nothing is switched at import time, nothing leaks between
 and the same code runs headless (CLI, tests) and in a notebook (which shows the PNGs).
 
 The comparison figures read only the results table (docs/design.md, "The results CSV"); the
-entry point for the command line is ``make_all_figures(df, out_dir)``. The galleries and
+entry point for the command line is ``make_all_figures(df, out_dir)``. A table may hold
+several seeds of a run: every figure and table shows one value per (category, model), the
+mean over seeds (``aggregate_seeds``), and the bar figures show the seeds' spread too. The
+training curves (``training_curves``) draw per-epoch losses given as a table. The galleries and
 the GRF figures draw arrays they are given (``examples`` runs the models and samples the
 prior): nothing here builds, runs or samples a model. Models are named, ordered and
 coloured by the registry (``models.MODEL_NAMES``, each class's ``label``): each keeps one
@@ -16,12 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 import models
 from models import model_label
@@ -37,7 +45,13 @@ METRIC_LABELS = {
 SHORT_LABELS = {"image_auroc": "AUROC", "pixel_auroc": "AUROC", "aupro": "AU-PRO", "f1": "F1", "f1_max": "F1"}
 TYPE_ORDER = ("texture", "object", "custom")
 REQUIRED_COLUMNS = ("dataset", "category", "category_type", "model", "image_auroc", "pixel_auroc", "aupro", "f1")
+# The four figures drawn from the results table alone; CURVES_FIGURE needs the per-epoch losses.
 FIGURE_NAMES = ("f1_score_comparison.png", "roc_auc_comparison.png", "roc_auc_heatmap.png", "metrics_distribution.png")
+CURVES_FIGURE = "training_curves.png"
+# Averaged over seeds by aggregate_seeds (f1_floor: F1 of calling every test image defective).
+AGGREGATED_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "f1_max", "f1_floor")
+FLOOR_LABEL = "F1 of calling every image defective"
+CURVE_COLUMNS = ("dataset", "category", "model", "epoch", "train_loss")
 DPI = 130
 GALLERY_DPI = 100  # galleries are mostly photographs: 100 dpi keeps them ~1 MB and still sharp
 
@@ -90,11 +104,15 @@ def _style():
 
 
 def prepare_results(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows to plot: one per (dataset, category, model), ordered for display.
+    """The rows to plot: one per (dataset, category, model, seed), ordered for display.
 
-    The CSV is a cache that may hold several configs of the same pair (another seed,
-    image size, ...); the most recently finished row is the one plotted. Adds the column
-    ``label`` (the category, suffixed with its dataset when several datasets are present).
+    The CSV is a cache that may hold several configs of the same pair (another image size,
+    more epochs ...) and, per config, several seeds. For each (dataset, category, model) the
+    most recently finished config is the one plotted, with every seed of it (configs are told
+    apart by ``config_json`` without its seed; rows without it count as one config); per seed,
+    the most recent row. ``aggregate_seeds`` turns these rows into one per (dataset, category,
+    model). Adds the column ``label`` (the category, suffixed with its dataset when several
+    datasets are present), and ``seed`` (0) to a table without one.
     """
     if df is None or len(df) == 0:
         raise DatasetError("the results table is empty; run `python -m pipeline run` (or the notebook) first.")
@@ -107,17 +125,79 @@ def prepare_results(df: pd.DataFrame) -> pd.DataFrame:
     d = df.copy()
     d["category"] = d["category"].astype(str)
     d["category_type"] = d["category_type"].fillna("custom").astype(str)
+    if "seed" not in d.columns:
+        d["seed"] = 0
     if "finished_at" in d.columns:
         d = d.sort_values("finished_at", kind="stable")
-    d = d.drop_duplicates(["dataset", "category", "model"], keep="last")
+    d = _latest_config(d)
+    d = d.drop_duplicates(["dataset", "category", "model", "seed"], keep="last")
+    return _in_display_order(d, then=["seed"])
+
+
+def _config_without_seed(config_json) -> str:
+    """A row's config (its ``config_json``) with the seed taken out: equal for the seeds of one config."""
+    if not isinstance(config_json, str) or not config_json:
+        return ""
+    try:
+        config = json.loads(config_json)
+    except ValueError:
+        return config_json
+    config.pop("seed", None)
+    if isinstance(config.get("train"), dict):
+        config["train"].pop("seed", None)
+    return json.dumps(config, sort_keys=True)
+
+
+def _latest_config(d: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each (dataset, category, model)'s last config (``d`` is in time order):
+    seeds of one config are averaged, rows of an older config are not mixed in."""
+    if "config_json" not in d.columns:
+        return d
+    config = d["config_json"].map(_config_without_seed)
+    latest = config.groupby([d["dataset"], d["category"], d["model"]]).transform("last")
+    return d[config == latest]
+
+
+def _in_display_order(d: pd.DataFrame, then=()) -> pd.DataFrame:
+    """``d`` with its ``label`` column, sorted textures, objects, custom, then category,
+    dataset, model in registry order, then the columns ``then``."""
+    d = d.copy()
     several = d["dataset"].nunique() > 1
     d["label"] = d["category"] + (" (" + d["dataset"].astype(str) + ")" if several else "")
     type_rank = {t: i for i, t in enumerate(TYPE_ORDER)}
     d["_type_rank"] = d["category_type"].map(lambda t: type_rank.get(t, len(TYPE_ORDER)))
     model_rank = {m: i for i, m in enumerate(models.MODEL_NAMES)}
     d["_model_rank"] = d["model"].map(lambda m: model_rank.get(m, len(model_rank)))
-    d = d.sort_values(["_type_rank", "category", "dataset", "_model_rank", "model"], kind="stable")
+    d = d.sort_values(["_type_rank", "category", "dataset", "_model_rank", "model", *then], kind="stable")
     return d.drop(columns=["_type_rank", "_model_rank"]).reset_index(drop=True)
+
+
+def aggregate_seeds(df: pd.DataFrame, metrics=AGGREGATED_METRICS) -> pd.DataFrame:
+    """One row per (dataset, category, model) of the plotted rows (``prepare_results``), in display order.
+
+    Columns: dataset, category, category_type, label, model, ``n_seeds`` (rows averaged),
+    then per metric ``<metric>`` (mean over seeds) and ``<metric>_sd`` (sample sd, ddof=1:
+    NaN with one seed). NaN values are skipped (a seed where the metric is undefined); a
+    metric the table lacks (``f1_floor`` in an older CSV) comes out NaN.
+    """
+    d = prepare_results(df)
+    keys = ["dataset", "category", "category_type", "label", "model"]
+    values = d.reindex(columns=list(metrics)).apply(pd.to_numeric, errors="coerce")
+    grouped = values.groupby([d[k] for k in keys], sort=False)
+    means, sds = grouped.mean(), grouped.std(ddof=1)
+    out = pd.DataFrame({"n_seeds": grouped.size()})
+    for m in metrics:
+        out[m] = means[m]
+        out[f"{m}_sd"] = sds[m]
+    return out.reset_index()
+
+
+def _seeds_note(agg: pd.DataFrame) -> str:
+    """'mean of N seeds' ('of N-M seeds' when they differ) for an aggregated table; '' with one seed."""
+    low, high = int(agg["n_seeds"].min()), int(agg["n_seeds"].max())
+    if high <= 1:
+        return ""
+    return f"mean of {low} seeds" if low == high else f"mean of {low}–{high} seeds"
 
 
 def _categories(d: pd.DataFrame) -> list[tuple[str, str]]:
@@ -156,27 +236,61 @@ def _mark_type_groups(ax, cats: list[tuple[str, str]], *, axis: str = "x", label
 # Comparison figures (results table -> PNG)
 
 
-def _grouped_bars(ax, d, metric, cats, names, colors, *, oracle: str | None = None):
-    """Bars of ``metric`` per category (x) and model (hue); NaN cells are marked 'n/a'."""
+def _seed_offsets(n: int, width: float) -> np.ndarray:
+    """x offsets of n seed dots within one bar: spread over its middle, so that equal values stay apart."""
+    return np.zeros(1) if n <= 1 else np.linspace(-0.3, 0.3, n) * width
+
+
+def _grouped_bars(ax, agg, per_seed, metric, cats, names, colors, *, oracle: str | None = None,
+                  floor: str | None = None):
+    """Bars of ``metric`` per category (x) and model (hue); NaN cells are marked 'n/a'.
+
+    ``agg``: one row per (category, model) (``aggregate_seeds``), the bar is its mean; with
+    several seeds an error bar (sd) and one dot per seed (rows of ``per_seed``) are drawn on
+    it. ``oracle``: a column drawn as a black tick over each bar; ``floor``: a column drawn as
+    a dashed line across each category's group (the score of a trivial rule, not skill).
+    Every mark is tagged (``gid``) so tests can read back what was drawn.
+    """
     n = len(names)
     width = 0.8 / n
     x = np.arange(len(cats))
     index = {lab: i for i, (lab, _) in enumerate(cats)}
+    several_seeds = agg["n_seeds"].max() > 1
     for j, m in enumerate(names):
-        rows = d[d["model"] == m]
+        rows = agg[agg["model"] == m]
         xs = np.array([index[lab] for lab in rows["label"]]) - 0.4 + width * (j + 0.5)
         ys = rows[metric].to_numpy(dtype=float)
         ok = np.isfinite(ys)
-        ax.bar(xs[ok], ys[ok], width=width * 0.92, color=colors[m], label=model_label(m))
+        ax.bar(xs[ok], ys[ok], width=width * 0.92, color=colors[m], label=model_label(m), gid=f"bars:{m}")
         for xi in xs[~ok]:
             ax.text(xi, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
         for xi in xs[ok & (ys == 0)]:  # a zero has no bar: say so, so it is not read as missing
             ax.text(xi, 0.02, "0", ha="center", va="bottom", fontsize=7, color=colors[m])
+        if several_seeds:
+            sd = rows[f"{metric}_sd"].to_numpy(dtype=float)
+            has_sd = ok & np.isfinite(sd)
+            errorbars = ax.errorbar(xs[has_sd], ys[has_sd], yerr=sd[has_sd], fmt="none", ecolor="0.15",
+                                    elinewidth=1.0, capsize=2.5, zorder=3, label="sd over seeds" if j == 0 else None)
+            errorbars.lines[2][0].set_gid(f"sd:{m}")  # the vertical segments, one per bar
+            dots_x, dots_y = [], []
+            for xi, lab in zip(xs, rows["label"]):
+                seeds = per_seed.loc[(per_seed["model"] == m) & (per_seed["label"] == lab), metric]
+                values = pd.to_numeric(seeds, errors="coerce").dropna().to_numpy(dtype=float)
+                dots_x.extend(xi + _seed_offsets(len(values), width))
+                dots_y.extend(values)
+            ax.scatter(dots_x, dots_y, s=10, color="0.1", edgecolors="white", linewidths=0.5, zorder=4,
+                       gid=f"seeds:{m}", label="one seed" if j == 0 else None)
         if oracle is not None:
             yo = rows[oracle].to_numpy(dtype=float)
             ok = np.isfinite(yo)
             ax.scatter(xs[ok], yo[ok], marker="_", s=(width * 300) ** 2 / 40, color="black", lw=1.5, zorder=3,
-                       label="F1 max (oracle)" if j == 0 else None)
+                       label="F1 max (oracle)" if j == 0 else None, gid=f"oracle:{m}")
+    if floor is not None:
+        floors = agg.groupby("label", sort=False)[floor].mean().reindex([lab for lab, _ in cats])
+        ok = np.isfinite(floors.to_numpy(dtype=float))
+        if ok.any():
+            ax.hlines(floors[ok], x[ok] - 0.44, x[ok] + 0.44, colors="black", linestyles=(0, (4, 2)), lw=1.4,
+                      zorder=3.5, label=FLOOR_LABEL, gid="floor")
     ax.set_xticks(x, [lab for lab, _ in cats], rotation=40, ha="right", rotation_mode="anchor")
     ax.set_xlim(-0.6, len(cats) - 0.4)
     ax.set_ylim(0, 1.12)
@@ -186,79 +300,124 @@ def _grouped_bars(ax, d, metric, cats, names, colors, *, oracle: str | None = No
     _mark_type_groups(ax, cats, label_y=1.06)
 
 
+def _bar_legend(fig, ax, names) -> None:
+    """The figure's legend: the models first (registry order), then the marks (oracle, floor, sd, seeds)."""
+    handles, entries = ax.get_legend_handles_labels()
+    models_first = sorted(zip(handles, entries), key=lambda he: he[1] not in {model_label(m) for m in names})
+    fig.legend(*zip(*models_first), loc="outside right center", frameon=False)
+
+
 def _bar_width(n_cats: int, n_models: int) -> float:
     return float(np.clip(2.5 + 0.22 * n_cats * max(n_models, 2), 7.0, 22.0))
 
 
+def _bars_note(agg: pd.DataFrame) -> str:
+    """How to read the bars, for a title: '' with one seed."""
+    seeds = _seeds_note(agg)
+    return f"\nbars: {seeds}, error bar = sd, dots = seeds" if seeds else ""
+
+
 def f1_score_comparison(df: pd.DataFrame, out_path) -> Path:
     """Grouped bars of F1 at the honest threshold (from val normals) per category x model,
-    with the oracle F1 max as a black tick over each bar for reference."""
+    with the oracle F1 max as a black tick over each bar for reference, and, when the table
+    has ``f1_floor``, the F1 of calling every test image defective as a dashed line across
+    each category: an F1 at that line is no skill, whatever the threshold."""
     d = prepare_results(df)
+    agg = aggregate_seeds(d)
     cats, names = _categories(d), _models(d)
     colors = model_colors(names)
     with _style():
         fig = _new_figure(_bar_width(len(cats), len(names)), 4.6)
         ax = fig.add_subplot()
         oracle = "f1_max" if "f1_max" in d.columns else None
-        _grouped_bars(ax, d, "f1", cats, names, colors, oracle=oracle)
+        _grouped_bars(ax, agg, d, "f1", cats, names, colors, oracle=oracle, floor="f1_floor")
         ax.set_xlabel("category")
-        ax.set_title(f"F1 per category and model ({dataset_note(d)})")
-        fig.legend(loc="outside right center", frameon=False)
+        ax.set_title(f"F1 per category and model ({dataset_note(d)}){_bars_note(agg)}")
+        _bar_legend(fig, ax, names)
     return _save(fig, out_path)
 
 
 def roc_auc_comparison(df: pd.DataFrame, out_path) -> Path:
     """Grouped bars of image AUROC (top) and pixel AUROC (bottom) per category x model."""
     d = prepare_results(df)
+    agg = aggregate_seeds(d)
     cats, names = _categories(d), _models(d)
     colors = model_colors(names)
     with _style():
         fig = _new_figure(_bar_width(len(cats), len(names)), 8.0)
         axes = fig.subplots(2, 1, sharex=True)
         for ax, metric in zip(axes, ("image_auroc", "pixel_auroc")):
-            _grouped_bars(ax, d, metric, cats, names, colors)
+            _grouped_bars(ax, agg, d, metric, cats, names, colors)
             ax.axhline(0.5, color="0.3", lw=1, ls=":")
             ax.set_title(f"{METRIC_LABELS[metric]} (dotted line: chance)", fontsize=10)
         axes[0].tick_params(labelbottom=False)
         axes[1].set_xlabel("category")
-        fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)})")
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", frameon=False)
+        fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)}){_bars_note(agg)}")
+        _bar_legend(fig, axes[0], names)
     return _save(fig, out_path)
 
 
-def results_table(df: pd.DataFrame, metric: str = "image_auroc") -> pd.DataFrame:
-    """Category x model table of ``metric`` with texture / object / overall mean rows.
+def _category_table(rows: pd.DataFrame, column: str, cats, names) -> pd.DataFrame:
+    """Category label x model name table of ``column`` (one row per (label, model) in ``rows``)."""
+    return rows.pivot(index="label", columns="model", values=column).reindex(
+        index=[lab for lab, _ in cats], columns=names).astype(float)
 
-    Index: the categories (ordered textures, objects, custom), then "texture mean" and
-    "object mean" when that type is present, then "overall mean" (the mean over
-    categories, NaN cells skipped). Columns: display names of the models.
-    """
-    d = prepare_results(df)
-    cats, names = _categories(d), _models(d)
-    table = d.pivot(index="label", columns="model", values=metric).reindex(
-        index=[lab for lab, _ in cats], columns=names
-    )
-    types = pd.Series({lab: t for lab, t in cats})
-    rows = [table]
+
+def _type_means(table: pd.DataFrame, cats) -> pd.DataFrame:
+    """The rows "texture mean" and "object mean" (when both kinds are present) and "overall
+    mean" of a category x model table: means over its categories, NaN cells skipped."""
+    types = pd.Series([t for _, t in cats], index=table.index)
+    rows = []
     for t in ("texture", "object"):
         if (types == t).any() and (types != t).any():
-            rows.append(table[types.reindex(table.index).eq(t).to_numpy()].mean().to_frame(f"{t} mean").T)
+            rows.append(table[(types == t).to_numpy()].mean().to_frame(f"{t} mean").T)
     rows.append(table.mean().to_frame("overall mean").T)
-    out = pd.concat(rows)
+    return pd.concat(rows)
+
+
+def results_table(df: pd.DataFrame, metric: str = "image_auroc", stat: str = "mean") -> pd.DataFrame:
+    """Category x model table of ``metric`` over seeds, with texture / object / overall mean rows.
+
+    ``stat="mean"``: each cell the mean over seeds (``aggregate_seeds``), each mean row the
+    mean of the cells above it (over categories, NaN cells skipped). ``stat="sd"``: each
+    cell the sd over seeds (ddof=1, NaN with one seed), each mean row the sd over seeds of
+    that seed's mean over the categories, i.e. how much the mean row itself moves with the
+    seed. Index: the categories (ordered textures, objects, custom), then "texture mean" and
+    "object mean" when both types are present, then "overall mean". Columns: display names
+    of the models.
+    """
+    if stat not in ("mean", "sd"):
+        raise ValueError(f"stat must be 'mean' or 'sd', not {stat!r}")
+    d = prepare_results(df)
+    agg = aggregate_seeds(d, metrics=(metric,))
+    cats, names = _categories(d), _models(d)
+    if stat == "mean":
+        table = _category_table(agg, metric, cats, names)
+        means = _type_means(table, cats)
+    else:
+        table = _category_table(agg, f"{metric}_sd", cats, names)
+        d[metric] = pd.to_numeric(d[metric], errors="coerce")
+        per_seed = [_type_means(_category_table(rows, metric, cats, names), cats)
+                    for _, rows in d.groupby("seed", sort=True, dropna=False)]
+        means = pd.concat(per_seed).groupby(level=0, sort=False).std(ddof=1)
+    out = pd.concat([table, means])
     out.columns = [model_label(m) for m in out.columns]
     out.index.name = "category"
-    out.columns.name = METRIC_LABELS.get(metric, metric)
+    name = METRIC_LABELS.get(metric, metric)
+    out.columns.name = name if stat == "mean" else f"{name}, sd over seeds"
     return out
 
 
 def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
-    """Annotated heatmaps (category x model) of image AUROC and pixel AUROC, with mean rows.
+    """Annotated heatmaps (category x model) of image AUROC and pixel AUROC, with mean rows;
+    each cell the mean over seeds.
 
     Colour scale fixed to [0, 1] and centred on 0.5 (chance): red is worse than chance,
     yellow is chance, green is good, whatever the data range.
     """
     d = prepare_results(df)
     cats = _categories(d)
+    seeds = _seeds_note(aggregate_seeds(d, metrics=()))
     with _style():
         n_rows = len(cats) + 3
         n_models = len(_models(d))
@@ -280,14 +439,16 @@ def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
             ax.set_ylabel("category" if k == 0 else "")
             ax.tick_params(axis="x", rotation=0)
             ax.tick_params(axis="y", rotation=0)
-        fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)})")
+        fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)}" + (f"; {seeds}" if seeds else "") + ")")
     return _save(fig, out_path)
 
 
 def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
     """Per model, the distribution over categories of image AUROC, pixel AUROC, AU-PRO and F1:
-    a box per model and one marker per category (circle: texture, triangle: object)."""
-    d = prepare_results(df)
+    a box per model and one marker per category (circle: texture, triangle: object); each
+    category's value is its mean over seeds."""
+    d = aggregate_seeds(df)
+    seeds = _seeds_note(d)
     names = _models(d)
     colors = model_colors(names)
     labels = [model_label(m) for m in names]
@@ -334,16 +495,150 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
         if handles:
             fig.legend(handles, [n if n == "mean" else f"{n} category" for n in entries], loc="outside lower center",
                        ncols=len(entries), frameon=False)
-        fig.suptitle(f"Metrics across categories, per model ({dataset_note(d)})")
+        per_category = f"; each category: {seeds}" if seeds else ""
+        fig.suptitle(f"Metrics across categories, per model ({dataset_note(d)}{per_category})")
     return _save(fig, out_path)
 
 
-def make_all_figures(df: pd.DataFrame, out_dir) -> list[Path]:
-    """The four comparison figures of docs/design.md, "Figures", written to ``out_dir``; their paths."""
+def make_all_figures(df: pd.DataFrame, out_dir, curves: pd.DataFrame | None = None) -> list[Path]:
+    """The four comparison figures of docs/design.md, "Figures" (``FIGURE_NAMES``), written to
+    ``out_dir``, and ``training_curves.png`` (``CURVES_FIGURE``) when ``curves`` has rows of
+    the plotted runs; their paths."""
     out_dir = Path(out_dir)
     d = prepare_results(df)
     makers = (f1_score_comparison, roc_auc_comparison, roc_auc_heatmap, metrics_distribution)
-    return [make(d, out_dir / name) for make, name in zip(makers, FIGURE_NAMES)]
+    paths = [make(d, out_dir / name) for make, name in zip(makers, FIGURE_NAMES)]
+    curves = None if curves is None else curves_of_rows(curves, d)
+    if curves is not None and len(curves):
+        paths.append(training_curves(curves, out_dir / CURVES_FIGURE))
+    return paths
+
+
+# --------------------------------------------------------------------------------------
+# Training curves (per-epoch losses -> PNG)
+
+
+def curves_of_rows(curves: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """The curves of the runs that the figures plot: when both tables have ``config_hash``,
+    the curves whose (dataset, category, model, config_hash) is a row of ``prepare_results(rows)``
+    (so an older config's curves are not averaged in); else ``curves`` as given."""
+    if "config_hash" not in curves.columns or "config_hash" not in rows.columns or len(curves) == 0:
+        return curves
+    keys = ["dataset", "category", "model", "config_hash"]
+    plotted = prepare_results(rows)[keys].astype(str).drop_duplicates()
+    return curves[pd.MultiIndex.from_frame(curves[keys].astype(str)).isin(pd.MultiIndex.from_frame(plotted))]
+
+
+def _prepare_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """Long per-epoch losses with ``label``, in display order; optional columns filled in."""
+    if curves is None or len(curves) == 0:
+        raise DatasetError("the training-curves table is empty; it needs one row per (run, epoch).")
+    missing = [c for c in CURVE_COLUMNS if c not in curves.columns]
+    if missing:
+        raise DatasetError(f"the training-curves table lacks column(s) {', '.join(missing)}; "
+                           f"it needs {', '.join(CURVE_COLUMNS)} (and optionally seed, val_loss, category_type).")
+    c = curves.copy()
+    c["category"] = c["category"].astype(str)
+    for column, default in (("category_type", "custom"), ("seed", 0), ("val_loss", np.nan)):
+        if column not in c.columns:
+            c[column] = default
+    c["category_type"] = c["category_type"].fillna("custom").astype(str)
+    for column in ("epoch", "train_loss", "val_loss"):
+        c[column] = pd.to_numeric(c[column], errors="coerce")
+    return _in_display_order(c, then=["seed", "epoch"])
+
+
+def _first_epoch_scale(c: pd.DataFrame) -> pd.Series | None:
+    """(label, model) -> its first epoch's train loss, mean over seeds; None if one is not > 0
+    (a loss that can be negative cannot be read as a ratio)."""
+    first = c[c["epoch"] == c.groupby(["label", "model"])["epoch"].transform("min")]
+    scale = first.groupby(["label", "model"])["train_loss"].mean()
+    return scale if bool((scale > 0).all()) else None
+
+
+def training_curves(curves: pd.DataFrame, out_path, *, normalize: bool = True) -> Path:
+    """Train (solid) and val (dashed) loss per epoch: one panel per category (textures first),
+    one colour per model. With several seeds the line is the mean over seeds and a light band
+    spans their min..max.
+
+    ``curves``: long format, one row per (dataset, category, model, seed, epoch) with
+    ``train_loss`` and ``val_loss`` (NaN where a category had no val images; its dashed line
+    is then left out). The models minimise different objectives (a VAE's includes its KL, a
+    CAE's is a pixel MSE), orders of magnitude apart, so with ``normalize`` (and every loss
+    positive) each model's losses are divided by its first-epoch train loss in that category:
+    every curve starts near 1 and the panels compare how far and how fast each model fits.
+    The y axis is logarithmic when every plotted value is positive. Lines and bands carry a
+    ``gid`` "<model>:train_loss" / "<model>:val_loss" (bands: "band:...") for tests.
+    """
+    c = _prepare_curves(curves)
+    cats, names = _categories(c), _models(c)
+    colors = model_colors(names)
+    scale = _first_epoch_scale(c) if normalize else None
+    several_seeds = bool((c.groupby(["label", "model"])["seed"].nunique() > 1).any())
+    y_label = "loss (each model's own objective)" + ("\n÷ its epoch-1 train loss" if scale is not None else "")
+    n_cols = min(4, len(cats))
+    n_rows = math.ceil(len(cats) / n_cols)
+    with _style():
+        fig = _new_figure(3.3 * n_cols + 1.9, 2.7 * n_rows + 1.1)
+        axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+        for ax in axes[len(cats):]:
+            fig.delaxes(ax)
+        for k, (ax, (label, kind)) in enumerate(zip(axes, cats)):
+            panel = c[c["label"] == label]
+            plotted = []
+            for m in names:
+                runs = panel[panel["model"] == m]
+                ref = 1.0 if scale is None or runs.empty else float(scale[(label, m)])
+                for column, style in (("train_loss", "-"), ("val_loss", "--")):
+                    by_epoch = runs.groupby("epoch")[column].agg(["mean", "min", "max"]).dropna() / ref
+                    if by_epoch.empty:
+                        continue
+                    epochs = by_epoch.index.to_numpy(dtype=float)
+                    ax.plot(epochs, by_epoch["mean"], ls=style, color=colors[m], lw=1.6, gid=f"{m}:{column}",
+                            marker="o" if len(epochs) == 1 else None, ms=4)
+                    if several_seeds:
+                        ax.fill_between(epochs, by_epoch["min"], by_epoch["max"], color=colors[m], alpha=0.15,
+                                        lw=0, gid=f"band:{m}:{column}")
+                    plotted.append(by_epoch.to_numpy())
+            if plotted and (np.concatenate(plotted) > 0).all():
+                _log_y(ax)
+            ax.set_title(f"{label} ({kind})", fontsize=10)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch" if k >= len(cats) - n_cols else "")
+        fig.supylabel(y_label, fontsize=10)
+        handles = [Line2D([], [], color=colors[m], lw=2, label=model_label(m)) for m in names]
+        handles += [Line2D([], [], color="0.2", ls="-", label="train"),
+                    Line2D([], [], color="0.2", ls="--", label="val")]
+        if several_seeds:
+            handles.append(Patch(color="0.2", alpha=0.15, label="min–max over seeds"))
+        fig.legend(handles=handles, loc="outside right center", frameon=False)
+        how = f"; line = {_seeds_note(_curve_seed_counts(c))}" if several_seeds else ""
+        units = ("each model's own objective, divided by its epoch-1 train loss" if scale is not None
+                 else "each model's own objective")
+        fig.suptitle(f"Training curves per category ({dataset_note(c)}{how})\nloss: {units}", fontsize=11)
+    return _save(fig, out_path)
+
+
+def _log_y(ax) -> None:
+    """A log y axis with plain numbers (0.5, 1, 100), not powers of ten: normalised losses
+    span less than a decade, where 6×10⁻¹ reads worse than 0.6; within a decade the minor
+    ticks 2, 3, 4, 5 and 7 (x 10^k) are labelled too."""
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    low, high = ax.get_ylim()
+    if high / low < 10:
+        labelled = (2, 3, 4, 5, 7)
+        some_minor = FuncFormatter(lambda v, _: f"{v:g}" if round(v / 10 ** math.floor(math.log10(v))) in labelled
+                                   else "")
+        ax.yaxis.set_minor_formatter(some_minor)
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _curve_seed_counts(c: pd.DataFrame) -> pd.DataFrame:
+    """Seeds per (category, model) of a curves table, as ``n_seeds`` (for ``_seeds_note``)."""
+    return c.groupby(["label", "model"])["seed"].nunique().rename("n_seeds").to_frame()
 
 
 # --------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Figures and report tables from small synthetic inputs (no training, seconds)."""
 from __future__ import annotations
 
+import json
 import types
 
 import numpy as np
@@ -33,6 +34,33 @@ def fake_results(categories=CATEGORIES, model_names=models.MODEL_NAMES, seed=0, 
                 config_hash="h", device="cpu", torch_version=torch.__version__, finished_at="2024-01-01T00:00:00",
             ))
     return pd.DataFrame(rows)
+
+
+def fake_seeds(n_seeds=3, categories=CATEGORIES, model_names=models.MODEL_NAMES, **kw) -> pd.DataFrame:
+    """``fake_results`` for seeds 0 .. n_seeds - 1 of one config (each seed its own random metrics)."""
+    return pd.concat([fake_results(categories, model_names, seed=s, **kw).assign(seed=s, config_hash=f"h{s}")
+                      for s in range(n_seeds)], ignore_index=True)
+
+
+def fake_curves(categories=CATEGORIES, model_names=models.MODEL_NAMES, seeds=(0, 1), epochs=5,
+                no_val=()) -> pd.DataFrame:
+    """Per-epoch losses in the long format of ``plots.training_curves``; each model on its own scale."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for cat, kind in categories.items():
+        for k, name in enumerate(model_names):
+            for seed in seeds:
+                for epoch in range(1, epochs + 1):
+                    train = 10.0 ** (2 * k - 3) / epoch * rng.uniform(0.9, 1.1)
+                    rows.append(dict(dataset="demo", category=cat, category_type=kind, model=name, seed=seed,
+                                     epoch=epoch, train_loss=train, val_loss=np.nan if cat in no_val else 1.1 * train,
+                                     recon=train / 2, config_hash=f"h{seed}"))
+    return pd.DataFrame(rows)
+
+
+def _by_gid(ax, gid: str) -> list:
+    """The artists of ``ax`` tagged ``gid`` by plots (bars, lines, error bars, dots, bands)."""
+    return [a for a in (*ax.patches, *ax.lines, *ax.collections) if a.get_gid() == gid]
 
 
 def test_make_all_figures_writes_the_four_figures(tmp_path):
@@ -305,3 +333,172 @@ def test_grf_figures_without_checkpoints_keep_the_latent_figure(tmp_path, capsys
     assert paths == [tmp_path / "grf.png"] and (tmp_path / "grf.png").stat().st_size > 10_000
     assert latent.read_bytes() == b"figure of trained models"
     assert "vae-vae-grf.png is left as it is" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------
+# Several seeds, the F1 floor, training curves
+
+
+def _three_seeds_of_known_values() -> pd.DataFrame:
+    """carpet (texture) and bottle (object), CAE and VAE, seeds 0-2, image AUROC known; the
+    VAE's seed 1 on carpet has no value and its bottle row only seed 0."""
+    df = fake_seeds(3, {"carpet": "texture", "bottle": "object"}, ("cae", "vae"))
+    values = {("carpet", "cae"): [0.6, 0.7, 0.8], ("carpet", "vae"): [0.5, np.nan, 0.9],
+              ("bottle", "cae"): [0.2, 0.4, 0.6], ("bottle", "vae"): [0.3, 0.3, 0.3]}
+    for (cat, name), per_seed in values.items():
+        for seed, v in enumerate(per_seed):
+            df.loc[(df["category"] == cat) & (df["model"] == name) & (df["seed"] == seed), "image_auroc"] = v
+    return df[~((df["category"] == "bottle") & (df["model"] == "vae") & (df["seed"] > 0))]
+
+
+def test_aggregate_seeds_means_sds_and_nans():
+    agg = plots.aggregate_seeds(_three_seeds_of_known_values())
+    assert list(zip(agg["category"], agg["model"])) == [("carpet", "cae"), ("carpet", "vae"),
+                                                        ("bottle", "cae"), ("bottle", "vae")]  # textures first
+    assert {"category_type", "label"} <= set(agg.columns)
+    assert agg["n_seeds"].tolist() == [3, 3, 3, 1]
+    assert agg["image_auroc"].tolist() == pytest.approx([0.7, 0.7, 0.4, 0.3])
+    assert agg["image_auroc_sd"].iloc[:3].tolist() == pytest.approx([0.1, np.std([0.5, 0.9], ddof=1), 0.2])
+    assert np.isnan(agg["image_auroc_sd"].iloc[3])  # one seed: no sd
+    assert agg["f1_floor"].isna().all() and "f1_floor_sd" in agg.columns  # a CSV without the column
+
+
+def test_prepare_results_keeps_every_seed_of_the_latest_config():
+    def rows(seed, epochs, finished, auroc):
+        config = {"model": "cae", "train": {"epochs": epochs, "seed": seed}}
+        return fake_results({"carpet": "texture"}, ("cae",)).assign(
+            seed=seed, epochs=epochs, finished_at=finished, image_auroc=auroc, config_json=json.dumps(config))
+
+    old_config = [rows(s, 10, f"2024-01-0{s + 1}", 0.1) for s in range(3)]
+    new_config = [rows(s, 20, f"2025-01-0{s + 1}", 0.5 + 0.1 * s) for s in range(2)]
+    rerun = rows(1, 20, "2025-02-01", 0.9)  # seed 1 of the new config again: the newer row counts
+    d = plots.prepare_results(pd.concat([*old_config, *new_config, rerun]))
+    assert d["seed"].tolist() == [0, 1] and d["epochs"].tolist() == [20, 20]
+    assert d["image_auroc"].tolist() == [0.5, 0.9]
+    assert plots.aggregate_seeds(d)["image_auroc"].item() == pytest.approx(0.7)
+
+
+def test_results_table_is_the_mean_over_seeds_and_can_give_the_sd():
+    df = _three_seeds_of_known_values()
+    mean = plots.results_table(df, "image_auroc")
+    assert mean.loc["carpet", "CAE"] == pytest.approx(0.7) and mean.loc["bottle", "VAE"] == pytest.approx(0.3)
+    assert mean.loc["overall mean", "CAE"] == pytest.approx((0.7 + 0.4) / 2)
+    assert list(mean.index) == ["carpet", "bottle", "texture mean", "object mean", "overall mean"]
+    sd = plots.results_table(df, "image_auroc", stat="sd")
+    assert sd.index.equals(mean.index) and list(sd.columns) == ["CAE", "VAE"]
+    assert sd.loc["carpet", "CAE"] == pytest.approx(0.1) and np.isnan(sd.loc["bottle", "VAE"])
+    # A mean row's sd is the spread over seeds of that seed's mean: CAE's overall means are 0.4, 0.55, 0.7.
+    assert sd.loc["overall mean", "CAE"] == pytest.approx(0.15)
+    assert "sd over seeds" in sd.columns.name
+    with pytest.raises(ValueError, match="stat"):
+        plots.results_table(df, "image_auroc", stat="median")
+
+
+def test_bar_figures_show_each_seed_and_the_sd(tmp_path, monkeypatch):
+    df = fake_seeds(3, {"carpet": "texture", "bottle": "object"}, ("cae", "vae_grf"))
+    agg = plots.aggregate_seeds(df)
+    figures = _capture_figures(monkeypatch)
+    plots.f1_score_comparison(df, tmp_path / "f1.png")
+    plots.roc_auc_comparison(df, tmp_path / "roc.png")
+    (f1_ax,), (image_ax, pixel_ax) = figures[0].axes, figures[1].axes
+    for ax, metric in ((f1_ax, "f1"), (image_ax, "image_auroc"), (pixel_ax, "pixel_auroc")):
+        for name in ("cae", "vae_grf"):
+            rows = agg[agg["model"] == name]
+            bars = _by_gid(ax, f"bars:{name}")
+            assert [b.get_height() for b in bars] == pytest.approx(rows[metric].tolist())  # the means
+            (errorbars,) = _by_gid(ax, f"sd:{name}")
+            spans = [(seg[0][1], seg[1][1]) for seg in errorbars.get_segments()]
+            expected = [(m - s, m + s) for m, s in zip(rows[metric], rows[f"{metric}_sd"])]
+            assert spans == pytest.approx(expected)
+            (dots,) = _by_gid(ax, f"seeds:{name}")
+            seeds = [df.loc[(df["model"] == name) & (df["category"] == cat) & (df["seed"] == seed), metric].item()
+                     for cat in ("carpet", "bottle") for seed in range(3)]
+            assert dots.get_offsets()[:, 1].tolist() == pytest.approx(seeds)  # one dot per seed
+            for bar, xs in zip(bars, dots.get_offsets()[:, 0].reshape(-1, 3)):  # each bar's dots on the bar
+                assert bar.get_x() < xs.min() < xs.max() < bar.get_x() + bar.get_width()
+    note = "mean of 3 seeds, error bar = sd, dots = seeds"
+    assert note in f1_ax.get_title() and note in figures[1].get_suptitle()
+    legend = [t.get_text() for t in figures[0].legends[0].get_texts()]
+    assert legend[:2] == ["CAE", "VAE-GRF"] and {"sd over seeds", "one seed"} <= set(legend)
+    # One seed: plain bars, no spread and no word of seeds.
+    plots.f1_score_comparison(fake_results(), tmp_path / "f1_one_seed.png")
+    ax = figures[-1].axes[0]
+    assert not any(a.get_gid().startswith(("sd:", "seeds:")) for a in ax.collections if a.get_gid())
+    assert "seeds" not in ax.get_title()
+
+
+def test_f1_floor_is_drawn_when_the_table_has_it(tmp_path, monkeypatch):
+    df = fake_seeds(2, {"carpet": "texture", "bottle": "object", "widget": "custom"}, ("cae", "vae"))
+    share = {"carpet": 0.6, "bottle": 0.5}  # widget: an older row without a floor
+    df["f1_floor"] = df["category"].map(lambda c: 2 * share[c] / (1 + share[c]) if c in share else np.nan)
+    figures = _capture_figures(monkeypatch)
+    plots.f1_score_comparison(df, tmp_path / "f1.png")
+    ax = figures[-1].axes[0]
+    (floor,) = _by_gid(ax, "floor")
+    segments = floor.get_segments()
+    assert [seg[0][1] for seg in segments] == pytest.approx([0.75, 2 / 3])  # carpet, bottle; none for widget
+    for (x0, _), (x1, _) in segments:  # across the category's whole bar group
+        assert x1 - x0 > 0.8
+    assert plots.FLOOR_LABEL in [t.get_text() for t in figures[-1].legends[0].get_texts()]
+    assert _by_gid(ax, "oracle:cae")  # the oracle ticks are still there
+    plots.f1_score_comparison(df.drop(columns="f1_floor"), tmp_path / "f1_no_floor.png")
+    assert not _by_gid(figures[-1].axes[0], "floor")
+    assert plots.FLOOR_LABEL not in [t.get_text() for t in figures[-1].legends[0].get_texts()]
+
+
+def test_training_curves_one_panel_per_category_one_line_per_model(tmp_path, monkeypatch):
+    curves = fake_curves(no_val=("widget",))
+    figures = _capture_figures(monkeypatch)
+    out = plots.training_curves(curves, tmp_path / "curves.png")
+    assert out == tmp_path / "curves.png" and out.stat().st_size > 20_000
+    (fig,) = figures
+    assert [ax.get_title() for ax in fig.axes] == ["carpet (texture)", "grid (texture)", "bottle (object)",
+                                                  "screw (object)", "widget (custom)"]
+    names = list(models.MODEL_NAMES)
+    colors = plots.model_colors(names)
+    for ax in fig.axes:
+        for name in names:
+            (train,) = _by_gid(ax, f"{name}:train_loss")
+            assert train.get_linestyle() == "-" and train.get_color() == colors[name]
+            assert train.get_xdata().tolist() == [1, 2, 3, 4, 5]
+            assert train.get_ydata()[0] == pytest.approx(1.0)  # normalised by its epoch-1 train loss
+            assert len(_by_gid(ax, f"band:{name}:train_loss")) == 1  # two seeds: min..max band
+        val_lines = [line for line in ax.lines if (line.get_gid() or "").endswith(":val_loss")]
+        assert len(val_lines) == (0 if ax.get_title().startswith("widget") else len(names))  # NaN val: no line
+        assert all(line.get_linestyle() == "--" for line in val_lines)
+        assert ax.get_yscale() == "log"
+    assert "mean of 2 seeds" in fig.get_suptitle() and "epoch-1 train loss" in fig.get_suptitle()
+    assert "loss (each model's own objective)" in fig.get_supylabel()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["CAE", "VAE", "ViT-VAE", "VAE-GRF", "train", "val", "min–max over seeds"]
+
+
+def test_training_curves_of_one_epoch_and_one_seed(tmp_path, monkeypatch):
+    curves = fake_curves({"stripes": "texture"}, ("cae", "vae"), seeds=(0,), epochs=1)
+    figures = _capture_figures(monkeypatch)
+    plots.training_curves(curves.drop(columns=["category_type", "seed"]), tmp_path / "curves.png")
+    (ax,) = figures[-1].axes
+    (line,) = _by_gid(ax, "cae:train_loss")
+    assert line.get_marker() == "o"  # one point: a marker, not an invisible line
+    assert not [a for a in ax.collections if (a.get_gid() or "").startswith("band:")]
+    assert "seeds" not in figures[-1].get_suptitle()
+    # Without normalising the losses stay on each model's own scale.
+    plots.training_curves(curves, tmp_path / "raw.png", normalize=False)
+    (ax,) = figures[-1].axes
+    assert _by_gid(ax, "vae:train_loss")[0].get_ydata()[0] == pytest.approx(curves.loc[1, "train_loss"])
+    with pytest.raises(models.UserError, match="lacks column"):
+        plots.training_curves(curves.drop(columns="train_loss"), tmp_path / "bad.png")
+
+
+def test_make_all_figures_with_and_without_curves(tmp_path, monkeypatch):
+    df = fake_seeds(2, {"carpet": "texture", "bottle": "object"}, ("cae", "vae"))
+    curves = fake_curves({"carpet": "texture", "bottle": "object"}, ("cae", "vae"))
+    stale = curves.assign(config_hash="old", train_loss=1e6)  # curves of a config the rows no longer plot
+    figures = _capture_figures(monkeypatch)
+    paths = plots.make_all_figures(df, tmp_path, curves=pd.concat([curves, stale]))
+    assert [p.name for p in paths] == [*plots.FIGURE_NAMES, plots.CURVES_FIGURE]
+    assert all(p.is_file() for p in paths)
+    top = max(line.get_ydata().max() for ax in figures[-1].axes for line in ax.lines)
+    assert top < 10  # the stale curves were left out
+    # Without curves, or with none of the plotted runs: the four figures only.
+    assert [p.name for p in plots.make_all_figures(df, tmp_path / "stale", stale)] == list(plots.FIGURE_NAMES)
