@@ -420,7 +420,7 @@ def main() -> None:
     if root is None and shared_dev.is_dir():
         root = shared_dev.resolve()
     if root is None:
-        # One demo category at its default size (120 train, 64 test images, 256 px PNGs).
+        # One demo category at its default size (60 train, 64 test images, 256 px PNGs).
         root = make_synthetic_dataset(Path(tempfile.mkdtemp()) / "demo", categories=["hexnut", "weave"])
     category = a.category or models.list_categories(root)[0]
     load0 = os.getloadavg()

@@ -44,6 +44,12 @@ def model_config(name: str, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: i
     config_class = MODELS[name].config_class
     fields = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(overrides) - fields)
+    scoring_keys = [k for k in unknown if k in {f.name for f in dataclasses.fields(scoring.ScoreConfig)}]
+    if scoring_keys:  # a model setting before the scoring rule moved to the evaluation
+        raise ConfigError(
+            f"{', '.join(scoring_keys)} is an evaluation setting, not a {name} setting (the same weights are scored "
+            "under any rule); pass --score MAP/SIGMA/REDUCE on the command line or SCORE in the notebook."
+        )
     if unknown:
         raise ConfigError(
             f"{name} has no setting {', '.join(map(repr, unknown))}; valid settings: {', '.join(sorted(fields))}."

@@ -258,8 +258,9 @@ def _decode_image(path: Path, image_size: int, in_channels: int) -> tuple[np.nda
     return out, original_size
 
 
-def _decode_mask(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(uint8 (S, S) mask in {0, 1}, original (width, height)); nearest resize.
+def _decode_mask(path: Path, image_size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 (S, S) mask in {0, 1}, original (width, height)); nearest resize (none if
+    ``image_size`` is None: the mask at its own size).
 
     A usual 0/255 (or 0/1) mask becomes ``> 0``. Antialiased or JPEG-saved masks (most
     pixels near black or near white) are thresholded at half their maximum. Anything else
@@ -283,6 +284,8 @@ def _decode_mask(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, in
                 "save it with 0 for normal and 255 for defective pixels."
             )
         binary = a >= (top + 1) // 2
+    if image_size is None:
+        return np.ascontiguousarray(binary, dtype=np.uint8), original_size
     pil = Image.fromarray(binary.astype(np.uint8)).resize((image_size, image_size), Image.NEAREST)
     return np.asarray(pil).copy(), original_size
 
@@ -438,6 +441,8 @@ class MVTecAD(torch.utils.data.Dataset):
         self.images = (
             torch.from_numpy(np.stack(image_arrays)) if keep else torch.empty((0, in_channels, s, s), dtype=torch.uint8)
         )  # (N, C, S, S)
+        self.original_sizes = [tuple(decoded[("image", images[i])][1]) for i in keep]  # (width, height) of each file
+        self.mask_paths = [masks[i] for i in keep]  # None for good images and defective ones without a mask
         self.masks = torch.zeros((len(keep), s, s), dtype=torch.uint8)  # (N, S, S)
         missing = []
         for row, i in enumerate(keep):
@@ -447,7 +452,7 @@ class MVTecAD(torch.utils.data.Dataset):
                 missing.append(images[i])
                 continue
             mask, mask_size = decoded[("mask", masks[i])]
-            image_size_px = decoded[("image", images[i])][1]
+            image_size_px = self.original_sizes[row]
             if tuple(mask_size) != tuple(image_size_px):
                 raise DatasetError(
                     f"mask {masks[i]} is {mask_size[0]}x{mask_size[1]} px but its image {images[i]} is "
@@ -463,6 +468,39 @@ class MVTecAD(torch.utils.data.Dataset):
                 f"(first: {missing[0]}); pixel metrics cannot be computed for this category.",
                 stacklevel=2,
             )
+
+    def masks_at(self, size: int | str) -> torch.Tensor | list[np.ndarray]:
+        """The ground truth at an evaluation resolution, read from the mask files again (not
+        upsampled from ``masks``, which would lose thin defects): uint8 (N, size, size) in {0, 1}
+        for a whole number (nearest resize), or for ``size="original"`` a list of (H_i, W_i)
+        uint8 arrays at each image's own size. Good images (and defective ones without a mask)
+        are all zeros. Decoded masks are kept in the process's memory cache.
+        """
+        if size != "original" and (not isinstance(size, int) or size < 1):
+            raise ConfigError(f"an evaluation size must be a positive whole number of px or 'original', got {size!r}.")
+        if size == self.image_size:
+            return self.masks
+        target = None if size == "original" else size
+
+        def read(path: Path) -> np.ndarray:
+            key = ("mask", target or 0, 0) + _identity(path)
+            hit = _memory_get(key) if self._memory_cache else None
+            if hit is None:
+                hit = _decode_mask(path, target)
+                if self._memory_cache:
+                    _memory_put(key, hit)
+            return hit[0]
+
+        paths = [p for p in self.mask_paths if p is not None]
+        with ThreadPoolExecutor(max(1, min(self._workers, len(paths)))) as pool:
+            decoded = dict(zip(paths, pool.map(read, paths)))
+        out = []
+        for path, (width, height) in zip(self.mask_paths, self.original_sizes):
+            shape = (height, width) if target is None else (target, target)
+            out.append(decoded[path] if path is not None else np.zeros(shape, dtype=np.uint8))
+        if target is None:
+            return out
+        return torch.from_numpy(np.stack(out)) if out else torch.zeros((0, target, target), dtype=torch.uint8)
 
     # ----------------------------------------------------------------- helpers
 

@@ -17,10 +17,12 @@ import pandas as pd
 
 from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories
 from models.errors import ConfigError, DatasetError, UserError
+from models.scoring import ScoreConfig
 
-from . import demo_data, plots
+from . import demo_data, plots, runs
 from .checkpoints import DEFAULT_CHECKPOINT_DIR
 from .demo_data import make_synthetic_dataset
+from .evaluate import DEFAULT_EVAL_SIZE, EvalConfig, parse_eval_size
 from .grid import run_grid
 from .metrics import DEFAULT_THRESHOLD_RULE
 from .results import DEFAULT_RESULTS_CSV, read_results
@@ -28,7 +30,8 @@ from .train import TrainConfig
 
 DEFAULT_DATA_ROOT = "mvtec_anomaly_detection"
 DEMO_DIR = demo_data.DEFAULT_DIR
-TABLE_COLUMNS = ["category", "model", "image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "train_seconds"]
+TABLE_COLUMNS = ["category", "model", "seed", "image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "f1_floor",
+                 "train_seconds"]
 
 
 def parse_value(text: str):
@@ -81,13 +84,16 @@ def _print_table(df) -> None:
 def cmd_run(args) -> int:
     log = lambda msg: print(msg, flush=True)
     root = _data_root(args.data_root, log)
-    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seeds[0],
                         device=args.device, amp=not args.no_amp, compile=args.compile,
                         num_threads=args.num_threads, progress=not args.no_progress)
+    eval_config = EvalConfig(score=ScoreConfig.parse(args.score), eval_size=parse_eval_size(args.eval_size),
+                             threshold_rule=args.threshold_rule)
     df = run_grid(
-        root, args.categories, args.models, image_size=args.image_size, train=train,
-        model_overrides=parse_overrides(args.set), results_csv=args.results_csv, force=args.force,
-        checkpoint_dir=args.checkpoint_dir, threshold_rule=args.threshold_rule, cache_dir=args.cache_dir, log=log,
+        root, args.categories, args.models, image_size=args.image_size, train=train, seeds=seeds,
+        model_overrides=parse_overrides(args.set), eval_config=eval_config, results_csv=args.results_csv,
+        force=args.force, checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, log=log,
     )
     print()
     _print_table(df)
@@ -102,7 +108,8 @@ def cmd_run(args) -> int:
 
 def cmd_plots(args) -> int:
     df = read_results(args.results_csv)
-    for path in plots.make_all_figures(df, Path(args.out)):
+    curves = runs.read_curves(df, args.results_csv)
+    for path in plots.make_all_figures(df, Path(args.out), curves=curves):
         print(path)
     return 0
 
@@ -139,7 +146,10 @@ def build_parser():
     r.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
                    help=f"batch size (default {d.batch_size})")
     r.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
-    r.add_argument("--seed", type=int, default=d.seed, metavar="K", help=f"seed of everything (default {d.seed})")
+    seed = r.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=d.seed, metavar="K", help=f"seed of everything (default {d.seed})")
+    seed.add_argument("--seeds", type=int, nargs="+", metavar="K",
+                      help="several seeds: one row per seed (e.g. --seeds 0 1 2); tables show mean +- sd")
     r.add_argument("--results-csv", default=DEFAULT_RESULTS_CSV, metavar="FILE",
                    help=f"results table and cache (default {DEFAULT_RESULTS_CSV})")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
@@ -147,6 +157,12 @@ def build_parser():
     r.add_argument("--force", action="store_true", help="retrain and replace rows already in the CSV")
     r.add_argument("--set", action="append", metavar="MODEL.KEY=VALUE",
                    help="override a model setting, e.g. --set cae.latent_dim=64 --set vae.widths=[16,32,64]")
+    r.add_argument("--score", default="default", metavar="MAP/SIGMA/REDUCE",
+                   help=f"scoring rule, e.g. l2/4/top0.01, ssim/4/max, l2/0/mean (default {ScoreConfig().name}); "
+                        "an evaluation setting: a trained model is re-scored from its checkpoint, not retrained")
+    r.add_argument("--eval-size", default=str(DEFAULT_EVAL_SIZE), metavar="PX|original",
+                   help=f"resolution of the pixel metrics: maps upsampled, masks read at it (default "
+                        f"{DEFAULT_EVAL_SIZE}, the common MVTec protocol); 'original' = each image's own size")
     r.add_argument("--threshold-rule", default=DEFAULT_THRESHOLD_RULE,
                    help="decision threshold from val normal scores: val_max, val_p99, val_mean+3std "
                         f"(default {DEFAULT_THRESHOLD_RULE})")

@@ -1,10 +1,11 @@
 """Checkpoints: where a job's trained model is kept, and how it is written and read back.
 
 A checkpoint holds plain data only (state dict of tensors, model name, config dict, results
-row, training config) and is read with ``torch.load(weights_only=True)``, so a checkpoint
+row, training config, training history) and is read with ``torch.load(weights_only=True)``, so a checkpoint
 file can never run code on load. It is written to a temporary file and renamed into place,
 so a killed run never leaves half a checkpoint. Its path is
-``<checkpoint_dir>/<dataset>/<category>/<model>-<config_hash>.pt`` (``checkpoint_path``).
+``<checkpoint_dir>/<dataset>/<category>/<model>-<train_hash>.pt`` (``checkpoint_path``; the
+train hash covers what changes the weights, not how they are evaluated).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from .files import atomic_write
 from .train import TrainConfig
 
 CHECKPOINT_FORMAT = 1
+# Model-config keys of checkpoints written before the scoring rule became an evaluation setting.
+LEGACY_SCORING_KEYS = ("score_map", "score_sigma", "score_reduce", "score_topk")
 DEFAULT_CHECKPOINT_DIR = "checkpoints"  # git-ignored
 
 
@@ -43,9 +46,11 @@ def _json_norm(d: dict) -> dict:
     return json.loads(json.dumps(_plain(d), sort_keys=True))  # tuples -> lists, like a file round trip
 
 
-def save_checkpoint(path, model, *, name: str, row: dict | None = None,
-                    train_config: TrainConfig | None = None) -> Path:
-    """Write {format, model, config, state_dict, row, train_config} atomically (temp file + rename)."""
+def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_config: TrainConfig | None = None,
+                    history: dict | None = None, training: dict | None = None) -> Path:
+    """Write {format, model, config, state_dict, row, train_config, history, training}
+    atomically (temp file + rename). ``history`` is ``train.fit``'s (the loss curves);
+    ``training`` the row's training columns, which a re-evaluated row copies."""
     path = Path(path)
     make_checkpoint_dir(path.parent)
     payload = {
@@ -55,6 +60,8 @@ def save_checkpoint(path, model, *, name: str, row: dict | None = None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "row": _plain(row) if row is not None else None,
         "train_config": train_config.to_dict() if train_config is not None else None,
+        "history": _plain(history) if history is not None else None,
+        "training": _plain(training) if training is not None else None,
     }
     try:
         with atomic_write(path, "wb") as f:
@@ -112,7 +119,9 @@ def load_checkpoint(path, *, model: str | None = None, config=None, device="cpu"
     are what the caller expects, and a checkpoint of anything else is refused with the reason.
     The checkpoint's payload is kept as ``m.checkpoint`` (row, train_config)."""
     payload = read_checkpoint(path)
-    name, stored = payload["model"], payload["config"]
+    name, stored = payload["model"], dict(payload["config"])
+    for key in LEGACY_SCORING_KEYS:  # version-1 checkpoints kept the scoring rule in the model config
+        stored.pop(key, None)
     where = repr(str(path))
     if name not in MODELS:
         raise CheckpointError(f"{where} holds an unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}.")
@@ -132,7 +141,7 @@ def load_checkpoint(path, *, model: str | None = None, config=None, device="cpu"
     except (ConfigError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{where} does not match the {name} model of this version: {first}") from None
-    m.checkpoint = {k: payload.get(k) for k in ("row", "train_config")}
+    m.checkpoint = {k: payload.get(k) for k in ("row", "train_config", "history", "training")}
     return m.to(device).eval()
 
 
@@ -153,6 +162,7 @@ def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "_"
 
 
-def checkpoint_path(checkpoint_dir, *, dataset: str, category: str, model: str, config_hash: str) -> Path:
-    """Where the job (dataset, category, model, config_hash) keeps its checkpoint."""
-    return Path(checkpoint_dir) / safe_name(dataset) / safe_name(category) / f"{model}-{config_hash}.pt"
+def checkpoint_path(checkpoint_dir, *, dataset: str, category: str, model: str, train_hash: str) -> Path:
+    """Where the model trained by (dataset, category, model, train_hash) is kept (``JobSpec.train_hash``;
+    rows of version 1 named it by their config_hash)."""
+    return Path(checkpoint_dir) / safe_name(dataset) / safe_name(category) / f"{model}-{train_hash}.pt"

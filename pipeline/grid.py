@@ -1,42 +1,51 @@
-"""The grid: every (category, model) job of a run, skipping those already in the results CSV.
+"""The grid: every (category, seed, model) job of a run, skipping those already in the results CSV.
 
-``make_specs`` builds and validates the jobs (every parameter error before any data is
-read); ``run_grid`` runs those whose key is not yet in the CSV, category-major so that a
-category is decoded once for all its models, appends each row as soon as its job ends
-(``results.append_row``), reports a failing job in one line and goes on, and returns the
-grid's rows.
+``make_specs`` builds and validates the jobs (every parameter error before any image is
+decoded) and fingerprints each category's files; ``run_grid`` runs those whose key is not
+yet in the CSV, category-major so that a category is decoded once for all its models. A job
+whose trained model is already recorded (a row with its ``train_hash`` in the CSV, and its
+checkpoint on disk) is only re-evaluated, from the checkpoint: a new scoring rule,
+evaluation size or threshold never retrains. Each row is appended as soon as its job ends
+(``results.append_row``), after its side files (``runs.py``); a failing job is reported in
+one line and the grid goes on.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 import math
 import traceback
+from pathlib import Path
 
 import pandas as pd
 
 from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories
-from models.errors import ConfigError, DatasetError, UserError
+from models.errors import CheckpointError, ConfigError, DatasetError, UserError
 from models.mvtec import DEFAULT_VAL_FRACTION, dataset_name
 
+from . import runs
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, make_checkpoint_dir
-from .job import JobSpec, load_category, run_job
-from .metrics import DEFAULT_THRESHOLD_RULE
+from .evaluate import EvalConfig
+from .fingerprint import data_fingerprint, describe_change
+from .job import HASH_VERSION, JobSpec, evaluate_checkpoint, load_category, run_job
 from .results import (
     DEFAULT_RESULTS_CSV,
     KEY_COLUMNS,
     append_row,
     check_writable,
-    finished_keys,
     read_results,
+    read_text_table,
 )
 from .train import TrainConfig
 
 
 def make_specs(data_root, categories=None, models=None, *, image_size: int = DEFAULT_IMAGE_SIZE,
-               train: TrainConfig | None = None, model_overrides: dict | None = None,
-               threshold_rule: str = DEFAULT_THRESHOLD_RULE,
-               val_fraction: float = DEFAULT_VAL_FRACTION) -> list[JobSpec]:
-    """The grid's jobs, category-major (a category is decoded once for all its models), validated."""
+               train: TrainConfig | None = None, seeds=None, model_overrides: dict | None = None,
+               eval_config: EvalConfig | None = None, val_fraction: float = DEFAULT_VAL_FRACTION) -> list[JobSpec]:
+    """The grid's jobs, category-major, then seed, then model (a category is decoded once for
+    all its models), validated, with each category's data fingerprint. ``seeds`` (default:
+    ``train.seed`` alone) gives one job per seed."""
     available = list_categories(data_root)  # DatasetError for a missing or empty root
     cats = available if categories is None else list(dict.fromkeys(categories))
     unknown = [c for c in cats if c not in available]
@@ -52,51 +61,120 @@ def make_specs(data_root, categories=None, models=None, *, image_size: int = DEF
             if key in overrides.get(name, {}):
                 raise ConfigError(f"{name}.{key} cannot be overridden per model; the grid sets {key} for all models "
                                   f"(--image-size on the command line).")
-    dataset = dataset_name(data_root)
     train = train or TrainConfig()
-    specs = [JobSpec(data_root=data_root, category=c, model=m, dataset=dataset, image_size=image_size, train=train,
-                     model_overrides=dict(overrides.get(m, {})), threshold_rule=threshold_rule,
-                     val_fraction=val_fraction)
-             for c in cats for m in names]
+    seeds = [train.seed] if seeds is None else list(dict.fromkeys(seeds))
+    if not seeds:
+        raise ConfigError("no seeds given; pass at least one (e.g. --seeds 0 1 2).")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"a seed must be a whole number >= 0, got {seed!r}.")
+    eval_config = eval_config or EvalConfig()
+    dataset = dataset_name(data_root)
+    specs = [JobSpec(data_root=data_root, category=c, model=m, dataset=dataset, image_size=image_size,
+                     train=dataclasses.replace(train, seed=seed), model_overrides=dict(overrides.get(m, {})),
+                     eval_config=eval_config, val_fraction=val_fraction)
+             for c in cats for seed in seeds for m in names]
     for s in specs:
         s.validate()
-    return specs
+    digests = {c: data_fingerprint(data_root, c).digest for c in cats}  # after validation: hashing reads files
+    return [dataclasses.replace(s, data_fingerprint=digests[s.category]) for s in specs]
 
 
 def _fmt(x) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAULT_IMAGE_SIZE,
-             train: TrainConfig | None = None, model_overrides: dict | None = None, results_csv=DEFAULT_RESULTS_CSV,
-             force: bool = False, checkpoint_dir=DEFAULT_CHECKPOINT_DIR, threshold_rule: str = DEFAULT_THRESHOLD_RULE,
-             val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir=None, log=print) -> pd.DataFrame:
-    """Train and evaluate every (category, model) whose row is not yet in ``results_csv``.
+def _version(config_json: str) -> int | None:
+    try:
+        return json.loads(config_json).get("hash_version")
+    except (TypeError, ValueError, AttributeError):
+        return None
 
-    Returns the grid's rows (cached and new) as a DataFrame in grid order; ``df.attrs``
-    holds ``failures`` (list of {category, model, error}), ``ran`` and ``skipped``. A failing
-    job is reported in one line and the grid goes on; Ctrl-C stops it with every finished
-    row kept. ``model_overrides`` maps a model name to config overrides.
+
+def explain_reruns(table: pd.DataFrame, specs: list[JobSpec], runs_folder: Path, log) -> None:
+    """Say once why jobs that look done run again: rows of an older version (other keys), or a
+    category whose files changed since its rows were written (naming how many files differ)."""
+    if table.empty or not specs:
+        return
+    ours = {(s.dataset, s.category, s.model) for s in specs}
+    same_job = pd.Series([(d, c, m) in ours for d, c, m in zip(table["dataset"], table["category"], table["model"])],
+                         index=table.index)
+    versions = table["config_json"].map(_version) if "config_json" in table else pd.Series(None, index=table.index)
+    old = table[same_job & (versions != HASH_VERSION)]
+    if len(old):
+        log(f"{len(old)} row(s) of these jobs were written by an older version, whose keys did not include the "
+            "data's fingerprint and the evaluation settings; the jobs run again under the new keys (the old rows "
+            "are kept).")
+    if "data_fingerprint" not in table:
+        return
+    current = table[same_job & (versions == HASH_VERSION)]
+    for spec in {s.category: s for s in specs}.values():
+        rows = current[(current["dataset"] == spec.dataset) & (current["category"] == spec.category)]
+        stale = rows[rows["data_fingerprint"] != spec.data_fingerprint]
+        if stale.empty:
+            continue
+        before = stale.sort_values("finished_at")["data_fingerprint"].iloc[-1]
+        old_files = runs.load_manifest(runs.manifest_path(runs_folder, dataset=spec.dataset, category=spec.category,
+                                                          fingerprint=before))
+        if old_files is None:
+            log(f"data of {spec.category!r} changed since its rows were written (fingerprint {before} -> "
+                f"{spec.data_fingerprint}); its jobs run again.")
+        else:
+            change = describe_change(spec.category, old_files, data_fingerprint(spec.data_root, spec.category).files)
+            log(f"{change.rstrip('.')}; its jobs run again.")
+
+
+def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAULT_IMAGE_SIZE,
+             train: TrainConfig | None = None, seeds=None, model_overrides: dict | None = None,
+             eval_config: EvalConfig | None = None, results_csv=DEFAULT_RESULTS_CSV, force: bool = False,
+             checkpoint_dir=DEFAULT_CHECKPOINT_DIR, val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir=None,
+             log=print) -> pd.DataFrame:
+    """Train (or re-evaluate) and record every (category, seed, model) whose row is not yet in ``results_csv``.
+
+    A job whose model was trained by an earlier run (its ``train_hash`` is in the CSV and its
+    checkpoint exists) is evaluated from the checkpoint without training; ``force`` retrains
+    and replaces rows, and without the CSV every job trains (checkpoints never decide alone).
+    Returns the grid's rows (cached and new) as a DataFrame in grid order; ``df.attrs`` holds
+    ``failures`` (list of {category, model, seed, error}), ``ran``, ``trained``,
+    ``evaluated``, ``skipped`` and ``results_csv``. A failing job is reported in one line and
+    the grid goes on; Ctrl-C stops it with every finished row kept.
     """
-    specs = make_specs(data_root, categories, models, image_size=image_size, train=train,
-                       model_overrides=model_overrides, threshold_rule=threshold_rule, val_fraction=val_fraction)
+    specs = make_specs(data_root, categories, models, image_size=image_size, train=train, seeds=seeds,
+                       model_overrides=model_overrides, eval_config=eval_config, val_fraction=val_fraction)
     csv = check_writable(results_csv)
-    done = finished_keys(csv)
+    runs_folder = runs.runs_dir(csv)
+    table = read_text_table(csv) if csv.exists() else pd.DataFrame(columns=list(KEY_COLUMNS))
+    done = set(map(tuple, table[list(KEY_COLUMNS)].itertuples(index=False, name=None)))
     keys = [s.key() for s in specs]
     todo = [s for s, k in zip(specs, keys) if force or k not in done]
-    log(f"{len(specs)} job(s): {len(specs) - len(todo)} already in {csv}, {len(todo)} to run.")
+    trained = set(zip(table["model"], table["train_hash"])) if "train_hash" in table else set()
+    from_checkpoint = {id(s) for s in todo
+                       if not force and checkpoint_dir is not None and (s.model, s.train_hash()) in trained
+                       and s.checkpoint_path(checkpoint_dir).is_file()}
+    n_eval = len(from_checkpoint)
+    log(f"{len(specs)} job(s): {len(specs) - len(todo)} already in {csv}, {len(todo) - n_eval} to train"
+        + (f", {n_eval} to evaluate from their checkpoints" if n_eval else "") + ".")
     if todo and checkpoint_dir is not None:
         make_checkpoint_dir(checkpoint_dir)  # before any training: a bad --checkpoint-dir is exit 2, not N failed jobs
+    if not force:
+        explain_reruns(table, [s for s in todo if id(s) not in from_checkpoint], runs_folder, log)
+    for spec in {s.category: s for s in todo}.values():  # what the data was, for a later "files differ" message
+        path = runs.manifest_path(runs_folder, dataset=spec.dataset, category=spec.category,
+                                  fingerprint=spec.data_fingerprint)
+        if not path.is_file():
+            runs.save_manifest(path, data_fingerprint(spec.data_root, spec.category).files)
 
     failures: list[dict] = []
-    data, data_category, data_error = None, None, None
+    n_trained = 0
+    data, data_key, data_error = None, None, None
     for i, spec in enumerate(todo, 1):
-        log(f"[{i}/{len(todo)}] {spec.model} on {spec.category} ...")
+        seed = f" (seed {spec.train.seed})" if len({x.train.seed for x in specs}) > 1 else ""
+        where = f"[{i}/{len(todo)}] {spec.model} on {spec.category}{seed}"
         try:
-            if data_category != spec.category:  # release the previous category before loading the next
+            if data_key != (spec.category, spec.train.seed):  # release the previous data before loading the next
                 data, data_error = None, None
                 gc.collect()
-                data_category = spec.category
+                data_key = (spec.category, spec.train.seed)
                 try:
                     data = load_category(data_root, spec.category, image_size=spec.image_size,
                                          in_channels=spec.in_channels, seed=spec.train.seed,
@@ -105,23 +183,34 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
                     data_error = str(e)
             if data_error is not None:
                 raise DatasetError(data_error)
-            row = run_job(spec, data, checkpoint_dir=checkpoint_dir)
+            row = None
+            if id(spec) in from_checkpoint:
+                path = spec.checkpoint_path(checkpoint_dir)
+                log(f"{where}: evaluating from checkpoint {path} ...")
+                try:
+                    row = evaluate_checkpoint(spec, data, checkpoint_dir=checkpoint_dir, runs_dir=runs_folder)
+                except CheckpointError as e:
+                    log(f"{where}: cannot use its checkpoint ({e}); training instead.")
+            if row is None:
+                log(f"{where} ...")
+                row = run_job(spec, data, checkpoint_dir=checkpoint_dir, runs_dir=runs_folder)
+                n_trained += 1
         except UserError as e:
-            failures.append({"category": spec.category, "model": spec.model, "error": str(e)})
-            log(f"[{i}/{len(todo)}] FAILED {spec.model} on {spec.category}: {e}")
+            failures.append({"category": spec.category, "model": spec.model, "seed": spec.train.seed, "error": str(e)})
+            log(f"{where}: FAILED: {e}")
             continue
         except Exception as e:  # a bug: report it in one line, keep the traceback text, go on
-            failures.append({"category": spec.category, "model": spec.model, "error": f"{type(e).__name__}: {e}",
-                             "traceback": traceback.format_exc()})
-            log(f"[{i}/{len(todo)}] FAILED {spec.model} on {spec.category}: {type(e).__name__}: {e}")
+            failures.append({"category": spec.category, "model": spec.model, "seed": spec.train.seed,
+                             "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+            log(f"{where}: FAILED: {type(e).__name__}: {e}")
             del e
             gc.collect()
             continue
         written = append_row(csv, row, replace=force)
         note = "" if written else " (another run wrote this row meanwhile; kept theirs)"
-        log(f"[{i}/{len(todo)}] {spec.model} on {spec.category}: image AUROC {_fmt(row['image_auroc'])}, "
-            f"pixel AUROC {_fmt(row['pixel_auroc'])}, AU-PRO {_fmt(row['aupro'])}, F1 {_fmt(row['f1'])} "
-            f"in {row['train_seconds']:.1f} s{note}")
+        log(f"{where}: image AUROC {_fmt(row['image_auroc'])}, pixel AUROC {_fmt(row['pixel_auroc'])}, "
+            f"AU-PRO {_fmt(row['aupro'])}, F1 {_fmt(row['f1'])} (floor {_fmt(row['f1_floor'])}), "
+            f"trained in {float(row['train_seconds']):.1f} s{note}")
     data = None
     gc.collect()
 
@@ -132,5 +221,7 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
     out = table.loc[mask].copy()
     out["_order"] = [index[k] for k, m in zip(table_keys, mask) if m]
     out = out.sort_values("_order").drop(columns="_order").reset_index(drop=True)
-    out.attrs.update(failures=failures, ran=len(todo) - len(failures), skipped=len(specs) - len(todo))
+    out.attrs.update(failures=failures, ran=len(todo) - len(failures), trained=n_trained,
+                     evaluated=len(todo) - len(failures) - n_trained, skipped=len(specs) - len(todo),
+                     results_csv=str(csv))
     return out

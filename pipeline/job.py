@@ -3,15 +3,18 @@
 A job is three steps, each a function with one job::
 
     model, history = train_model(spec, data)          # seeded init + fit()
-    evaluation = evaluate.evaluate(model, data, ...)   # maps, scores, metrics
+    evaluation = evaluate.evaluate(model, data, spec.eval_config, ...)   # maps, scores, metrics
     row = record(spec, data, model, history, evaluation, ...)   # the row; saves the checkpoint
 
-``run_job`` chains them (the grid calls it once per job). ``JobSpec`` says everything that
-defines a job; its ``config_hash`` is part of the results row's key (docs/design.md, "The
-cache key").
+``run_job`` chains them (the grid calls it once per job); ``evaluate_checkpoint`` is the
+same job without training, from the checkpoint of an earlier run (a new scoring rule,
+evaluation size or threshold). ``JobSpec`` says everything that defines a job: its
+``train_hash`` names the checkpoint (what changes the weights), its ``config_hash`` the row
+(that plus the evaluation settings); docs/design.md, "The cache key".
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -26,30 +29,38 @@ from pathlib import Path
 import torch
 
 from models import DEFAULT_IMAGE_SIZE, MODELS, AnomalyModel, ModelConfig, model_config
-from models.errors import ConfigError, DatasetError
+from models.errors import DatasetError
 from models.mvtec import DEFAULT_VAL_FRACTION, MVTecAD, category_type
 
-from . import metrics
-from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, save_checkpoint
-from .evaluate import Evaluation, evaluate
+from . import runs
+from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
+from .evaluate import EvalConfig, Evaluation, evaluate
+from .fingerprint import data_fingerprint
 from .train import TrainConfig, fit, resolve_device, seed_everything
 
-HASH_VERSION = 1  # bump when the meaning of a config changes without its fields changing
+# Bump when the meaning of a config changes without its fields changing. 2: rows and
+# checkpoints keyed by the data's fingerprint; scoring, evaluation size and threshold moved
+# from the model config into the evaluation config.
+HASH_VERSION = 2
+# The row's columns that describe the training (copied from the checkpoint when a row is re-evaluated).
+TRAINING_COLUMNS = ("train_seconds", "device", "peak_memory_mb", "train_loss", "val_loss", "batch_size",
+                    "data_seconds", "params")
 
 
 @dataclass(kw_only=True)
 class JobSpec:
-    """Everything that defines one (model, category) job."""
+    """Everything that defines one (model, category, seed) job."""
 
     data_root: str | Path
     category: str
     model: str
-    dataset: str  # dataset name (models.mvtec.dataset_name(data_root)), part of the key
+    dataset: str  # dataset name (models.mvtec.dataset_name(data_root)), readable, part of the key
+    data_fingerprint: str = ""  # fingerprint.data_fingerprint(...).digest; "" = computed when the job runs
     image_size: int = DEFAULT_IMAGE_SIZE
     in_channels: int = 3  # experiments use RGB (grayscale categories are replicated to 3 channels)
     train: TrainConfig = field(default_factory=TrainConfig)
     model_overrides: dict = field(default_factory=dict)  # e.g. {"latent_dim": 64}
-    threshold_rule: str = metrics.DEFAULT_THRESHOLD_RULE  # see metrics.val_threshold
+    eval_config: EvalConfig = field(default_factory=EvalConfig)  # scoring rule, evaluation size, threshold rule
     val_fraction: float = DEFAULT_VAL_FRACTION  # of train/good held out as val (threshold + validation loss)
 
     def model_config(self) -> ModelConfig:
@@ -60,23 +71,34 @@ class JobSpec:
         """Every parameter error up front, before any data is read or model trained."""
         self.train.validate()
         self.model_config()
-        try:
-            metrics.val_threshold([0.0], self.threshold_rule)
-        except ValueError as e:
-            raise ConfigError(f"{e}.") from None
+        self.eval_config.validate()
 
-    def config_dict(self) -> dict:
-        """Everything that changes the result, JSON-ready (hashed into config_hash)."""
+    def with_fingerprint(self) -> JobSpec:
+        """This spec with its data fingerprint filled in (hashing the category's files if needed)."""
+        if self.data_fingerprint:
+            return self
+        return dataclasses.replace(self, data_fingerprint=data_fingerprint(self.data_root, self.category).digest)
+
+    def train_dict(self) -> dict:
+        """Everything that changes the trained weights, JSON-ready (hashed into ``train_hash``)."""
         return json.loads(json.dumps({
             "hash_version": HASH_VERSION,
             "dataset": self.dataset,
             "category": self.category,
+            "data_fingerprint": self.data_fingerprint,
             "model": self.model,
-            "model_config": self.model_config().to_dict(),  # image size, channels, scoring rule, widths ...
+            "model_config": self.model_config().to_dict(),  # image size, channels, widths, prior ...
             "train": self.train.result_dict(),  # epochs, batch, lr, schedule, clip, amp, seed ...
-            "threshold_rule": self.threshold_rule,
             "val_fraction": self.val_fraction,
         }, sort_keys=True))
+
+    def config_dict(self) -> dict:
+        """Everything that changes the row: the training and the evaluation (hashed into ``config_hash``)."""
+        return {**self.train_dict(), "eval": json.loads(json.dumps(self.eval_config.to_dict()))}
+
+    def train_hash(self) -> str:
+        """Names the checkpoint: equal for two jobs that differ only in how they are evaluated."""
+        return config_hash(self.train_dict())
 
     def config_hash(self) -> str:
         return config_hash(self.config_dict())
@@ -84,8 +106,12 @@ class JobSpec:
     def key(self) -> tuple[str, str, str, str]:
         return (self.dataset, self.category, self.model, self.config_hash())
 
+    def checkpoint_path(self, checkpoint_dir) -> Path:
+        return checkpoint_path(checkpoint_dir, dataset=self.dataset, category=self.category, model=self.model,
+                               train_hash=self.train_hash())
+
     def describe(self) -> str:
-        return f"{self.model} on {self.category!r}"
+        return f"{self.model} on {self.category!r}" + (f" (seed {self.train.seed})" if self.train.seed else "")
 
 
 def config_hash(config: dict) -> str:
@@ -141,75 +167,144 @@ def train_model(spec: JobSpec, data: CategoryData, *,
     return model, history
 
 
-def record(spec: JobSpec, data: CategoryData, model: AnomalyModel, history: dict, evaluation: Evaluation, *,
-           checkpoint_dir=DEFAULT_CHECKPOINT_DIR, peak_memory: float = float("nan")) -> dict:
-    """Step 3: the results row of a finished job; saves the model's checkpoint (with the row)
-    under ``checkpoint_dir`` unless that is None."""
-    cfg = spec.train
+def training_columns(model: AnomalyModel, history: dict, *, peak_memory: float, data_seconds: float) -> dict:
+    """The row's columns that describe how the model was trained (TRAINING_COLUMNS)."""
+    return {
+        "train_seconds": history["seconds"],
+        "device": history["device"],
+        "peak_memory_mb": peak_memory,
+        "train_loss": history["train_loss"][-1],
+        "val_loss": history["val_loss"][-1],
+        "batch_size": history["batch_size"],
+        "data_seconds": data_seconds,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def make_row(spec: JobSpec, data: CategoryData, training: dict, evaluation: Evaluation) -> dict:
+    """The results row of a job (results.COLUMNS and EXTRA_COLUMNS)."""
+    cfg, ev = spec.train, spec.eval_config
     config = spec.config_dict()
-    key_hash = config_hash(config)
-    row = {
+    return {
         "dataset": spec.dataset,
         "category": spec.category,
         "category_type": category_type(spec.data_root, spec.category),
         "model": spec.model,
         **evaluation.metrics,  # evaluate.METRIC_NAMES (the CSV orders the columns, results.COLUMNS)
-        "threshold_rule": spec.threshold_rule,
-        "score": model.config.score_name,
+        "threshold_rule": ev.threshold_rule,
+        "score": ev.score.name,
         "epochs": cfg.epochs,
         "image_size": spec.image_size,
+        "eval_size": ev.eval_size,
         "seed": cfg.seed,
-        "train_seconds": history["seconds"],
         "infer_ms_per_image": evaluation.infer_ms_per_image,
-        "params": sum(p.numel() for p in model.parameters()),
-        "config_hash": key_hash,
-        "device": history["device"],
+        "data_fingerprint": spec.data_fingerprint,
+        "train_hash": spec.train_hash(),
+        "config_hash": config_hash(config),
         "torch_version": torch.__version__,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "peak_memory_mb": peak_memory,
+        **training,
         "n_train": len(data.train.images),
         "n_val": len(data.val.images),
         "n_test": len(data.test.images),
-        "train_loss": history["train_loss"][-1],
-        "val_loss": history["val_loss"][-1],
-        "batch_size": history["batch_size"],
         "lr": cfg.lr,
-        "data_seconds": data.seconds,
         "score_seconds": evaluation.score_seconds,
         "metrics_seconds": evaluation.metrics_seconds,
         "config_json": json.dumps(config, sort_keys=True),
     }
+
+
+def save_side_files(spec: JobSpec, data: CategoryData, evaluation: Evaluation, runs_dir, *,
+                    history: dict | None = None) -> None:
+    """The row's per-image scores (and the training curves, for a trained model) under ``runs_dir``."""
+    root = Path(data.test.root) / spec.category
+    where = dict(dataset=spec.dataset, category=spec.category, model=spec.model)
+    runs.save_scores(runs.scores_path(runs_dir, **where, config_hash=spec.config_hash()),
+                     labels=data.test.labels.numpy(), test_scores=evaluation.test_scores.numpy(),
+                     val_scores=evaluation.val_scores.numpy(), pixel_pos=evaluation.pixel_pos,
+                     pixel_neg=evaluation.pixel_neg,
+                     test_paths=[Path(p).relative_to(root).as_posix() for p in data.test.paths])
+    if history is not None:
+        runs.save_curves(runs.curves_path(runs_dir, **where, train_hash=spec.train_hash()), history)
+
+
+def record(spec: JobSpec, data: CategoryData, model: AnomalyModel, history: dict, evaluation: Evaluation, *,
+           checkpoint_dir=DEFAULT_CHECKPOINT_DIR, runs_dir=None, peak_memory: float = float("nan")) -> dict:
+    """Step 3: the results row of a finished job; saves the model's checkpoint (with the row
+    and the training history) under ``checkpoint_dir`` and the side files (per-image scores,
+    training curves) under ``runs_dir``, each unless None."""
+    training = training_columns(model, history, peak_memory=peak_memory, data_seconds=data.seconds)
+    row = make_row(spec, data, training, evaluation)
     if checkpoint_dir is not None:
-        path = checkpoint_path(checkpoint_dir, dataset=spec.dataset, category=spec.category, model=spec.model,
-                               config_hash=key_hash)
-        save_checkpoint(path, model, name=spec.model, row=row, train_config=cfg)
+        save_checkpoint(spec.checkpoint_path(checkpoint_dir), model, name=spec.model, row=row,
+                        train_config=spec.train, history=history, training=training)
+    if runs_dir is not None:
+        save_side_files(spec, data, evaluation, runs_dir, history=history)
     return row
 
 
+def _check_test_split(spec: JobSpec, data: CategoryData) -> None:
+    if data.test.labels.numel() == 0:
+        raise DatasetError(f"category {spec.category!r} has no test images under "
+                           f"{Path(spec.data_root) / spec.category / 'test'}; add some.")
+
+
+def _load(spec: JobSpec, data: CategoryData | None, cache_dir) -> CategoryData:
+    if data is None:
+        data = load_category(spec.data_root, spec.category, image_size=spec.image_size, in_channels=spec.in_channels,
+                             seed=spec.train.seed, val_fraction=spec.val_fraction, cache_dir=cache_dir)
+    _check_test_split(spec, data)
+    return data
+
+
 def run_job(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=DEFAULT_CHECKPOINT_DIR,
-            cache_dir=None, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-    """Train, evaluate and record one (model, category); returns the results row.
+            runs_dir=None, cache_dir=None, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    """Train, evaluate and record one (model, category, seed); returns the results row.
 
     ``data`` lets a grid decode a category once for all its models; without it the category
     is loaded here.
     """
     spec.validate()
+    spec = spec.with_fingerprint()
     device = resolve_device(spec.train.device)
-    if data is None:
-        data = load_category(spec.data_root, spec.category, image_size=spec.image_size, in_channels=spec.in_channels,
-                             seed=spec.train.seed, val_fraction=spec.val_fraction, cache_dir=cache_dir)
-    if data.test.labels.numel() == 0:
-        raise DatasetError(f"category {spec.category!r} has no test images under "
-                           f"{Path(spec.data_root) / spec.category / 'test'}; add some.")
+    data = _load(spec, data, cache_dir)
     reset_peak_memory(device)
     model = None
     try:
         model, history = train_model(spec, data, on_epoch=on_epoch)
-        evaluation = evaluate(model, data, threshold_rule=spec.threshold_rule, batch_size=history["batch_size"],
-                              amp=spec.train.amp, desc=spec.describe())
-        return record(spec, data, model, history, evaluation, checkpoint_dir=checkpoint_dir,
+        evaluation = evaluate(model, data, spec.eval_config, batch_size=history["batch_size"], amp=spec.train.amp,
+                              desc=spec.describe())
+        return record(spec, data, model, history, evaluation, checkpoint_dir=checkpoint_dir, runs_dir=runs_dir,
                       peak_memory=peak_memory_mb(device))
     finally:  # nothing of this job outlives it (models, optimiser state, device memory)
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def evaluate_checkpoint(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=DEFAULT_CHECKPOINT_DIR,
+                        runs_dir=None, cache_dir=None) -> dict:
+    """The row of ``spec`` from the checkpoint its training saved (``spec.checkpoint_path``),
+    evaluated under ``spec.eval_config`` without training: the training columns come from the
+    checkpoint. ``CheckpointError`` if it is missing, damaged or of another config."""
+    spec.validate()
+    spec = spec.with_fingerprint()
+    device = resolve_device(spec.train.device)
+    data = _load(spec, data, cache_dir)
+    model = load_checkpoint(spec.checkpoint_path(checkpoint_dir), model=spec.model, config=spec.model_config(),
+                            device=device)
+    try:
+        stored = model.checkpoint
+        training = stored.get("training") or {k: (stored.get("row") or {}).get(k) for k in TRAINING_COLUMNS}
+        batch_size = int(training.get("batch_size") or spec.train.batch_size)
+        evaluation = evaluate(model, data, spec.eval_config, batch_size=batch_size, amp=spec.train.amp,
+                              desc=spec.describe())
+        row = make_row(spec, data, dict(training), evaluation)
+        if runs_dir is not None:
+            save_side_files(spec, data, evaluation, runs_dir, history=stored.get("history"))
+        return row
+    finally:
         del model
         gc.collect()
         if device.type == "cuda":

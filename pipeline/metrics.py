@@ -76,7 +76,12 @@ def _auroc_ranked(y: np.ndarray, s: np.ndarray) -> float:
     return float((below + below_or_tied) / 2.0 / (float(pos.size) * float(neg.size)))
 
 
-def _masks_and_maps(masks, maps) -> tuple[np.ndarray, np.ndarray]:
+def _masks_and_maps(masks, maps) -> tuple[np.ndarray, np.ndarray] | tuple[list, list]:
+    """Masks as bool and maps as float32: arrays (N, H, W) (a single (H, W) image is one of
+    N), or lists of (H_i, W_i) arrays for images evaluated at their own sizes."""
+    if isinstance(masks, (list, tuple)):
+        pairs = [_masks_and_maps(m, a) for m, a in zip(masks, maps, strict=True)]
+        return [m[0] for m, _ in pairs], [a[0] for _, a in pairs]
     m = _as_numpy(masks)
     a = _as_numpy(maps, np.float32)
     if m.ndim == 2:  # a single image
@@ -86,14 +91,42 @@ def _masks_and_maps(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     return m > 0, a
 
 
+def _pooled(masks, maps) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel of every image: (labels, scores), flat."""
+    m, a = _masks_and_maps(masks, maps)
+    if isinstance(m, list):
+        return (np.concatenate([x.ravel() for x in m]) if m else np.zeros(0, bool),
+                np.concatenate([x.ravel() for x in a]) if a else np.zeros(0, np.float32))
+    return m.ravel(), a.ravel()
+
+
+def _regions(masks, maps) -> tuple[np.ndarray, int, np.ndarray]:
+    """(component id of every pixel, 0 = normal; number of components; scores), flat.
+
+    Components are 8-connected within each image (MVTec's evaluation), never across images.
+    """
+    m, a = _masks_and_maps(masks, maps)
+    if isinstance(m, list):  # images of different sizes: label one by one, ids offset
+        ids, n_comp = [], 0
+        for mask in m:
+            labelled, n = ndimage.label(mask, structure=_STRUCTURE)
+            ids.append(np.where(labelled > 0, labelled + n_comp, 0).ravel())
+            n_comp += n
+        flat = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        return flat, n_comp, (np.concatenate([x.ravel() for x in a]) if a else np.zeros(0, np.float32))
+    structure = np.zeros((3, 3, 3), dtype=int)
+    structure[1] = _STRUCTURE  # 8-connected in-plane, never across images: (N, H, W) labelled at once
+    labelled, n_comp = ndimage.label(m, structure=structure)
+    return labelled.ravel(), n_comp, a.ravel()
+
+
 def pixel_auroc(masks, maps) -> float:
     """ROC AUC over all pixels of all test images pooled; masks (N, H, W) 0/1, maps (N, H, W).
 
     Maps are used as they are: never min-max normalised per image (that would compare
     pixels of different images on different scales).
     """
-    m, a = _masks_and_maps(masks, maps)
-    y, s = m.ravel(), a.ravel()
+    y, s = _pooled(masks, maps)
     if not _two_classes(y, "pixel AUROC"):
         return math.nan
     return _auroc_ranked(y, s)
@@ -115,10 +148,8 @@ def pro_curve(masks, maps, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarr
     the normal scores above their (1 - fpr_limit) quantile ``c`` are sorted (after an O(n)
     partition), and the last point is the exact (FPR(>= c), PRO(>= c)).
     """
-    m, a = _masks_and_maps(masks, maps)
-    structure = np.zeros((3, 3, 3), dtype=int)
-    structure[1] = 1  # 8-connected in-plane, never across images: (N, H, W) labelled at once
-    labelled, n_comp = ndimage.label(m, structure=structure)
+    labelled, n_comp, a = _regions(masks, maps)
+    m = labelled > 0
     if n_comp == 0 or m.all():
         return np.array([0.0, 1.0]), np.array([0.0, 0.0 if n_comp == 0 else 1.0])
     lab = labelled[m]  # component id of each defect pixel
@@ -167,7 +198,7 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec AD's AU-PRO, in [0, 1])."""
     assert 0 < fpr_limit <= 1, f"fpr_limit must be in (0, 1], got {fpr_limit}"
     m, a = _masks_and_maps(masks, maps)
-    if not _two_classes(m.ravel(), "AU-PRO"):
+    if not _two_classes(_pooled(m, a)[0], "AU-PRO"):
         return math.nan
     fpr, pro = pro_curve(m, a, fpr_limit=fpr_limit)
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
@@ -217,6 +248,16 @@ def f1_at_threshold(labels, scores, threshold: float) -> dict[str, float]:
         "precision": float(precision_score(y, pred, **kw)),
         "recall": float(recall_score(y, pred, **kw)),
     }
+
+
+def f1_floor(labels) -> float:
+    """F1 of calling every test image defective: 2p / (1 + p), p = share of defective images
+    (precision p, recall 1). An F1 (or F1-max) at this floor is no skill at all."""
+    y = _as_numpy(labels).astype(bool).ravel()
+    if not y.any():
+        return math.nan
+    p = float(y.mean())
+    return 2 * p / (1 + p)
 
 
 def f1_max(labels, scores) -> float:

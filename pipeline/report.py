@@ -21,7 +21,7 @@ from models import model_label
 from models.errors import ConfigError, DatasetError
 from models.mvtec import MVTecAD, category_type, dataset_name, list_categories
 
-from . import examples, plots
+from . import examples, plots, runs, stats
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, load_checkpoint
 from .demo_data import DEFAULT_DIR as DEFAULT_DEMO_DIR
 from .demo_data import make_synthetic_dataset
@@ -59,7 +59,10 @@ def env(name: str, default):
         if default is None or isinstance(default, (list, tuple)):
             if raw.lower() in ("", "none", "all"):
                 return None if default is None else list(default)
-            return [part.strip() for part in raw.split(",") if part.strip()]
+            parts = [part.strip() for part in raw.split(",") if part.strip()]
+            if default and all(isinstance(x, int) and not isinstance(x, bool) for x in default):
+                return [int(part) for part in parts]  # a list of whole numbers (seeds) stays one
+            return parts
     except ValueError:
         kind = type(default).__name__ if default is not None else "comma-separated list"
         raise ConfigError(
@@ -99,11 +102,29 @@ def describe_dataset(root) -> pd.DataFrame:
 
 
 def metric_tables(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
-    """Categories (with texture / object / overall means) x (metric, model), rounded to 3."""
-    tables = {plots.METRIC_LABELS.get(m, m): plots.results_table(df, m) for m in metrics}
-    out = pd.concat(tables, axis=1)
+    """Categories (with texture / object / overall means) x (metric, model): the mean over
+    seeds, as "mean ± sd" text when some cell has two or more seeds, else numbers rounded to 3."""
+    means = {plots.METRIC_LABELS.get(m, m): plots.results_table(df, m) for m in metrics}
+    out = pd.concat(means, axis=1)
     out.columns.names = ["metric", "model"]
-    return out.round(3)
+    if plots.aggregate_seeds(df, list(metrics))["n_seeds"].max() < 2:
+        return out.round(3)
+    sds = pd.concat({plots.METRIC_LABELS.get(m, m): plots.results_table(df, m, stat="sd") for m in metrics}, axis=1)
+    sds.columns.names = out.columns.names
+    sds = sds.reindex(index=out.index, columns=out.columns)
+    text = out.copy().astype(object)
+    for col in out.columns:
+        text[col] = [("n/a" if not np.isfinite(m) else f"{m:.3f}" if not np.isfinite(sd) else f"{m:.3f} ± {sd:.3f}")
+                     for m, sd in zip(out[col], sds[col])]
+    return text
+
+
+def seeds_note(df: pd.DataFrame) -> str:
+    """How many seeds the table's means are over, e.g. "mean ± sd over 3 seeds (0, 1, 2)"."""
+    seeds = sorted({int(s) for s in df["seed"].dropna()})
+    if len(seeds) <= 1:
+        return f"one seed ({seeds[0] if seeds else 'n/a'}): no seed-to-seed spread is shown"
+    return f"mean ± sd over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
 
 
 class Markdown(str):
@@ -117,13 +138,56 @@ def _fmt(x: float) -> str:
     return "n/a" if not np.isfinite(x) else f"{x:.3f}"
 
 
-def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> Markdown:
-    """Best model per category type and wins per model, computed from the results table.
-
-    "Best" = highest mean over the categories of that type (NaN categories skipped); a
-    "win" = the highest value in one category (ties count for every tied model).
-    """
+def verdicts(df: pd.DataFrame, results_csv=None, *, n_boot: int = 2000) -> tuple[pd.DataFrame, list[str]]:
+    """The paired bootstrap between every pair of models of ``df`` (``stats.pairwise_verdicts``),
+    from the rows' per-image side files next to ``results_csv`` (default: where the grid wrote
+    them, ``df.attrs["results_csv"]``); and the rows that have no side file (left out)."""
+    csv = results_csv or df.attrs.get("results_csv")
+    if csv is None:
+        return pd.DataFrame(), ["every row (no results CSV given)"]
     d = plots.prepare_results(df)
+    run_scores, missing = runs.read_runs(d, csv)
+    models = list(dict.fromkeys(d["model"]))
+    return stats.pairwise_verdicts(run_scores, models, n_boot=n_boot), missing
+
+
+def _verdict_lines(table: pd.DataFrame, missing: list[str]) -> list[str]:
+    """The summary's Markdown table of pairwise differences."""
+    if table.empty or (table["verdict"] == "no data").all():
+        return ["", "Differences between models: no per-image scores were found for these rows (written by an "
+                    "older version, or their side files were deleted), so no interval can be computed."]
+    n_seeds = int(table["n_seeds"].max())
+    seeds = f"{n_seeds} seeds" if n_seeds > 1 else "1 seed, so test-image variation only"
+    lines = ["", f"Differences between models (mean over categories of A - B; 95 % paired bootstrap interval over "
+                 f"test images and {seeds}; a verdict only where the interval excludes 0):", "",
+             "| A vs B | " + " | ".join(plots.METRIC_LABELS[m] for m in dict.fromkeys(table["metric"])) + " |",
+             "|---" * (1 + table["metric"].nunique()) + "|"]
+    for (a, b), g in table.groupby(["model_a", "model_b"], sort=False):
+        cells = []
+        for _, r in g.iterrows():
+            if not np.isfinite(r["estimate"]):
+                cells.append("n/a")
+                continue
+            verdict = r["verdict"].replace(a, model_label(a)).replace(b, model_label(b)) if "better" in r["verdict"] \
+                else r["verdict"]
+            cells.append(f"{r['estimate']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]: {verdict}")
+        lines.append(f"| {model_label(a)} vs {model_label(b)} | " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", f"Left out (no per-image scores): {', '.join(missing[:5])}"
+                      + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") + "."]
+    return lines
+
+
+def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS, *, results_csv=None, n_boot: int = 2000) -> Markdown:
+    """Best model per category type, wins per model, and whether each pair of models differs
+    by more than seed-to-seed and test-sample variation, all computed from the results.
+
+    "Best" = highest mean over the categories of that type (each category's value is the mean
+    over its seeds; NaN categories skipped); a "win" = the highest mean in one category (ties
+    count for every tied model). The differences come from ``verdicts`` (per-image side files).
+    """
+    table, missing = verdicts(df, results_csv, n_boot=n_boot)
+    d = plots.aggregate_seeds(df, list(metrics))
     models = list(dict.fromkeys(d["model"]))
     types = [t for t in plots.TYPE_ORDER if (d["category_type"] == t).any()]
     n_cats = d["label"].nunique()
@@ -163,7 +227,16 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> Markdown:
                     wins[m][k] += 1
     for k in models:
         lines.append(f"| {label(k)} | " + " | ".join(str(wins[m][k]) for m in metrics) + " |")
+    lines += _verdict_lines(table, missing)
     return Markdown("\n".join(lines))
+
+
+def figures(df: pd.DataFrame, out_dir, results_csv=None) -> list:
+    """The comparison figures of ``df`` and its training curves (``plots.make_all_figures``);
+    the curves come from the side files next to ``results_csv`` (default ``df.attrs["results_csv"]``)."""
+    csv = results_csv or df.attrs.get("results_csv")
+    curves = runs.read_curves(plots.prepare_results(df), csv) if csv is not None else None
+    return plots.make_all_figures(df, out_dir, curves=curves)
 
 
 # --------------------------------------------------------------------------------------
@@ -214,15 +287,22 @@ def show(paths) -> None:
 
 def find_checkpoint(row, checkpoint_dir=DEFAULT_CHECKPOINT_DIR) -> Path | None:
     """The checkpoint job.run_job saved for ``row`` (``checkpoints.checkpoint_path``), or None."""
+    train_hash = row.get("train_hash")
+    if not isinstance(train_hash, str) or not train_hash:  # a row of version 1 named its checkpoint by its config_hash
+        train_hash = row["config_hash"]
     path = checkpoint_path(checkpoint_dir, dataset=row["dataset"], category=row["category"], model=row["model"],
-                           config_hash=row["config_hash"])
+                           train_hash=train_hash)
     return path if path.is_file() else None
 
 
 def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir=DEFAULT_CHECKPOINT_DIR, device="cpu") -> dict:
-    """Model name -> trained model of ``category`` (rows without a checkpoint are skipped)."""
+    """Model name -> trained model of ``category`` (rows without a checkpoint are skipped); with
+    several seeds, the model of the lowest seed that has a checkpoint (figures show one model each)."""
     out = {}
-    for _, row in plots.prepare_results(rows).query("category == @category").iterrows():
+    d = plots.prepare_results(rows)
+    for _, row in d[d["category"] == category].sort_values("seed", kind="stable").iterrows():
+        if row["model"] in out:
+            continue
         path = find_checkpoint(row, checkpoint_dir)
         if path is not None:
             out[row["model"]] = load_checkpoint(path, model=row["model"], device=device)

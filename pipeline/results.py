@@ -1,7 +1,8 @@
 """The results CSV: one row per finished job, and the cache that lets a rerun skip it.
 
 One row per key (dataset, category, model, config_hash); ``config_hash`` covers everything
-that changes a result (see ``job.JobSpec.config_dict``). A rerun skips the keys already
+that changes a result, the data's fingerprint included (see ``job.JobSpec.config_dict``).
+The per-image scores and training curves behind a row are side files (``runs.py``). A rerun skips the keys already
 present and writes nothing (the file stays byte-identical); ``force`` replaces them;
 deleting the file retrains everything.
 
@@ -39,16 +40,18 @@ KEY_COLUMNS = ("dataset", "category", "model", "config_hash")
 # The contract's columns, in this order (docs/design.md, "The results CSV") ...
 COLUMNS = (
     "dataset", "category", "category_type", "model", "image_auroc", "pixel_auroc", "aupro", "f1",
-    "precision", "recall", "threshold", "threshold_rule", "f1_max", "score", "epochs", "image_size", "seed",
-    "train_seconds", "infer_ms_per_image", "params", "config_hash", "device", "torch_version", "finished_at",
+    "precision", "recall", "threshold", "threshold_rule", "f1_max", "f1_floor", "score", "epochs", "image_size",
+    "eval_size", "seed", "train_seconds", "infer_ms_per_image", "params", "data_fingerprint", "train_hash",
+    "config_hash", "device", "torch_version", "finished_at",
 )
 # ... then these extras.
 EXTRA_COLUMNS = (
     "peak_memory_mb", "n_train", "n_val", "n_test", "train_loss", "val_loss", "batch_size", "lr",
     "data_seconds", "score_seconds", "metrics_seconds", "config_json",
 )
-TEXT_COLUMNS = ("dataset", "category", "category_type", "model", "threshold_rule", "score", "config_hash",
-                "device", "torch_version", "finished_at", "config_json")
+TEXT_COLUMNS = ("dataset", "category", "category_type", "model", "threshold_rule", "score", "eval_size",
+                "data_fingerprint", "train_hash", "config_hash", "device", "torch_version", "finished_at",
+                "config_json")
 
 
 class ResultsError(UserError, ValueError):

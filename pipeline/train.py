@@ -198,7 +198,9 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
     ``on_epoch(epoch, history)`` is called after each epoch (1-based) with the history so far.
 
     history: train_loss / val_loss per epoch, terms (last epoch's mean of each loss term),
-    seconds, data_seconds (batch gathering and conversion), batch_size, steps, device.
+    term_curves (each loss term's mean per epoch, e.g. recon and kl: the training curves kept
+    with the checkpoint), seconds, data_seconds (batch gathering and conversion), batch_size,
+    steps, device.
     A non-finite loss raises ``TrainingError`` naming ``desc`` (model and category) and the epoch.
     """
     cfg = cfg or TrainConfig()
@@ -243,7 +245,7 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
     loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
     generator = torch.Generator().manual_seed(cfg.seed)  # the data order, independent of model RNG use
 
-    history = {"train_loss": [], "val_loss": [], "terms": {}, "seconds": 0.0, "data_seconds": 0.0,
+    history = {"train_loss": [], "val_loss": [], "terms": {}, "term_curves": {}, "seconds": 0.0, "data_seconds": 0.0,
                "batch_size": batch_size, "steps": 0, "device": str(device)}
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not cfg.progress, leave=False,
@@ -283,6 +285,8 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
             history["train_loss"].append(train_loss)
             history["val_loss"].append(val_loss)
             history["terms"] = means
+            for k, v in means.items():
+                history["term_curves"].setdefault(k, []).append(v)
             bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
             if on_epoch is not None:
                 on_epoch(epoch, history)

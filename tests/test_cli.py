@@ -167,7 +167,7 @@ def test_help_and_plots(tmp_path, capsys, monkeypatch):
     assert e.value.code == 0 and "--results-csv" in capsys.readouterr().out
     seen = {}
     monkeypatch.setattr(pipeline.plots, "make_all_figures",
-                        lambda df, out: seen.update(df=df, out=out) or [out / "x.png"])
+                        lambda df, out, curves=None: seen.update(df=df, out=out) or [out / "x.png"])
     csv = tmp_path / "r.csv"
     pd.DataFrame({c: ["x"] for c in pipeline.results.KEY_COLUMNS}).to_csv(csv, index=False)
     assert main(["plots", "--results-csv", str(csv), "--out", str(tmp_path / "figs")]) == 0

@@ -14,7 +14,9 @@ import pipeline.job
 import pipeline.results
 from helpers import make_tiny_mvtec
 from models.errors import UserError
+from models.scoring import ScoreConfig
 from pipeline.checkpoints import load_checkpoint
+from pipeline.evaluate import EvalConfig
 from pipeline.grid import run_grid
 from pipeline.results import COLUMNS, ResultsError, append_row, read_results
 from pipeline.train import TrainConfig
@@ -56,11 +58,13 @@ def test_grid_writes_four_complete_rows(shared):
     assert (table["dataset"] == models.mvtec.dataset_name(root)).all()
     assert (table["category_type"] == "custom").all()
     assert table["config_hash"].nunique() == 4 and (table["epochs"] == 1).all()
-    assert (table["threshold_rule"] == "val_max").all() and table["score"].notna().all()
+    assert (table["threshold_rule"] == EvalConfig().threshold_rule).all()
+    assert (table["score"] == ScoreConfig().name).all() and (table["eval_size"] == "256").all()
+    assert table["data_fingerprint"].nunique() == 1 and table["train_hash"].nunique() == 4
     assert (table[["train_seconds", "infer_ms_per_image", "params", "peak_memory_mb"]] > 0).all().all()
-    # each job saved a checkpoint that loads back as its model and config
+    # each job saved a checkpoint (named by what changes the weights) that loads back as its model and config
     for _, row in table.iterrows():
-        path = tmp / "ck" / row["dataset"] / "widget" / f"{row['model']}-{row['config_hash']}.pt"
+        path = tmp / "ck" / row["dataset"] / "widget" / f"{row['model']}-{row['train_hash']}.pt"
         m = load_checkpoint(path, model=row["model"],
                             config=models.model_config(row["model"], 32, **TINY[row["model"]]))
         assert m.checkpoint["row"]["config_hash"] == row["config_hash"]
@@ -105,7 +109,7 @@ def test_failing_job_is_reported_and_the_grid_goes_on(shared, tmp_path, monkeypa
     (failure,) = df.attrs["failures"]
     assert failure["model"] == "vae" and "epoch 1" in failure["error"] and "widget" in failure["error"]
     assert list(df["model"]) == ["cae"]
-    assert any("FAILED vae on widget" in line for line in logs)
+    assert any("vae on widget: FAILED" in line for line in logs)
 
 
 def test_config_hash_covers_what_changes_results(shared):
@@ -119,11 +123,29 @@ def test_config_hash_covers_what_changes_results(shared):
 
     base = h()
     changed = [h(train=TrainConfig(epochs=2, batch_size=4)), h(train=TrainConfig(epochs=1, batch_size=4, seed=1)),
-               h(image_size=64), h(threshold_rule="val_p99"), h(dataset="other"), h(category="fabric"),
-               h(model_overrides={**TINY["cae"], "score_reduce": "max"}), h(model="vae", model_overrides=TINY["vae"])]
+               h(image_size=64), h(eval_config=EvalConfig(threshold_rule="val_p99")), h(dataset="other"),
+               h(category="fabric"), h(eval_config=EvalConfig(score=ScoreConfig(score_reduce="max"))),
+               h(eval_config=EvalConfig(eval_size=128)), h(data_fingerprint="0123456789abcdef"),
+               h(model="vae", model_overrides=TINY["vae"])]
     assert base not in changed and len(set(changed)) == len(changed)
     same = TrainConfig(epochs=1, batch_size=4, progress=True, num_threads=3, device="cpu")
     assert h(train=same) == base
+
+
+def test_train_hash_covers_the_weights_and_not_the_evaluation(shared):
+    root = shared[0]
+
+    def spec(**kw):
+        return pipeline.job.JobSpec(**{**dict(data_root=root, category="widget", model="cae", dataset="d",
+                                              image_size=32, train=TRAIN, model_overrides=TINY["cae"]), **kw})
+
+    base = spec()
+    for ev in (EvalConfig(threshold_rule="val_p99"), EvalConfig(score=ScoreConfig(score_map="ssim")),
+               EvalConfig(eval_size="original")):
+        other = spec(eval_config=ev)
+        assert other.train_hash() == base.train_hash() and other.config_hash() != base.config_hash()
+    assert spec(data_fingerprint="0123456789abcdef").train_hash() != base.train_hash()
+    assert spec(train=TrainConfig(epochs=1, batch_size=4, seed=1)).train_hash() != base.train_hash()
 
 
 def test_corrupt_csv_is_an_error_and_left_untouched(shared, tmp_path):
@@ -196,7 +218,15 @@ def test_bad_parameters_fail_before_any_training(shared, tmp_path):
     with pytest.raises(UserError, match="multiple|stride|patch|divisible"):
         grid(root, tmp_path / "r.csv", tmp_path, image_size=36)
     with pytest.raises(UserError, match="threshold rule"):
-        grid(root, tmp_path / "r.csv", tmp_path, threshold_rule="test_max")
+        grid(root, tmp_path / "r.csv", tmp_path, eval_config=EvalConfig(threshold_rule="test_max"))
+    with pytest.raises(UserError, match="evaluation size"):
+        grid(root, tmp_path / "r.csv", tmp_path, eval_config=EvalConfig(eval_size=8))
+    with pytest.raises(UserError, match="score_map"):
+        grid(root, tmp_path / "r.csv", tmp_path, eval_config=EvalConfig(score=ScoreConfig(score_map="l1")))
+    with pytest.raises(UserError, match="evaluation setting"):
+        grid(root, tmp_path / "r.csv", tmp_path, model_overrides={"cae": {"score_reduce": "max"}})
+    with pytest.raises(UserError, match="seed"):
+        grid(root, tmp_path / "r.csv", tmp_path, seeds=[0, -1])
     assert not (tmp_path / "r.csv").exists()
 
 

@@ -35,7 +35,8 @@ def test_parameters_cell_is_tagged_and_first_code_cell():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", [])
-    for name in ("DATA_ROOT", "CATEGORIES", "MODELS", "EPOCHS", "IMAGE_SIZE", "RESULTS_CSV", "DEVICE"):
+    for name in ("DATA_ROOT", "CATEGORIES", "MODELS", "EPOCHS", "IMAGE_SIZE", "SEEDS", "SCORE", "EVAL_SIZE",
+                 "THRESHOLD_RULE", "RESULTS_CSV", "DEVICE"):
         assert f"{name} = env(" in code[0].source, name
 
 
@@ -51,6 +52,7 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
         "AD_EPOCHS": "1",
         "AD_IMAGE_SIZE": "32",
         "AD_BATCH_SIZE": "8",
+        "AD_SEEDS": "0,1",
         "AD_DEVICE": "cpu",
         "AD_MODEL_OVERRIDES": json.dumps(TINY_MODELS),
         "AD_RESULTS_CSV": str(out / "results.csv"),
@@ -73,14 +75,16 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
     assert "No dataset found" in text  # the one sentence of the demo fallback
 
     df = pd.read_csv(out / "results.csv")
-    assert len(df) == len(CATEGORIES) * len(TINY_MODELS)
+    assert len(df) == len(CATEGORIES) * len(TINY_MODELS) * 2  # two seeds
+    assert sorted(df["seed"].unique()) == [0, 1] and (df["eval_size"].astype(str) == "256").all()
     assert set(df["dataset"]) == {"demo"}
     assert set(df["model"]) == set(TINY_MODELS) and set(df["category"]) == set(CATEGORIES)
     for col in ("image_auroc", "pixel_auroc", "aupro", "f1"):
         assert df[col].between(0, 1).all(), col
 
     figures = [out / "results" / name for name in
-               ("f1_score_comparison.png", "roc_auc_comparison.png", "roc_auc_heatmap.png", "metrics_distribution.png")]
+               ("f1_score_comparison.png", "roc_auc_comparison.png", "roc_auc_heatmap.png", "metrics_distribution.png",
+                "training_curves.png")]
     figures += [out / "results" / f"gallery_{c}.png" for c in CATEGORIES]
     figures += [out / "images" / "grf.png", out / "images" / "vae-vae-grf.png"]
     for f in figures:
@@ -90,3 +94,5 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
     md = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
           if "text/markdown" in o.get("data", {})]
     assert md and "Wins per model" in md[-1]
+    assert "Differences between models" in md[-1] and "2 seeds" in md[-1]  # the bootstrap verdicts
+    assert "mean ± sd over 2 seeds" in text

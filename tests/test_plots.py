@@ -312,8 +312,8 @@ def test_a_fifth_registered_model_is_picked_up(tmp_path, monkeypatch):
 def test_find_checkpoint_is_the_jobs_own_path(tmp_path):
     """The checkpoint of a row is at checkpoints.checkpoint_path of its own dataset and category
     (names made file-system safe), never a same-named file of another dataset."""
-    row = {"dataset": "my data", "category": "widget ä/1", "model": "cae", "config_hash": "abc123"}
-    assert report.find_checkpoint(row, tmp_path) is None
+    row = {"dataset": "my data", "category": "widget ä/1", "model": "cae", "train_hash": "abc123"}
+    assert report.find_checkpoint({**row, "config_hash": "def456"}, tmp_path) is None
     other = checkpoint_path(tmp_path, **{**row, "dataset": "other"})
     other.parent.mkdir(parents=True)
     other.write_bytes(b"x")
@@ -322,6 +322,9 @@ def test_find_checkpoint_is_the_jobs_own_path(tmp_path):
     own.parent.mkdir(parents=True)
     own.write_bytes(b"x")
     assert report.find_checkpoint(row, tmp_path) == own and own.parent.name == "widget_ä_1"
+    # a row of version 1 (no train_hash) named its checkpoint by its config_hash
+    legacy = {**row, "train_hash": "", "config_hash": "abc123"}
+    assert report.find_checkpoint(legacy, tmp_path) == own
 
 
 def test_grf_figures_without_checkpoints_keep_the_latent_figure(tmp_path, capsys):
