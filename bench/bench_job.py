@@ -34,7 +34,7 @@ import torch
 
 import models
 from models import mvtec
-from pipeline import metrics
+from pipeline import metrics, thresholds
 from pipeline.demo_data import make_synthetic_dataset
 from pipeline.evaluate import score_split
 from pipeline.job import load_category
@@ -67,7 +67,7 @@ def bench_job(root, category, names, *, image_size, epochs, batch_size, device) 
         if data.test.has_masks:
             metrics.pixel_auroc(masks, maps)
             metrics.aupro(masks, maps)
-        thr = metrics.val_threshold(val_scores)
+        thr = thresholds.val_threshold(val_scores)
         metrics.f1_at_threshold(labels, scores, thr)
         metrics.f1_max(labels, scores)
         metric_s = time.perf_counter() - t0

@@ -26,7 +26,7 @@ from models.errors import ConfigError, TrainingError
 from models.scoring import ScoreConfig
 
 from . import metrics, stats
-from .metrics import DEFAULT_THRESHOLD_RULE
+from .thresholds import DEFAULT_THRESHOLD_RULE, check_threshold_rule, val_threshold
 from .train import BatchSource, autocast, batch_indices, has_conv
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "threshold", "f1_max",
@@ -44,7 +44,7 @@ class EvalConfig:
 
     score: ScoreConfig = field(default_factory=ScoreConfig)  # map and image score from a reconstruction
     eval_size: int | str = DEFAULT_EVAL_SIZE  # px of maps and masks for the pixel metrics, or "original"
-    threshold_rule: str = DEFAULT_THRESHOLD_RULE  # the F1 threshold from val normal scores (metrics.val_threshold)
+    threshold_rule: str = DEFAULT_THRESHOLD_RULE  # the F1 threshold from val normal scores (thresholds.py)
 
     def validate(self) -> None:
         self.score.validate()
@@ -52,7 +52,7 @@ class EvalConfig:
         if size != "original" and (isinstance(size, bool) or not isinstance(size, int) or size < 16):
             raise ConfigError(f"the evaluation size must be a whole number of px >= 16 or 'original', got {size!r}.")
         try:
-            metrics.val_threshold([0.0], self.threshold_rule)
+            check_threshold_rule(self.threshold_rule)
         except ValueError as e:
             raise ConfigError(f"{str(e).rstrip('.')}.") from None
 
@@ -133,7 +133,7 @@ def compute_metrics(labels: np.ndarray, masks, test_maps, test_scores, val_score
         out["aupro"] = metrics.aupro(masks, test_maps)
     else:  # the dataset already warned which masks are missing
         out["pixel_auroc"] = out["aupro"] = math.nan
-    out["threshold"] = metrics.val_threshold(val_scores, threshold_rule)
+    out["threshold"] = val_threshold(val_scores, threshold_rule)
     out.update(metrics.f1_at_threshold(labels, test_scores, out["threshold"]))
     out["f1_max"] = metrics.f1_max(labels, test_scores)
     out["f1_floor"] = metrics.f1_floor(labels)

@@ -10,8 +10,9 @@
   over images) of the fraction of the component above threshold, FPR = false-positive
   pixels / all normal pixels; the area under PRO(FPR) for FPR in [0, limit] (trapezoids,
   PRO interpolated at the limit), divided by the limit.
-- ``val_threshold`` + ``f1_at_threshold``: an honest decision threshold chosen from the
-  ``val`` normal scores only; ``f1_max``: the best F1 over all test thresholds, an oracle.
+- ``f1_at_threshold``: F1 at a decision threshold chosen from the ``val`` normal scores
+  only (``thresholds.val_threshold``); ``f1_max``: the best F1 over all test thresholds, an
+  oracle; ``f1_floor``: the F1 of calling every image defective.
 
 Undefined metrics (one class only, no masks) are NaN with a warning, never a crash.
 Metrics know nothing of models: inputs are arrays or tensors.
@@ -19,7 +20,6 @@ Metrics know nothing of models: inputs are arrays or tensors.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 
 import numpy as np
@@ -204,32 +204,7 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
 
 
-# --- honest threshold (val normals only) and F1 -------------------------------------------------
-
-DEFAULT_THRESHOLD_RULE = "val_max"
-THRESHOLD_RULES = ("val_max", "val_pNN (e.g. val_p99)", "val_mean+Kstd (e.g. val_mean+3std)")
-
-
-def val_threshold(val_scores, rule: str = DEFAULT_THRESHOLD_RULE) -> float:
-    """Decision threshold from the scores of ``val`` normal images only (never test labels).
-
-    - ``"val_max"``: the largest val score, so no val image is flagged;
-    - ``"val_p99"`` (any ``val_pNN``): that percentile of the val scores;
-    - ``"val_mean+3std"`` (any ``val_mean+Kstd``): mean + K standard deviations.
-    An image is called defective when its score is strictly above the threshold.
-    """
-    s = _as_numpy(val_scores, np.float64).ravel()
-    if s.size == 0:
-        warnings.warn("no val images: the decision threshold (and F1) is NaN.", stacklevel=2)
-        return math.nan
-    _check_scores(s, "val scores")
-    if rule == "val_max":
-        return float(s.max())
-    if m := re.fullmatch(r"val_p(\d+(?:\.\d+)?)", rule):
-        return float(np.percentile(s, float(m.group(1))))
-    if m := re.fullmatch(r"val_mean\+(\d+(?:\.\d+)?)std", rule):
-        return float(s.mean() + float(m.group(1)) * s.std())
-    raise ValueError(f"unknown threshold rule {rule!r}; valid: {', '.join(THRESHOLD_RULES)}")
+# --- F1 at a threshold (chosen from val normals only: pipeline/thresholds.py) ----------------------
 
 
 def f1_at_threshold(labels, scores, threshold: float) -> dict[str, float]:

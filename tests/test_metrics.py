@@ -112,17 +112,6 @@ def test_image_auroc_matches_sklearn_and_undefined_is_nan():
         metrics.image_auroc(labels, np.full(50, np.nan))
 
 
-def test_threshold_rules_use_val_only():
-    val = np.arange(101, dtype=float)
-    assert metrics.val_threshold(val, "val_max") == 100
-    assert metrics.val_threshold(val, "val_p99") == pytest.approx(99)
-    assert metrics.val_threshold(val, "val_mean+1std") == pytest.approx(50 + val.std())
-    with pytest.raises(ValueError, match="unknown threshold rule"):
-        metrics.val_threshold(val, "test_oracle")
-    with pytest.warns(UserWarning):
-        assert math.isnan(metrics.val_threshold([], "val_max"))
-
-
 def test_f1_at_threshold_and_f1_max_match_sklearn():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 2, 40)
