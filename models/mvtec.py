@@ -7,6 +7,11 @@ Layout (Bergmann et al., "MVTec AD", CVPR 2019)::
     <root>/<category>/test/<defect>/*.png         defective test images
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png   their pixel masks
 
+A mask may also be named ``<stem>.<ext>``, in any image format, letter case or bit depth (its
+non-zero pixels are the defect); one left beside its image as ``test/<defect>/<stem>_mask.*``
+is used as the mask, never as a test image. docs/faults.md lists what else is accepted,
+warned about or refused.
+
 Any folder in this layout is a category (users bring their own products). Every file is
 decoded and resized once at construction, in a thread pool (PIL releases the GIL while it
 inflates and resizes), and kept as uint8 tensors: re-decoding 1024-px PNGs every epoch
@@ -40,10 +45,16 @@ MVTEC_OBJECTS = (
 MARKER_FILE = "DATASET.json"  # written by pipeline/demo_data.py at the root of the demo dataset
 SPLITS = ("train", "val", "test")
 DEFAULT_VAL_FRACTION = 0.1  # of train/good held out as val (threshold, validation loss)
-DECODE_VERSION = 1  # bump when decoding changes: invalidates on-disk caches
+DECODE_VERSION = 2  # bump when decoding changes: invalidates on-disk caches
 MEMORY_CACHE_LIMIT = 4 * 1024**3  # bytes of decoded arrays kept across datasets (LRU)
 HUGE_PIXELS = 4096 * 4096  # larger images are box-reduced while decoding (memory); smaller are decoded as they are
 _REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")  # Image.reduce refuses P, 1 and I;16
+INVERTED_MASK_SHARE = 0.5  # a mask marking more of its image as defective is probably saved inverted
+# Folder names that mean "defect-free" (in test/) or "the masks" (next to test/), compared casefolded
+# without spaces, "-" and "_": a test/ folder so named is not a defect type, and masks in such a
+# folder are missed, both silently, unless said.
+GOOD_FOLDER_NAMES = ("good", "ok", "normal", "nominal", "defectfree", "nodefect", "nodefects")
+MASK_FOLDER_NAMES = ("groundtruth", "gt", "mask", "masks", "groundtruths", "annotations", "labels")
 
 _HOW_TO_GET_DATA = (
     "put MVTec AD in ./mvtec_anomaly_detection or pass --data-root DIR, "
@@ -58,13 +69,50 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
+def _folded(name: str) -> str:
+    return "".join(c for c in name.casefold() if c not in " -_")
+
+
 def _image_files(folder: Path) -> list[Path]:
-    """Image files of ``folder``, sorted by name; hidden files and other extensions are ignored."""
+    """Image files of ``folder``, sorted by name; hidden files and other extensions are ignored.
+
+    Links are followed. A link whose target is gone is an error, not a file left out: a
+    dataset linked from elsewhere whose source moved would otherwise lose images silently.
+    """
     if not folder.is_dir():
         return []
-    return sorted(
-        p for p in folder.iterdir() if _visible(p) and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+    out = []
+    for p in folder.iterdir():
+        if not (_visible(p) and p.suffix.lower() in IMAGE_EXTENSIONS):
+            continue
+        if p.is_symlink() and not p.exists():
+            raise DatasetError(
+                f"{p} is a broken symbolic link (its target {os.readlink(p)} does not exist); fix or remove the link."
+            )
+        if p.is_file():
+            out.append(p)
+    return sorted(out)
+
+
+def _is_mask_name(path: Path) -> bool:
+    return path.stem.casefold().endswith("_mask")
+
+
+def _image_stem(mask: Path) -> str:
+    """The casefolded stem of the image a mask file belongs to: ``000_MASK.png`` and ``000.png`` -> ``000``."""
+    stem = mask.stem.casefold()
+    return stem[: -len("_mask")] if stem.endswith("_mask") else stem
+
+
+def _mask_index(files: list[Path]) -> dict[str, Path]:
+    """{casefolded image stem: its mask} for the mask files given. ``<stem>_mask.*`` comes before
+    ``<stem>.*`` and ``.png`` before other extensions, as in MVTec AD; letter case is ignored
+    (``000_MASK.PNG``), since masks exported by other tools often differ in case only."""
+    ranked = sorted(files, key=lambda f: (not _is_mask_name(f), f.suffix.lower() != ".png", f.name))
+    index: dict[str, Path] = {}
+    for f in ranked:
+        index.setdefault(_image_stem(f), f)
+    return index
 
 
 def _check_root(root) -> Path:
@@ -142,18 +190,6 @@ def _category_dir(root, category: str) -> Path:
     return folder
 
 
-def _find_mask(category_dir: Path, defect: str, image: Path) -> Path | None:
-    """``ground_truth/<defect>/<stem>_mask.png`` (MVTec), also any image extension or ``<stem>.<ext>``."""
-    folder = category_dir / "ground_truth" / defect
-    for name in (f"{image.stem}_mask.png", f"{image.stem}.png"):
-        if (folder / name).is_file():
-            return folder / name
-    for path in _image_files(folder):
-        if path.stem in (f"{image.stem}_mask", image.stem):
-            return path
-    return None
-
-
 # --------------------------------------------------------------------------- decoding
 
 
@@ -185,6 +221,8 @@ def _open(path: Path, reduce_to: int | None = None) -> tuple[Image.Image, tuple[
         return im, size
     except DatasetError:
         raise
+    except PermissionError:
+        raise DatasetError(f"cannot read image {path} (permission denied); check the file's permissions.") from None
     except UnidentifiedImageError:
         raise DatasetError(f"{path} is not an image file PIL can read; replace or remove it.") from None
     except Image.DecompressionBombError as e:
@@ -198,24 +236,41 @@ def _open(path: Path, reduce_to: int | None = None) -> tuple[Image.Image, tuple[
         ) from None
 
 
-def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
-    """16-bit, 32-bit integer and float pixels to 0..255 (65535 -> 255 for 16-bit)."""
-    a = a.astype(np.float64)
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if mode.startswith("I;16"):
-        a = a / 257.0  # 65535 / 255 = 257 exactly
-    elif mode == "F" and lo >= 0 and hi <= 1.0:
-        a = a * 255.0  # float images in [0, 1]
-    elif lo >= 0 and hi <= 255:
-        pass  # already 8-bit values in a wider type
-    elif lo >= 0 and hi <= 65535:
-        a = a / 257.0  # 16-bit values stored as 32-bit integers ("I" mode)
+def _scale_to_uint8(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """16-bit, 32-bit integer and float pixels to 0..255, by one rule per pixel type, never per image.
+
+    A per-image rule (each image's own maximum) would make two exposures of one scene look
+    alike, or a dark one look brighter than a bright one. So: 16-bit (``I;16*``) and 32-bit
+    integer (``I``) images are read on the 16-bit scale, 65535 -> 255 (older Pillows open
+    16-bit PNGs as ``I``, and 32-bit files from cameras and numpy hold 16-bit data); float
+    (``F``) images on [0, 1]. Values outside that range are refused: any scaling of them
+    would be a guess.
+    """
+    lo, hi = (a.min(), a.max()) if a.size else (0, 0)
+    if mode == "F":
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise DatasetError(
+                f"image {path} is a floating-point image holding NaN or infinite values; "
+                "save it as an 8- or 16-bit PNG."
+            )
+        if lo < 0 or hi > 1:
+            raise DatasetError(
+                f"image {path} is a floating-point image with values from {lo:g} to {hi:g}, outside [0, 1], "
+                "the range float images are read on; save it as an 8- or 16-bit PNG, or scale it to [0, 1]."
+            )
+        a = a.astype(np.float64) * 255.0
     else:
-        a = (a - lo) / max(hi - lo, 1e-12) * 255.0  # anything else: stretch its range
+        if lo < 0 or hi > 65535:
+            kind = "16-bit" if mode.startswith("I;16") else "32-bit integer"
+            raise DatasetError(
+                f"image {path} is a {kind} image with values from {int(lo)} to {int(hi)}, outside the 16-bit "
+                "range 0..65535 such images are read on; save it as an 8- or 16-bit PNG."
+            )
+        a = a.astype(np.float64) / 257.0  # 65535 / 255 = 257 exactly
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
-def _to_array(im: Image.Image) -> np.ndarray:
+def _to_array(im: Image.Image, path: Path) -> np.ndarray:
     """uint8 (H, W) for gray or (H, W, 3) for colour; alpha is composited onto black."""
     mode = im.mode
     if mode == "P":
@@ -225,12 +280,12 @@ def _to_array(im: Image.Image) -> np.ndarray:
     elif mode == "1":
         im = im.convert("L")
     elif mode.startswith("I") or mode == "F":
-        return _scale_to_uint8(np.asarray(im), mode)
+        return _scale_to_uint8(np.asarray(im), mode, path)
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         try:
             im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, ...
         except (ValueError, OSError) as e:
-            raise DatasetError(f"image {im.filename or ''} has mode {mode} that cannot be converted ({e}).") from None
+            raise DatasetError(f"image {path} has mode {mode} that cannot be converted ({e}).") from None
     a = np.asarray(im)
     if im.mode in ("LA", "RGBA"):
         # Transparent pixels become black: a fixed background, whatever colour they stored.
@@ -244,7 +299,7 @@ def _to_array(im: Image.Image) -> np.ndarray:
 def _decode_image(path: Path, image_size: int, in_channels: int) -> tuple[np.ndarray, tuple[int, int]]:
     """(uint8 (C, S, S) image, original (width, height)); antialiased bilinear resize (PIL)."""
     im, original_size = _open(path, reduce_to=image_size)
-    a = _to_array(im)
+    a = _to_array(im, path)
     pil = Image.fromarray(a)
     if in_channels == 1 and a.ndim == 3:
         pil = pil.convert("L")  # ITU-R 601-2 luma
@@ -258,32 +313,53 @@ def _decode_image(path: Path, image_size: int, in_channels: int) -> tuple[np.nda
     return out, original_size
 
 
+def _mask_values(im: Image.Image, path: Path) -> np.ndarray:
+    """A mask's pixel values as stored, (H, W): the largest channel of a colour mask. 16-bit,
+    32-bit, float and bilevel masks keep their raw values (no 8-bit scaling, which would turn
+    a 16-bit 0/1 mask into zeros); palette, alpha and other modes go through ``_to_array``."""
+    mode = im.mode
+    if mode == "1":
+        return np.asarray(im, dtype=np.uint8)
+    if mode.startswith("I") or mode == "F":
+        a = np.asarray(im)
+        if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+            raise DatasetError(
+                f"mask {path} holds NaN or infinite values; save it with 0 for normal and 255 for defective pixels."
+            )
+        return a
+    a = _to_array(im, path)
+    return a.max(axis=2) if a.ndim == 3 else a  # a coloured mask: any non-black channel marks the defect
+
+
 def _decode_mask(path: Path, image_size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     """(uint8 (S, S) mask in {0, 1}, original (width, height)); nearest resize (none if
     ``image_size`` is None: the mask at its own size).
 
-    A usual 0/255 (or 0/1) mask becomes ``> 0``. Antialiased or JPEG-saved masks (most
-    pixels near black or near white) are thresholded at half their maximum. Anything else
-    (over a quarter of the pixels grey, e.g. a photo saved as a mask) is an error.
+    A mask of two values (0/1, 0/255, 0/65535, bilevel, any bit depth) marks its non-zero
+    pixels. Antialiased or JPEG-saved masks (most pixels near black or near its own maximum)
+    are thresholded at half their maximum, on the stored values. Anything else (over a
+    quarter of the pixels grey, e.g. a photo saved as a mask) is an error.
     """
     im, original_size = _open(path)
-    a = _to_array(im)
-    if a.ndim == 3:
-        a = a.max(axis=2)  # a coloured mask: any non-black channel marks the defect
-    hist = np.bincount(a.ravel(), minlength=256)
-    levels = np.flatnonzero(hist)
+    a = _mask_values(im, path)
+    if a.dtype.kind in "bu" or (a.dtype.kind == "i" and a.size and 0 <= a.min() and a.max() <= 65535):
+        hist = np.bincount(a.ravel().astype(np.intp), minlength=1)  # fast for 8- and 16-bit values
+        levels = np.flatnonzero(hist)
+        counts = hist[levels]
+    else:
+        levels, counts = np.unique(a, return_counts=True)
     if len(levels) <= 2:
         binary = a > levels[0] if (len(levels) == 2 and levels[0] > 0) else a > 0
     else:
-        top = int(levels[-1])
-        near = hist[: top // 10 + 1].sum() + hist[top - top // 10 :].sum()  # near black or near white
+        top = levels[-1]
+        near = counts[levels <= top / 10].sum() + counts[levels >= top - top / 10].sum()  # near black or near top
         if near < 0.75 * a.size:
             raise DatasetError(
                 f"mask {path} is not a binary mask ({len(levels)} grey levels, "
                 f"{100 * (1 - near / a.size):.0f}% of pixels neither black nor white); "
                 "save it with 0 for normal and 255 for defective pixels."
             )
-        binary = a >= (top + 1) // 2
+        binary = a >= top / 2
     if image_size is None:
         return np.ascontiguousarray(binary, dtype=np.uint8), original_size
     pil = Image.fromarray(binary.astype(np.uint8)).resize((image_size, image_size), Image.NEAREST)
@@ -379,7 +455,9 @@ class MVTecAD(torch.utils.data.Dataset):
         images: uint8 (N, C, S, S); masks: uint8 (N, S, S) in {0, 1} (zeros for good images);
         labels: int64 (N,), 0 good / 1 defective; defect_types: list[str] ("good" for good);
         paths: list[str]; has_masks: False if a defective image has no mask (pixel metrics
-        then cannot be computed); category, split, image_size, in_channels.
+        then cannot be computed); category, split, image_size, in_channels; n_files (the
+        image files the split was drawn from: train/good for train and val) and n_val (how many
+        of them were held out as val; 0 for test).
 
     ``val`` is a seeded hold-out of ``val_fraction`` of train/good (at least one image when
     the fraction is > 0 and there are two or more), disjoint from ``train``.
@@ -416,8 +494,9 @@ class MVTecAD(torch.utils.data.Dataset):
         self._cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         folder = _category_dir(self.root, category)
 
+        hints = {}
         if split == "test":
-            images, labels, defects, masks = self._test_files(folder)
+            images, labels, defects, masks, hints = self._test_files(folder)
             group = "test"
         else:
             train = _image_files(folder / "train" / "good")
@@ -428,6 +507,9 @@ class MVTecAD(torch.utils.data.Dataset):
                 )
             images, labels, defects, masks = train, [0] * len(train), ["good"] * len(train), [None] * len(train)
             group = "train"
+        # What the split was drawn from, so that a too-small train split can say why (pipeline.train.fit).
+        self.n_files = len(images)  # image files of train/good (train, val) or of test/
+        self.n_val = self._n_val(len(images)) if group == "train" else 0  # of them held out as val
 
         # Decode everything of this group (train and val share train/good), from the caches when possible.
         decoded = self._decode_all(folder, group, images, [m for m in masks if m is not None])
@@ -444,7 +526,7 @@ class MVTecAD(torch.utils.data.Dataset):
         self.original_sizes = [tuple(decoded[("image", images[i])][1]) for i in keep]  # (width, height) of each file
         self.mask_paths = [masks[i] for i in keep]  # None for good images and defective ones without a mask
         self.masks = torch.zeros((len(keep), s, s), dtype=torch.uint8)  # (N, S, S)
-        missing = []
+        missing, empty, inverted = [], [], []
         for row, i in enumerate(keep):
             if labels[i] == 0:
                 continue
@@ -458,15 +540,69 @@ class MVTecAD(torch.utils.data.Dataset):
                     f"mask {masks[i]} is {mask_size[0]}x{mask_size[1]} px but its image {images[i]} is "
                     f"{image_size_px[0]}x{image_size_px[1]} px; a mask must have the size of its image."
                 )
-            if not mask.any():
-                warnings.warn(f"mask {masks[i]} is empty although {images[i]} is defective.", stacklevel=2)
+            share = float(mask.mean())
+            if share == 0:
+                empty.append(masks[i])
+            elif share > INVERTED_MASK_SHARE:
+                inverted.append((masks[i], share))
             self.masks[row] = torch.from_numpy(mask)
         self.has_masks = not missing
+        self._warn(folder, images, keep, hints, missing, empty, inverted)
+
+    def _warn(self, folder: Path, images: list[Path], keep: list[int], hints: dict, missing: list, empty: list,
+              inverted: list) -> None:
+        """One warning per kind of oddity found while loading, each naming a count and the first file."""
+        category, n_masks = self.category, sum(1 for p in self.mask_paths if p is not None)
+        if hints.get("beside"):
+            warnings.warn(hints["beside"], stacklevel=3)
         if missing:
+            extra = "".join(f"; {h}" for h in (hints.get("unmatched"), hints.get("folder")) if h)
             warnings.warn(
                 f"{len(missing)} defective test image(s) of {category} have no mask in ground_truth/ "
-                f"(first: {missing[0]}); pixel metrics cannot be computed for this category.",
-                stacklevel=2,
+                f"(first: {missing[0]}); pixel metrics cannot be computed for this category{extra}.",
+                stacklevel=3,
+            )
+        # A thin defect can vanish at the model's size only; the pixel metrics read the file again at
+        # the evaluation size (masks_at), so only a file empty at its own size is worth a warning.
+        empty = [path for path in empty if not _decode_mask(path, None)[0].any()]
+        if empty:
+            warnings.warn(
+                f"{len(empty)} of the {n_masks} masks of {category} are empty although their images are defective "
+                f"(first: {empty[0]}); mark defect pixels non-zero (255) in them.",
+                stacklevel=3,
+            )
+        if inverted:
+            # A defect covering most of its image is rare (MVTec AD has none); a mask saved black on
+            # white is not. Warned, not refused or flipped: the user knows which it is.
+            path, share = inverted[0]
+            warnings.warn(
+                f"{len(inverted)} of the {n_masks} masks of {category} mark over "
+                f"{INVERTED_MASK_SHARE:.0%} of their image as defective (first: {path}, {share:.0%}), so they are "
+                "probably inverted (white = normal): save defects white (255) on black (0).",
+                stacklevel=3,
+            )
+        seen: dict[tuple, Path] = {}
+        twins = []
+        for path in images:
+            first = seen.setdefault((path.parent, path.stem.casefold()), path)
+            if first is not path:
+                twins.append((first, path))
+        if twins:
+            first, path = twins[0]
+            warnings.warn(
+                f"{len(twins)} image file(s) of {category} have the same name as another file in their folder "
+                f"(first: {path.name} beside {first.name} in {path.parent}); both are used, so a converted copy "
+                "counts twice: remove the copies.",
+                stacklevel=3,
+            )
+        dark = (self.images.flatten(1).amax(dim=1) <= 1).nonzero().flatten().tolist() if len(self) else []
+        if dark:
+            warnings.warn(
+                f"{len(dark)} of the {len(self)} {self.split} images of {category} are almost black (every pixel "
+                f"<= 1 of 255; first: {self.paths[dark[0]]}); 16- and 32-bit integer images are read on the "
+                "16-bit scale (65535 = white), so 8-bit values saved in such a file look black: save those as "
+                "8-bit PNG files.",
+                stacklevel=3,
             )
 
     def masks_at(self, size: int | str) -> torch.Tensor | list[np.ndarray]:
@@ -505,30 +641,92 @@ class MVTecAD(torch.utils.data.Dataset):
     # ----------------------------------------------------------------- helpers
 
     def _test_files(self, folder: Path):
+        """(images, labels, defect types, masks, hints) of test/: hints are the warning texts of
+        mask files found beside the images and of masks that match no image."""
         test = folder / "test"
         subdirs = [p for p in test.iterdir() if p.is_dir() and _visible(p)] if test.is_dir() else []
         subdirs.sort(key=lambda p: (p.name != "good", p.name))  # "good" first, then the defect types by name
+        if not any(p.name == "good" for p in subdirs):
+            for sub in subdirs:
+                if _folded(sub.name) in GOOD_FOLDER_NAMES:
+                    # Read as a defect type, its defect-free images would all count as defective.
+                    raise DatasetError(
+                        f"test folder {sub} would be read as a defect type, but its name says defect-free images "
+                        "and test/ has no good/ folder; rename it to good."
+                    )
+        gt = folder / "ground_truth"
+        gt_dirs = sorted(p for p in gt.iterdir() if p.is_dir() and _visible(p)) if gt.is_dir() else []
         images, labels, defects, masks = [], [], [], []
+        used: set[Path] = set()  # mask files some image uses
+        beside_masks: list[Path] = []  # mask files in test/<defect>/ (never test images)
+        orphans: list[Path] = []  # ... of them, those with no image of their name
         for sub in subdirs:
             good = sub.name == "good"
-            for path in _image_files(sub):
+            files = _image_files(sub)
+            # Masks copied next to their images are masks, never test images (each would count
+            # as one more defective image); they serve as masks when ground_truth/ has none.
+            beside = [f for f in files if _is_mask_name(f)]
+            beside_masks += beside
+            beside_index = _mask_index(beside)
+            own = next((p for p in gt_dirs if p.name == sub.name), None) or next(
+                (p for p in gt_dirs if p.name.casefold() == sub.name.casefold()), None
+            )
+            index = {} if good or own is None else _mask_index(_image_files(own))
+            stems = set()
+            for path in files:
+                if _is_mask_name(path):
+                    continue
+                stem = path.stem.casefold()
+                stems.add(stem)
+                mask = None if good else (index.get(stem) or beside_index.get(stem))
+                if mask is not None:
+                    used.add(mask)
                 images.append(path)
                 labels.append(0 if good else 1)
                 defects.append(sub.name)
-                masks.append(None if good else _find_mask(folder, sub.name, path))
+                masks.append(mask)
+            orphans += [f for f in beside if _image_stem(f) not in stems]
         if not images:
             raise DatasetError(
                 f"no test images in {test} (expected test/good/ and test/<defect>/ folders of images); add some."
             )
-        return images, labels, defects, masks
+        hints = {}
+        if beside_masks:
+            n_used = sum(1 for f in beside_masks if f in used)
+            parts = [f"{n_used} used as masks, not as test images"] if n_used else []
+            if orphans:
+                parts.append(f"{len(orphans)} with no image of their name ignored (first: {orphans[0]})")
+            if len(beside_masks) - n_used - len(orphans):
+                parts.append(f"{len(beside_masks) - n_used - len(orphans)} not needed (good images, or "
+                             "ground_truth/ holds the mask) ignored")
+            hints["beside"] = (
+                f"{len(beside_masks)} mask file{'s' if len(beside_masks) > 1 else ''} found beside the images in "
+                f"{test} (first: {beside_masks[0]}); "
+                + "; ".join(parts) + "."
+            )
+        if any(m is None for m, label in zip(masks, labels) if label):
+            unmatched = [f for d in gt_dirs if d.name != "good" for f in _image_files(d) if f not in used]
+            if unmatched:
+                hints["unmatched"] = (
+                    f"{len(unmatched)} mask file{'s' if len(unmatched) > 1 else ''} in ground_truth/ "
+                    f"match{'' if len(unmatched) > 1 else 'es'} no test image (first: {unmatched[0]}): "
+                    "the mask of test/<defect>/<name>.png must be ground_truth/<defect>/<name>_mask.png"
+                )
+            if not gt.is_dir():
+                near = sorted(p.name for p in folder.iterdir() if p.is_dir() and _folded(p.name) in MASK_FOLDER_NAMES)
+                if near:
+                    hints["folder"] = f"the masks may be in {near[0]!r}: name that folder ground_truth"
+        return images, labels, defects, masks, hints
+
+    def _n_val(self, n: int) -> int:
+        """How many of ``n`` train/good images are held out as val."""
+        if self.val_fraction > 0 and n >= 2:
+            return min(max(int(round(self.val_fraction * n)), 1), n - 1)  # both splits non-empty whenever possible
+        return 0
 
     def _select(self, n: int) -> list[int]:
         """Indices of this split within train/good: a seeded, disjoint hold-out for val."""
-        n_val = int(round(self.val_fraction * n))
-        if self.val_fraction > 0 and n >= 2:
-            n_val = min(max(n_val, 1), n - 1)  # both splits non-empty whenever possible
-        else:
-            n_val = 0
+        n_val = self._n_val(n)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
         val = sorted(order[:n_val])
         return val if self.split == "val" else sorted(order[n_val:])

@@ -210,6 +210,14 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
     images = train_ds.images
     n = int(images.shape[0])
     if n < 2:
+        # A dataset that held some of train/good out as val says so: "found 1" of a folder of 2 is a riddle.
+        n_val = getattr(train_ds, "n_val", 0) if getattr(train_ds, "split", "train") == "train" else 0
+        if n_val:
+            raise DatasetError(
+                f"{desc}: training needs at least 2 images, but train/good has {n + n_val} images; {n_val} "
+                f"{'was' if n_val == 1 else 'were'} held out as val (val_fraction {train_ds.val_fraction:g}), "
+                f"leaving {n} for training; add images to train/good."
+            )
         raise DatasetError(
             f"{desc}: training needs at least 2 images in the train split, found {n}; add images to train/good."
         )
