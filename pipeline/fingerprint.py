@@ -97,7 +97,7 @@ def _walk_images(folder: Path, prefix: str, ancestors: frozenset, out: dict[str,
         path = Path(entry.path)
         if entry.is_dir():  # follows symlinks
             _walk_images(path, f"{prefix}{entry.name}/", ancestors, out)
-        elif entry.is_file() and _is_image_name(entry.name):  # a dangling symlink is neither, as for the loader
+        elif entry.is_file() and _is_image_name(entry.name):  # a dangling symlink is neither (the loader then names it)
             out[f"{prefix}{entry.name}"] = path
 
 

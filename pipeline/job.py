@@ -30,7 +30,7 @@ import torch
 
 from models import DEFAULT_IMAGE_SIZE, MODELS, AnomalyModel, ModelConfig, model_config
 from models.errors import DatasetError
-from models.mvtec import DEFAULT_VAL_FRACTION, MVTecAD, category_type
+from models.mvtec import DECODE_VERSION, DEFAULT_VAL_FRACTION, MVTecAD, category_type
 
 from . import runs
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
@@ -85,7 +85,8 @@ class JobSpec:
             "hash_version": HASH_VERSION,
             "dataset": self.dataset,
             "category": self.category,
-            "data_fingerprint": self.data_fingerprint,
+            "data_fingerprint": self.data_fingerprint,  # the files' bytes ...
+            "decode_version": DECODE_VERSION,  # ... and how they are read into pixels and masks
             "model": self.model,
             "model_config": self.model_config().to_dict(),  # image size, channels, widths, prior ...
             "train": self.train.result_dict(),  # epochs, batch, lr, schedule, clip, amp, seed ...
