@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories
-from models.errors import ConfigError, DatasetError, UserError
+from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES
+from models.errors import ConfigError, UserError
 from models.scoring import ScoreConfig
 
 from . import demo_data, plots, runs
@@ -24,11 +24,11 @@ from .checkpoints import DEFAULT_CHECKPOINT_DIR
 from .demo_data import make_synthetic_dataset
 from .evaluate import DEFAULT_EVAL_SIZE, EvalConfig, parse_eval_size
 from .grid import run_grid
-from .metrics import DEFAULT_THRESHOLD_RULE
 from .results import DEFAULT_RESULTS_CSV, read_results
+from .thresholds import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 from .train import TrainConfig
 
-DEFAULT_DATA_ROOT = "mvtec_anomaly_detection"
+DEFAULT_DATA_ROOT = demo_data.DEFAULT_DATA_ROOT
 DEMO_DIR = demo_data.DEFAULT_DIR
 TABLE_COLUMNS = ["category", "model", "seed", "image_auroc", "pixel_auroc", "aupro", "f1", "f1_max", "f1_floor",
                  "train_seconds"]
@@ -56,20 +56,16 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def _data_root(arg: str | None, log) -> Path:
-    """--data-root, else $MVTEC_ROOT, else ./mvtec_anomaly_detection; only that implicit default
-    falls back to the demo dataset (an explicit path that is wrong is an error)."""
-    if arg is not None:
-        return Path(arg)
-    if os.environ.get("MVTEC_ROOT"):
-        return Path(os.environ["MVTEC_ROOT"])
-    root = Path(DEFAULT_DATA_ROOT)
-    try:
-        list_categories(root)
+    """--data-root, else $MVTEC_ROOT, else ./mvtec_anomaly_detection; only when none was named
+    and that default is absent, the demo dataset (``demo_data.choose_data_root``, the
+    notebook's rule too): a named path that is wrong, or a default folder without
+    categories, is an error naming it."""
+    root = demo_data.choose_data_root(arg if arg is not None else os.environ.get("MVTEC_ROOT"))
+    if root is not None:
         return root
-    except DatasetError:
-        log(f"No dataset at ./{DEFAULT_DATA_ROOT} (pass --data-root DIR for MVTec AD); "
-            f"running on the demo dataset generated under {DEMO_DIR}.")
-        return make_synthetic_dataset(DEMO_DIR)
+    log(f"No dataset at ./{DEFAULT_DATA_ROOT} (pass --data-root DIR for MVTec AD); "
+        f"running on the demo dataset generated under {DEMO_DIR}.")
+    return make_synthetic_dataset(DEMO_DIR)
 
 
 def _print_table(df) -> None:
@@ -164,8 +160,8 @@ def build_parser():
                    help=f"resolution of the pixel metrics: maps upsampled, masks read at it (default "
                         f"{DEFAULT_EVAL_SIZE}, the common MVTec protocol); 'original' = each image's own size")
     r.add_argument("--threshold-rule", default=DEFAULT_THRESHOLD_RULE,
-                   help="decision threshold from val normal scores: val_max, val_p99, val_mean+3std "
-                        f"(default {DEFAULT_THRESHOLD_RULE})")
+                   help=f"decision threshold from val normal scores only: {'; '.join(THRESHOLD_RULES)} "
+                        f"(default {DEFAULT_THRESHOLD_RULE}, measured in bench/README.md)")
     r.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINT_DIR, metavar="DIR",
                    help=f"where each job's checkpoint is saved (default {DEFAULT_CHECKPOINT_DIR}/)")
     r.add_argument("--cache-dir", metavar="DIR", help="optional disk cache of decoded images")

@@ -86,6 +86,23 @@ def _pickle_imports(path: Path) -> bool:
         return False
 
 
+def _damage(path: Path, error: Exception) -> str | None:
+    """How ``path`` is damaged, if it looks like a checkpoint that was cut short or overwritten:
+    empty, or a zip archive (what ``torch.save`` writes) that cannot be read; None for a file
+    that never was one (text, an image ...)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"it cannot be read: {e.strerror}"
+    if not head:
+        return "it is empty, 0 bytes"
+    if head == b"PK\x03\x04":
+        first = str(error).strip().split(". ")[0][:120] or type(error).__name__
+        return f"truncated or partly overwritten: {first}"
+    return None
+
+
 def read_checkpoint(path) -> dict:
     """The checkpoint's payload, checked; plain data only (never unpickles code)."""
     path = Path(path)
@@ -97,10 +114,20 @@ def read_checkpoint(path) -> dict:
         # weights_only refuses imports of arbitrary globals (functions, classes): code could run.
         unsafe = (any(w in str(e) for w in ("GLOBAL", "Unsupported global", "Unsupported class"))
                   or _pickle_imports(path))
-        why = ("it contains Python objects other than tensors and plain data, and loading it could run code"
-               if unsafe else f"it is not a PyTorch checkpoint ({type(e).__name__})")
+        if unsafe:
+            raise CheckpointError(
+                f"refused to load {str(path)!r}: it contains Python objects other than tensors and plain data, "
+                "and loading it could run code; use a checkpoint written by this package."
+            ) from None
+        damage = _damage(path, e)
+        if damage:  # most likely ours, cut short by a copy or a full disk: the fix is to retrain, not to find another
+            raise CheckpointError(
+                f"refused to load {str(path)!r}: the file is damaged ({damage}), so it is not a PyTorch checkpoint "
+                "as it stands; delete it and run that job again with --force to retrain it."
+            ) from None
         raise CheckpointError(
-            f"refused to load {str(path)!r}: {why}; use a checkpoint written by this package."
+            f"refused to load {str(path)!r}: it is not a PyTorch checkpoint ({type(e).__name__}); "
+            "use a checkpoint written by this package."
         ) from None
     keys = {"format", "model", "config", "state_dict"}
     if not isinstance(payload, dict) or not keys <= set(payload):

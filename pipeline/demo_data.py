@@ -20,6 +20,8 @@ import functools
 import json
 import os
 import shutil
+import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from scipy import ndimage
 from models.errors import DatasetError
 
 DEFAULT_DIR = "data/demo"  # where the CLI and the notebook write it when no dataset is found (git-ignored)
+DEFAULT_DATA_ROOT = "mvtec_anomaly_detection"  # where MVTec AD is looked for when no data root is named
 VERSION = 1  # bump when the generator changes: an existing demo folder is then rewritten
 CATEGORIES = {"weave": "texture", "woodgrain": "texture", "hexnut": "object", "tablet": "object"}
 DEFECTS = {
@@ -296,6 +299,70 @@ def _make_one(job) -> None:
     Image.fromarray(_capture(rng, img)).save(image_path, **PNG_OPTIONS)
 
 
+def choose_data_root(named) -> Path | None:
+    """The data root to use: ``named`` when the user named one (None or "" = not named); else
+    ./mvtec_anomaly_detection if it exists; else None, meaning "use the demo dataset".
+
+    The command line and the notebook share this rule. A root the user named is never swapped
+    for the demo, even if it does not exist: a mistyped path must be an error naming it, not a
+    run that trains on other data and writes demo rows. An existing default folder is used
+    as it is (if it holds no category, that is an error naming it too)."""
+    if named is not None and str(named) != "":
+        return Path(named).expanduser()
+    default = Path(DEFAULT_DATA_ROOT)
+    return default if os.path.lexists(default) else None
+
+
+def _demo_files(marker) -> set[str] | None:
+    """The files (paths relative to the root, with "/") a run of this generator with ``marker``
+    wrote; None if the marker does not say. The only files a rewrite of the demo may delete."""
+    try:
+        counts = marker["counts"]
+        files = {MARKER_FILE}
+        for c in marker["categories"]:
+            files |= {f"{c}/train/good/{i:03d}.png" for i in range(int(counts["train"]))}
+            files |= {f"{c}/test/good/{i:03d}.png" for i in range(int(counts["test_good"]))}
+            for d in marker["defects"][c]:
+                files |= {f"{c}/test/{d}/{i:03d}.png" for i in range(int(counts["per_defect"]))}
+                files |= {f"{c}/ground_truth/{d}/{i:03d}_mask.png" for i in range(int(counts["per_defect"]))}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return files
+
+
+def _foreign_entries(folder: Path, ours: set[str]) -> list[str]:
+    """What in ``folder`` the generator did not write (relative paths, folders with a "/"):
+    files not in ``ours``, folders holding none of them, and any symbolic link (a rewrite
+    must never reach through one into the user's files)."""
+    parents = {str(Path(f).parent) for f in ours} | {str(p) for f in ours for p in Path(f).parents}
+    foreign = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel = Path(dirpath).relative_to(folder)
+        for d in list(dirnames):
+            r = (rel / d).as_posix()
+            if os.path.islink(os.path.join(dirpath, d)) or r not in parents:
+                foreign.append(r + "/")
+                dirnames.remove(d)  # its content is the user's too; one entry says so
+        for f in filenames:
+            r = (rel / f).as_posix()
+            if r not in ours or os.path.islink(os.path.join(dirpath, f)):
+                foreign.append(r)
+    return sorted(foreign)
+
+
+def _remove_demo(folder: Path, ours: set[str]) -> None:
+    """Delete the generator's files in ``folder``, then the folders left empty; never anything else."""
+    for f in ours:
+        (folder / f).unlink(missing_ok=True)
+    for dirpath, _, _ in sorted(os.walk(folder), key=lambda w: -len(Path(w[0]).parts)):
+        try:
+            os.rmdir(dirpath)
+        except OSError:  # not empty: something was added meanwhile, and it stays
+            pass
+    if folder.exists():
+        warnings.warn(f"kept {folder}: it holds files the demo generator did not write.", stacklevel=3)
+
+
 def make_synthetic_dataset(
     out_dir,
     seed: int = 0,
@@ -312,11 +379,15 @@ def make_synthetic_dataset(
     """Write the demo dataset to ``out_dir`` (its root) in MVTec layout and return that path.
 
     ``out_dir`` must be new, empty, or an earlier demo dataset: if it already holds this
-    exact dataset (same DATASET.json), nothing is written; a different demo is replaced.
-    Files are written to a temporary sibling folder renamed at the end, so an interrupted
-    run never leaves a half dataset behind.
+    exact dataset (same DATASET.json), nothing is written; a different demo (another seed or
+    generator version) is replaced, but only if the folder holds nothing the generator did
+    not write: a folder with anything else (a user's category, notes) is refused with a
+    sentence naming it, and nothing is deleted. Files are written to a temporary sibling
+    folder renamed at the end, so an interrupted run never leaves a half dataset behind. A
+    symbolic link ``out_dir`` stays a link: the dataset is written where it points.
     """
-    out = Path(out_dir).expanduser()
+    given = Path(out_dir).expanduser()
+    out = Path(os.path.realpath(given)) if given.is_symlink() else given
     names = list(CATEGORIES) if categories is None else list(categories)
     unknown = [c for c in names if c not in CATEGORIES]
     if unknown or not names:
@@ -329,17 +400,27 @@ def make_synthetic_dataset(
         "defects": {c: list(DEFECTS[CATEGORIES[c]]) for c in names},
         "counts": {"train": n_train, "test_good": n_test_good, "per_defect": n_per_defect},
     }
+    ours: set[str] = set()  # the files of an older demo in ``out``: the only ones a rewrite deletes
     if out.exists():
         try:
             old = json.loads((out / MARKER_FILE).read_text())
         except (OSError, ValueError):
             old = None
         if old == marker:
-            return out
+            return given
         is_demo = isinstance(old, dict) and old.get("name") == "demo"
         if not is_demo and (not out.is_dir() or any(out.iterdir())):
             raise DatasetError(
                 f"{out} exists and is not a demo dataset; pass a new or empty folder to write the demo dataset."
+            )
+        ours = (_demo_files(old) if is_demo else None) or set()
+        foreign = _foreign_entries(out, ours)
+        if foreign:
+            listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise DatasetError(
+                f"{out} holds a demo dataset of other settings (seed, size or generator version) and files the demo "
+                f"generator did not write ({listed}); "
+                f"nothing was deleted: move those out of {out}, or write the demo to another folder."
             )
 
     jobs = []
@@ -361,8 +442,15 @@ def make_synthetic_dataset(
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         list(pool.map(_make_one, jobs))  # numpy FFTs and zlib release the GIL
     (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if out.exists():  # an older demo (checked above: only files the generator wrote), or an empty folder
+        # Moved aside, not deleted in place: the new dataset takes its name at once, and only
+        # the generator's own files are then deleted from the old one.
+        old_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old_dir.rmdir()
+        os.replace(out, old_dir)
+        os.replace(tmp, out)
+        _remove_demo(old_dir, ours)
+        return given
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
-    return out
+    return given

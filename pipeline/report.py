@@ -18,13 +18,13 @@ import pandas as pd
 from PIL import Image
 
 from models import model_label
-from models.errors import ConfigError, DatasetError
+from models.errors import CheckpointError, ConfigError, DatasetError
 from models.mvtec import MVTecAD, category_type, dataset_name, list_categories
 
 from . import examples, plots, runs, stats
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, load_checkpoint
+from .demo_data import DEFAULT_DATA_ROOT, choose_data_root, make_synthetic_dataset
 from .demo_data import DEFAULT_DIR as DEFAULT_DEMO_DIR
-from .demo_data import make_synthetic_dataset
 
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
 
@@ -75,19 +75,22 @@ def env(name: str, default):
 # Data
 
 
-def find_or_make_dataset(data_root, demo_dir=DEFAULT_DEMO_DIR, *, seed: int = 0, **demo_options) -> Path:
-    """``data_root`` if it holds at least one category; otherwise say so in one sentence,
-    write the built-in demo dataset to ``demo_dir`` (kept if already there) and return it.
-    ``demo_options`` go to ``make_synthetic_dataset`` (the tests make a tiny demo)."""
-    root = Path(data_root).expanduser()
-    try:
-        list_categories(root)
-        return root
-    except DatasetError:
-        pass
-    print(f"No dataset found at {root}, so the built-in demo dataset is used (written to {demo_dir}); "
-          "its rows are named 'demo' in the results.")
-    return Path(make_synthetic_dataset(demo_dir, seed=seed, **demo_options))
+def find_or_make_dataset(data_root=None, demo_dir=DEFAULT_DEMO_DIR, *, seed: int = 0, **demo_options) -> Path:
+    """The data root to train on, by the command line's rule (``demo_data.choose_data_root``):
+    ``data_root`` if the user named one (it must hold a category, else a DatasetError naming
+    it); with None or "" (not named), ./mvtec_anomaly_detection if it exists; otherwise say so
+    in one sentence, write the built-in demo dataset to ``demo_dir`` (kept if already there)
+    and return it. ``demo_options`` go to ``make_synthetic_dataset`` (the tests make a tiny demo)."""
+    root = choose_data_root(data_root)
+    if root is None:
+        print(f"No dataset found at ./{DEFAULT_DATA_ROOT}, so the built-in demo dataset is used (written to "
+              f"{demo_dir}); its rows are named 'demo' in the results.")
+        return Path(make_synthetic_dataset(demo_dir, seed=seed, **demo_options))
+    if not os.path.lexists(root):
+        raise DatasetError(f"data root {root} does not exist; fix DATA_ROOT (or AD_DATA_ROOT / MVTEC_ROOT), or leave "
+                           f"it empty to use ./{DEFAULT_DATA_ROOT}, or the demo dataset when that is absent.")
+    list_categories(root)  # a named folder without categories is an error naming it, never a switch to the demo
+    return root
 
 
 def describe_dataset(root) -> pd.DataFrame:
@@ -297,15 +300,21 @@ def find_checkpoint(row, checkpoint_dir=DEFAULT_CHECKPOINT_DIR) -> Path | None:
 
 def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir=DEFAULT_CHECKPOINT_DIR, device="cpu") -> dict:
     """Model name -> trained model of ``category`` (rows without a checkpoint are skipped); with
-    several seeds, the model of the lowest seed that has a checkpoint (figures show one model each)."""
+    several seeds, the model of the lowest seed that has a checkpoint (figures show one model each).
+    A checkpoint that cannot be loaded (damaged, another version) is skipped with a printed
+    note: one bad file must not stop the figures of every other model."""
     out = {}
     d = plots.prepare_results(rows)
     for _, row in d[d["category"] == category].sort_values("seed", kind="stable").iterrows():
         if row["model"] in out:
             continue
         path = find_checkpoint(row, checkpoint_dir)
-        if path is not None:
+        if path is None:
+            continue
+        try:
             out[row["model"]] = load_checkpoint(path, model=row["model"], device=device)
+        except CheckpointError as e:
+            print(f"{row['model']} on {category!r} is left out of the figures: {e}")
     return out
 
 
@@ -322,7 +331,7 @@ def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir=DEFAULT_CHE
     for category in dict.fromkeys(d["category"]):
         trained = load_trained(d, category, checkpoint_dir)
         if not trained:
-            print(f"no checkpoints for {category!r} under {checkpoint_dir}; its gallery is skipped.")
+            print(f"no usable checkpoints for {category!r} under {checkpoint_dir}; its gallery is skipped.")
             continue
         test = _test_split(data_root, category, next(iter(trained.values())))
         ex = examples.gallery_examples(trained, test, n_good=n_good, n_defect=n_defect)

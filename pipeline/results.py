@@ -13,6 +13,12 @@ or Ctrl-C at any point leaves either the old or the new complete file, and two r
 sharing one CSV neither lose nor duplicate rows. Existing cells are kept as the exact text
 they were written as; columns of an older or newer schema are kept (missing ones are
 empty). A CSV that cannot be read is an error naming it and is never overwritten.
+
+A CSV that is a symbolic link (``link.csv -> shared/results.csv``) is written where it
+points (``results_path``): the rename, the lock file and the side-file folder are beside the
+real file, so the link stays a link and every run sharing the real file sees each row.
+Text columns (``TEXT_COLUMNS``) are read as the exact text written: a category, dataset or
+model named NA, None, null or nan is that name, never a missing value.
 """
 from __future__ import annotations
 
@@ -103,18 +109,33 @@ def read_text_table(csv: Path) -> pd.DataFrame:
     return df
 
 
+def results_path(csv) -> Path:
+    """Where the results of ``csv`` really are: ``~`` expanded and symbolic links followed
+    (also a link to a file not yet written). Writing through the link's own path would replace
+    the link by a regular file, so the shared file it points to would never get the rows. A
+    path that is not a link is kept as given (linked folders above it need nothing: the
+    rename and the lock happen in the folder they lead to anyway)."""
+    csv = Path(csv).expanduser()
+    return Path(os.path.realpath(csv)) if csv.is_symlink() else csv
+
+
 def read_results(csv=DEFAULT_RESULTS_CSV, *, missing_ok: bool = False) -> pd.DataFrame:
     """The results table with typed columns; every contract column is present (NaN where an
-    older file lacks it) and no column of the file is dropped."""
-    csv = Path(csv)
+    older file lacks it) and no column of the file is dropped. Text columns hold the exact
+    text written (an empty cell is NaN): pandas' default missing-value strings (NA, None,
+    null, nan, n/a, ...) are legitimate names of a category, dataset or root folder."""
+    csv = results_path(csv)
     if not csv.exists():
         if missing_ok:
             return pd.DataFrame(columns=list(COLUMNS))
         raise ResultsError(
             f"no results file at {str(csv)!r}; run `python -m pipeline run` first or pass --results-csv."
         )
-    read_text_table(csv)  # the same checks (and errors) as when appending
+    text = read_text_table(csv)  # the same checks (and errors) as when appending
     df = pd.read_csv(csv, dtype={c: str for c in TEXT_COLUMNS})
+    for c in TEXT_COLUMNS:
+        if c in df.columns:  # the numbers parse as before; only the text cells are taken verbatim
+            df[c] = text[c].where(text[c] != "", np.nan).astype(object)
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = np.nan
@@ -154,8 +175,9 @@ def _atomic_write_csv(df: pd.DataFrame, csv: Path) -> None:
 
 
 def check_writable(csv) -> Path:
-    """Fail before any training if the results can be neither read nor written."""
-    csv = Path(csv)
+    """Fail before any training if the results can be neither read nor written; returns the
+    path to write to (``results_path``: a symbolic link's target)."""
+    csv = results_path(csv)
     try:
         csv.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -171,6 +193,11 @@ def check_writable(csv) -> Path:
     if not os.access(csv.parent, os.W_OK):
         raise ResultsError(f"the results folder {str(csv.parent)!r} is not writable; make it writable "
                            "or pass another --results-csv.")
+    side = csv.with_name(f"{csv.stem}.runs")  # runs.runs_dir: the per-row side files go there
+    if side.exists() and not side.is_dir():
+        raise ResultsError(f"{str(side)!r} is a file, but the results' side files (per-image scores, training "
+                           "curves) go in a folder of that name next to the CSV; move the file or pass another "
+                           "--results-csv.")
     return csv
 
 
@@ -188,7 +215,7 @@ def _remove_orphan_temps(csv: Path) -> None:
 def append_row(csv, row: dict, *, replace: bool = False) -> bool:
     """Add ``row`` to the CSV atomically, under the lock; False if its key is already there
     (written meanwhile by another run) and ``replace`` is off. Other rows keep their exact text."""
-    csv = Path(csv)
+    csv = results_path(csv)
     with _locked(csv):
         _remove_orphan_temps(csv)
         table = read_text_table(csv) if csv.exists() else pd.DataFrame(columns=list(COLUMNS))
@@ -206,7 +233,7 @@ def append_row(csv, row: dict, *, replace: bool = False) -> bool:
 
 def finished_keys(csv) -> set[tuple[str, ...]]:
     """The keys (KEY_COLUMNS, as text) of the rows already in ``csv``; empty if it does not exist."""
-    csv = Path(csv)
+    csv = results_path(csv)
     if not csv.exists():
         return set()
     table = read_text_table(csv)

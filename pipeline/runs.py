@@ -29,12 +29,14 @@ import pandas as pd
 
 from .checkpoints import safe_name
 from .files import atomic_write
+from .results import results_path
 from .stats import RunScores
 
 
 def runs_dir(csv) -> Path:
-    """The side-file folder of the results CSV ``csv``: ``x.csv`` -> ``x.runs/`` beside it."""
-    csv = Path(csv)
+    """The side-file folder of the results CSV ``csv``: ``x.csv`` -> ``x.runs/`` beside it (beside
+    the real file when ``csv`` is a symbolic link, where its rows are: ``results.results_path``)."""
+    csv = results_path(csv)
     return csv.with_name(f"{csv.stem}.runs")
 
 

@@ -1,9 +1,10 @@
 """The notebook, executed top to bottom by a real kernel, on a tiny generated demo dataset.
 
-Parameters go in through the environment variables its parameters cell reads (AD_*); the
-data root points nowhere, so the notebook takes its "no dataset: use the demo" path and
-writes a tiny demo (32 px, a few images per category) into tmp_path. Every output (CSV,
-checkpoints, figures) goes to tmp_path, never into the repository.
+Parameters go in through the environment variables its parameters cell reads (AD_*); no
+data root is named and the kernel runs in tmp_path, where ./mvtec_anomaly_detection is absent,
+so the notebook takes its "no dataset: use the demo" path and writes a tiny demo (32 px, a
+few images per category) into tmp_path. Every output (CSV, checkpoints, figures) goes to
+tmp_path, never into the repository.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_parameters_cell_is_tagged_and_first_code_cell():
 def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "out"
     env = {
-        "AD_DATA_ROOT": str(tmp_path / "no_dataset_here"),
+        "AD_DATA_ROOT": "",  # not named: the default folder, absent in the kernel's folder (tmp_path), so the demo
         "AD_DEMO_DIR": str(tmp_path / "demo"),
         "AD_DEMO_OPTIONS": json.dumps({"image_size": 32, "n_train": 8, "n_test_good": 3, "n_per_defect": 1,
                                        "categories": CATEGORIES}),
@@ -65,10 +66,11 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)  # the kernel is a child process and inherits them
+    monkeypatch.delenv("MVTEC_ROOT", raising=False)
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(ROOT)}})
+                                     resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
 
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
