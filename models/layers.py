@@ -8,16 +8,33 @@ is the shared image-size check.
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that also trains on ONE value per channel, where torch raises
+    "Expected more than 1 value per channel when training": a batch of one image at a 1x1
+    map (the CAE's and VAE's last encoder stage at image_size = 16 px, batch_size 1). There it
+    normalises with its running statistics, as in evaluation, since one value has no batch
+    variance; with batch size 1 throughout, those stay at their start (mean 0, variance 1),
+    so training and evaluation agree. Every other input goes to ``nn.BatchNorm2d`` unchanged:
+    same weights, same state_dict keys, same results at every other size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
 
 
 def down_block(in_ch: int, out_ch: int) -> nn.Sequential:
     """(B, in_ch, H, W) -> (B, out_ch, H/2, W/2)."""
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(out_ch),
+        BatchNorm2d(out_ch),
         nn.LeakyReLU(0.2, inplace=True),
     )
 
@@ -26,7 +43,7 @@ def up_block(in_ch: int, out_ch: int) -> nn.Sequential:
     """(B, in_ch, H, W) -> (B, out_ch, 2H, 2W)."""
     return nn.Sequential(
         nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(out_ch),
+        BatchNorm2d(out_ch),
         nn.LeakyReLU(0.2, inplace=True),
     )
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories
+from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories, model_config
 from models.errors import CheckpointError, ConfigError, DatasetError, UserError
 from models.mvtec import DEFAULT_VAL_FRACTION, dataset_name
 
-from . import runs
+from . import memory, runs
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, make_checkpoint_dir
 from .evaluate import EvalConfig
 from .fingerprint import data_fingerprint, describe_change
@@ -55,20 +55,19 @@ def make_specs(data_root, categories=None, models=None, *, image_size: int = DEF
                            f"in {str(data_root)!r}; valid: {', '.join(available)}.")
     names = list(MODEL_NAMES) if models is None else list(dict.fromkeys(models))
     overrides = dict(model_overrides or {})
-    for name in set(names) | set(overrides):
+    for name in [*names, *(m for m in overrides if m not in names)]:
         if name not in MODEL_NAMES:
             raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}.")
         for key in ("image_size", "in_channels"):
             if key in overrides.get(name, {}):
                 raise ConfigError(f"{name}.{key} cannot be overridden per model; the grid sets {key} for all models "
                                   f"(--image-size on the command line).")
+        if name not in names:  # not run, but a typo in its --set is still a mistake: say so rather than ignore it
+            model_config(name, image_size=image_size, **overrides[name])
     train = train or TrainConfig()
     seeds = [train.seed] if seeds is None else list(dict.fromkeys(seeds))
     if not seeds:
         raise ConfigError("no seeds given; pass at least one (e.g. --seeds 0 1 2).")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"a seed must be a whole number >= 0, got {seed!r}.")
     eval_config = eval_config or EvalConfig()
     dataset = dataset_name(data_root)
     specs = [JobSpec(data_root=data_root, category=c, model=m, dataset=dataset, image_size=image_size,
@@ -153,6 +152,7 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
                        if not force and checkpoint_dir is not None and (s.model, s.train_hash()) in trained
                        and s.checkpoint_path(checkpoint_dir).is_file()}
     n_eval = len(from_checkpoint)
+    memory.check_jobs([s for s in todo if id(s) not in from_checkpoint])  # too large to train: exit 2 before any data
     log(f"{len(specs)} job(s): {len(specs) - len(todo)} already in {csv}, {len(todo) - n_eval} to train"
         + (f", {n_eval} to evaluate from their checkpoints" if n_eval else "") + ".")
     if todo and checkpoint_dir is not None:

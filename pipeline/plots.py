@@ -51,6 +51,8 @@ CURVES_FIGURE = "training_curves.png"
 # Averaged over seeds by aggregate_seeds (f1_floor: F1 of calling every test image defective).
 AGGREGATED_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "f1_max", "f1_floor")
 FLOOR_LABEL = "F1 of calling every image defective"
+# prepare_results' attrs key of the footnote that says which rows of older configs were left out.
+LEFT_OUT_ATTR = "left_out_note"
 CURVE_COLUMNS = ("dataset", "category", "model", "epoch", "train_loss")
 DPI = 130
 GALLERY_DPI = 100  # galleries are mostly photographs: 100 dpi keeps them ~1 MB and still sharp
@@ -122,16 +124,90 @@ def prepare_results(df: pd.DataFrame) -> pd.DataFrame:
             f"the results table lacks column(s) {', '.join(missing)}; "
             "use a CSV written by `python -m pipeline run` or grid.run_grid."
         )
-    d = df.copy()
+    d = df.copy().reset_index(drop=True)  # unique labels: the left-out rows are told apart by them
     d["category"] = d["category"].astype(str)
     d["category_type"] = d["category_type"].fillna("custom").astype(str)
     if "seed" not in d.columns:
         d["seed"] = 0
     if "finished_at" in d.columns:
         d = d.sort_values("finished_at", kind="stable")
-    d = _latest_config(d)
-    d = d.drop_duplicates(["dataset", "category", "model", "seed"], keep="last")
-    return _in_display_order(d, then=["seed"])
+    kept = _latest_config(d)
+    kept = kept.drop_duplicates(["dataset", "category", "model", "seed"], keep="last")
+    out = _in_display_order(kept, then=["seed"])
+    # What was left out, for the figures' footnote (LEFT_OUT_ATTR); a table prepared before
+    # (make_all_figures hands its prepared rows on) keeps the note of its first preparation.
+    left_out = d.loc[~d.index.isin(kept.index)]
+    out.attrs[LEFT_OUT_ATTR] = _left_out_note(left_out, kept) if len(left_out) else df.attrs.get(LEFT_OUT_ATTR, "")
+    return out
+
+
+def _flat(config, prefix: str = "") -> dict:
+    """A config dict as {leaf key: value} (the last key of each path: epochs, latent_dim, score_map ...)."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, prefix))
+        else:
+            out[k] = v
+    return out
+
+
+def _config_diff(old_json, new_json) -> str:
+    """'epochs 1 -> 2, image_size 32 -> 64': where an older row's config differs from the drawn one."""
+    try:
+        old, new = _flat(json.loads(_config_without_seed(old_json))), _flat(json.loads(_config_without_seed(new_json)))
+    except (TypeError, ValueError, AttributeError):
+        return "another config"
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    fmt = lambda v: "-" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    changes = [f"{k} {fmt(old.get(k))} -> {fmt(new.get(k))}" for k in keys]
+    if len(changes) > 4:
+        changes = changes[:4] + [f"{len(changes) - 4} more settings"]
+    return ", ".join(changes) or "the same config, run again"
+
+
+def _left_out_note(left_out: pd.DataFrame, kept: pd.DataFrame) -> str:
+    """One line per kind of difference: which (category, model) pairs had rows left out, how
+    many, and how their config differs from the one drawn (the pair's latest)."""
+    pair = ["dataset", "category", "model"]
+    drawn = kept.groupby(pair, sort=False).tail(1).set_index(pair)
+    groups: dict[str, list] = {}
+    for _, row in left_out.iterrows():
+        key = tuple(row[pair])
+        if "config_json" in left_out.columns and key in drawn.index:
+            diff = _config_diff(row["config_json"], drawn.loc[key, "config_json"])
+        else:
+            diff = "another config"
+        groups.setdefault(diff, []).append(row)
+    lines = []
+    for diff, rows in sorted(groups.items(), key=lambda g: -len(g[1])):
+        pairs = list(dict.fromkeys((r["category"], r["model"]) for r in rows))
+        where = ", ".join(f"{model_label(m)} on {c}" for c, m in pairs[:3])
+        if len(pairs) > 3:
+            where += f" and {len(pairs) - 3} more"
+        count = f"{len(rows)} row{'s' if len(rows) > 1 else ''}"
+        if len(pairs) == 1 and "config_hash" in kept.columns:  # one pair: name the config drawn
+            hashes = kept.loc[(kept["category"] == pairs[0][0]) & (kept["model"] == pairs[0][1]), "config_hash"]
+            count += f"; drawn: config_hash {', '.join(dict.fromkeys(hashes.astype(str)))}"
+        lines.append(f"{where} ({count}): {diff}")
+    if len(lines) > 3:
+        rest = sum(len(r) for _, r in sorted(groups.items(), key=lambda g: -len(g[1]))[3:])
+        lines = lines[:3] + [f"and {rest} more rows of other older configs"]
+    return (f"Drawn: the latest config of each (category, model); {len(left_out)} row"
+            f"{'s' if len(left_out) > 1 else ''} of older configs left out (older -> drawn):\n" + "\n".join(lines))
+
+
+def left_out_note(d: pd.DataFrame) -> str:
+    """The footnote of a prepared table (``prepare_results``): the rows of older configs it
+    left out, and how they differ from the config drawn; '' when nothing was left out."""
+    return d.attrs.get(LEFT_OUT_ATTR, "")
+
+
+def _footnote(fig, d: pd.DataFrame) -> None:
+    """The left-out note (``left_out_note``) under the figure, if any."""
+    note = left_out_note(d)
+    if note:
+        fig.supxlabel(note, x=0.01, ha="left", fontsize=7.5, color="0.3", gid="left-out-note")
 
 
 def _config_without_seed(config_json) -> str:
@@ -334,6 +410,7 @@ def f1_score_comparison(df: pd.DataFrame, out_path) -> Path:
         ax.set_xlabel("category")
         ax.set_title(f"F1 per category and model ({dataset_note(d)}){_bars_note(agg)}")
         _bar_legend(fig, ax, names)
+        _footnote(fig, d)
     return _save(fig, out_path)
 
 
@@ -354,6 +431,7 @@ def roc_auc_comparison(df: pd.DataFrame, out_path) -> Path:
         axes[1].set_xlabel("category")
         fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)}){_bars_note(agg)}")
         _bar_legend(fig, axes[0], names)
+        _footnote(fig, d)
     return _save(fig, out_path)
 
 
@@ -440,6 +518,7 @@ def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
             ax.tick_params(axis="x", rotation=0)
             ax.tick_params(axis="y", rotation=0)
         fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)}" + (f"; {seeds}" if seeds else "") + ")")
+        _footnote(fig, d)
     return _save(fig, out_path)
 
 
@@ -447,7 +526,8 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
     """Per model, the distribution over categories of image AUROC, pixel AUROC, AU-PRO and F1:
     a box per model and one marker per category (circle: texture, triangle: object); each
     category's value is its mean over seeds."""
-    d = aggregate_seeds(df)
+    rows = prepare_results(df)
+    d = aggregate_seeds(rows)
     seeds = _seeds_note(d)
     names = _models(d)
     colors = model_colors(names)
@@ -492,9 +572,14 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
                 if n not in entries:
                     handles.append(h)
                     entries.append(n)
-        if handles:
-            fig.legend(handles, [n if n == "mean" else f"{n} category" for n in entries], loc="outside lower center",
-                       ncols=len(entries), frameon=False)
+        note = left_out_note(rows)
+        if handles:  # the footnote goes above the legend's entries: a figure label there would overlap them
+            legend = fig.legend(handles, [n if n == "mean" else f"{n} category" for n in entries],
+                                loc="outside lower center", ncols=len(entries), frameon=False, title=note or None,
+                                title_fontsize=7.5, alignment="left")
+            legend.get_title().set(color="0.3", gid="left-out-note")
+        else:
+            _footnote(fig, rows)
         per_category = f"; each category: {seeds}" if seeds else ""
         fig.suptitle(f"Metrics across categories, per model ({dataset_note(d)}{per_category})")
     return _save(fig, out_path)

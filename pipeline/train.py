@@ -35,6 +35,9 @@ from models.errors import ConfigError, DatasetError, TrainingError
 from .augment import AUGMENTATIONS, augment_batch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# torch seeds its CPU generator with the low 32 bits of the seed only (mt19937), so seeds
+# 2**32 apart give identical runs under different config hashes; larger seeds overflow.
+MAX_SEED = 2**32 - 1
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -73,6 +76,9 @@ class TrainConfig:
             bad(f"lr must be a positive number, got {self.lr!r}")
         if not self.weight_decay >= 0 or not self.grad_clip >= 0:
             bad(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay!r} and {self.grad_clip!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            bad(f"seed must be a whole number from 0 to {MAX_SEED} (torch uses only the low 32 bits, so a larger "
+                f"seed would repeat a smaller seed's results), got {self.seed!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             bad(f"lr_schedule {self.lr_schedule!r} is unknown; valid: {', '.join(LR_SCHEDULES)}")
         try:  # unknown or unavailable (cuda without a GPU): refused now, before any data is read
@@ -160,11 +166,13 @@ class BatchSource:
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Index batches of a (seeded) permutation of range(n); a trailing batch of 1 is dropped
-    when there are others (BatchNorm cannot train on a single sample)."""
+    """Index batches of a (seeded) permutation of range(n); in training (``generator`` given),
+    a trailing batch of 1 is dropped when the others are larger: its batch statistics would be
+    one image's (the image comes back in another epoch's order; results depend on this rule).
+    With batch_size 1 every batch is one image and nothing is dropped."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     batches = list(order.split(batch_size))
-    if len(batches) > 1 and batches[-1].numel() == 1 and generator is not None:
+    if len(batches) > 1 and batches[-1].numel() == 1 and batch_size > 1 and generator is not None:
         batches.pop()
     return batches
 

@@ -1,0 +1,245 @@
+"""Will a job fit in memory? An estimate of a model's training memory, made before any data is read.
+
+A model too large for the machine (``--image-size 1024`` on a small GPU: the CAE's dense
+bottleneck alone is then 270 M parameters) used to fail with a raw allocator error after its
+data had been decoded, often minutes into a run. ``check_fits`` says so up front, in one
+sentence, with a size or batch that fits.
+
+The estimate (``estimate``) builds the model on PyTorch's ``meta`` device (shapes, no
+storage, no arithmetic) and runs one training forward pass there on a batch of the job's
+shape, counting the tensors autograd saves for the backward pass:
+
+- parameters: 16 bytes each in training (float32 weight, gradient, AdamW's two moments);
+- activations: the saved tensors (each counted once; parameters are not activations), plus
+  twice the largest of them for what the backward pass holds at its peak (the gradient
+  of the activation being processed and of its input);
+- attention as a fused kernel saves it (q, k, v, output; not the tokens x tokens weights);
+- on CUDA with bf16 autocast (``TrainConfig.amp``), activations at half that: the meta
+  device knows no autocast, so the pass runs in float32, and bf16 stores half the bytes
+  (an assumption: not yet measured on a GPU).
+
+It leaves out the decoded images (N x C x S x S bytes: 3 MB per image at 1024 px) and the
+framework's own overhead (CUDA context, allocator caching, libraries). Measured on CPU
+(fit, batch 8, 256 and 512 px; peak resident memory above the process's start): the real
+peak was 0.8-0.96x the estimate for CAE and VAE, 1.15-1.5x for VAE-GRF, 1.5-1.65x for
+ViT-VAE, i.e. right to within a factor of two, not a promise. So a job is refused only when
+the estimate is larger than ALL the memory available; one the estimate barely lets through
+can still run out. The first estimate in a process takes about 1.5 s (torch imports its
+meta kernels); each one after it 30-100 ms.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import MODELS, model_config
+from models.errors import ConfigError
+
+from .train import resolve_device
+
+BYTES_PER_PARAMETER = 16  # float32 weight + gradient + AdamW exp_avg + exp_avg_sq
+SIZE_STEP = 16  # suggested image sizes are multiples of this (the CNNs' default stride; patch 8 divides it)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    model: str
+    image_size: int
+    batch_size: int
+    parameters: int  # number of parameters
+    parameter_bytes: int  # with gradients and optimiser state
+    activation_bytes: int  # saved for the backward pass, plus its peak
+
+    @property
+    def total_bytes(self) -> int:
+        return self.parameter_bytes + self.activation_bytes
+
+
+class _FusedAttention(torch.autograd.Function):
+    """What a fused attention kernel (flash / memory-efficient: CUDA, and CPU in float32) keeps
+    for the backward pass: q, k, v, the output and one log-sum-exp per query, never the
+    (tokens x tokens) weights that the meta device's plain implementation would save."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1]))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # never called: the estimate runs no backward pass
+        raise NotImplementedError
+
+
+def _fused_attention_forward(mha: nn.MultiheadAttention, query, key, value, **_):
+    """nn.MultiheadAttention's forward (self-attention, no masks) with _FusedAttention inside.
+    The meta device cannot run the fused kernels, and a function mode never sees the
+    attention call inside ``F.multi_head_attention_forward``, so the estimate's throwaway copy
+    of the model gets this forward on each attention module instead."""
+    x = query if mha.batch_first else query.transpose(0, 1)  # (B, T, D)
+    b, t, d = x.shape
+    h = mha.num_heads
+    q, k, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+    out = _FusedAttention.apply(q, k, v).transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+    out = mha.out_proj(out)
+    return (out if mha.batch_first else out.transpose(0, 1)), None
+
+
+def _build_on_meta(name: str, config):
+    """The model with meta tensors. A model whose constructor computes with values (the GRF
+    prior's spectrum calls ``.item()``) is built on the CPU and then moved: only models whose
+    parameters do not grow with the image size do that today (VAE-GRF: convolutions only)."""
+    try:
+        with torch.device("meta"):
+            return MODELS[name](config)
+    except (RuntimeError, NotImplementedError):
+        with torch.random.fork_rng(devices=[]):  # its initialisation must not move the global RNG
+            return MODELS[name](config).to("meta")
+
+
+def estimate(name: str, *, image_size: int, batch_size: int, in_channels: int = 3, overrides: dict | None = None,
+             half_activations: bool = False) -> MemoryEstimate:
+    """Training memory of model ``name`` at ``image_size`` px with batches of ``batch_size``
+    (see the module docstring). ``half_activations``: bf16 autocast (CUDA with amp)."""
+    config = model_config(name, image_size=image_size, in_channels=in_channels, **(overrides or {}))
+    model = _build_on_meta(name, config).train()
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            m.forward = functools.partial(_fused_attention_forward, m)
+    params = list(model.parameters())
+    param_ids = {id(p) for p in params}
+    saved: dict[int, torch.Tensor] = {}  # id -> tensor (kept alive, so ids stay unique; meta: no storage)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in param_ids:
+            saved[id(t)] = t
+        return t
+
+    x = torch.empty(batch_size, in_channels, image_size, image_size, device="meta")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        try:
+            model.loss(x)
+        except (RuntimeError, NotImplementedError):
+            # A loss the meta device cannot run (the GRF prior's KL turns autocast off by
+            # device type, and there is no autocast for "meta"): the reconstruction alone,
+            # which holds the image-sized activations; the latent's loss terms are small next to them.
+            saved.clear()
+            model.reconstruct(x)
+    sizes = [t.numel() * t.element_size() for t in saved.values()]
+    activations = sum(sizes) + 2 * max(sizes, default=0) + x.numel() * x.element_size()
+    if half_activations:
+        activations //= 2
+    n_params = sum(p.numel() for p in params)
+    return MemoryEstimate(model=name, image_size=image_size, batch_size=batch_size, parameters=n_params,
+                          parameter_bytes=BYTES_PER_PARAMETER * n_params, activation_bytes=int(activations))
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a job can use on ``device``: CUDA's free memory plus what PyTorch's allocator
+    holds unused; elsewhere the system's available memory (Linux MemAvailable, else the
+    physical memory). None when it cannot be told (then nothing is refused)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def gib(n: float) -> str:
+    """Bytes as '4.3 GiB' (or '750 MiB' under 1 GiB)."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:,.0f} M" if n >= 1e7 else f"{n / 1e6:.1f} M"
+
+
+def _largest_size(name: str, image_size: int, batch_size: int, budget: int, **kw) -> int | None:
+    """The largest valid multiple of SIZE_STEP below ``image_size`` whose estimate fits ``budget``
+    (memory grows with the size: a binary search); None if not even the smallest one fits."""
+    sizes = []
+    for s in range(SIZE_STEP, image_size, SIZE_STEP):
+        try:
+            model_config(name, image_size=s, in_channels=kw.get("in_channels", 3), **(kw.get("overrides") or {}))
+        except ConfigError:  # not a multiple of this model's stride / patch
+            continue
+        sizes.append(s)
+    lo, hi, best = 0, len(sizes) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if estimate(name, image_size=sizes[mid], batch_size=batch_size, **kw).total_bytes <= budget:
+            best, lo = sizes[mid], mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def check_fits(name: str, *, image_size: int, batch_size: int, device: torch.device, amp: bool = True,
+               in_channels: int = 3, overrides: dict | None = None,
+               available: int | None = None) -> MemoryEstimate | None:
+    """Raise ConfigError, naming the estimate and a size or batch that fits, when training
+    ``name`` at ``image_size`` px with batches of ``batch_size`` needs more memory than
+    ``device`` has available (``available``: given, e.g. by a test; default ``available_bytes``).
+    Returns the estimate (None when it could not be made)."""
+    kw = dict(in_channels=in_channels, overrides=overrides, half_activations=device.type == "cuda" and amp)
+    try:
+        est = estimate(name, image_size=image_size, batch_size=batch_size, **kw)
+    except Exception as e:  # a model the meta device cannot run: the estimate is a courtesy, not a gate
+        warnings.warn(f"cannot estimate the training memory of {name} ({type(e).__name__}: {e}); not checked.",
+                      stacklevel=2)
+        return None
+    budget = available_bytes(device) if available is None else available
+    if budget is None or est.total_bytes <= budget:
+        return est
+    # Activations grow with the batch, parameters do not: the largest batch that fits at this size.
+    per_image = est.activation_bytes / batch_size
+    max_batch = math.floor((budget - est.parameter_bytes) / per_image) if budget > est.parameter_bytes else 0
+    size = _largest_size(name, image_size, batch_size, budget, **kw)
+    options = []
+    if size is not None:
+        options.append(f"--image-size {size} or less")
+    if max_batch >= 1:
+        options.append(f"--batch-size {max_batch} or less")
+    if not options and batch_size > 1:
+        size = _largest_size(name, image_size, 1, budget, **kw)
+        if size is not None:
+            options.append(f"--image-size {size} or less with --batch-size 1")
+    what = " or ".join(options) if options else "a machine with more memory (or a smaller model: --set)"
+    raise ConfigError(
+        f"{name} at {image_size} px with batch {batch_size} needs about {gib(est.total_bytes)} to train "
+        f"({_millions(est.parameters)} parameters: {gib(est.parameter_bytes)} with their gradients and optimiser "
+        f"state; activations {gib(est.activation_bytes)}), more than the {gib(budget)} available on {device.type}; "
+        f"use {what}."
+    )
+
+
+def check_jobs(specs) -> None:
+    """``check_fits`` for each distinct model setup among the jobs (``job.JobSpec``) that will
+    train, on their device; jobs already in the CSV or evaluated from a checkpoint are not
+    checked (re-running a finished grid on a smaller machine is fine)."""
+    seen = set()
+    for s in specs:
+        setup = (s.model, s.image_size, s.in_channels, s.train.batch_size, s.train.device, s.train.amp,
+                 tuple(sorted((k, repr(v)) for k, v in s.model_overrides.items())))
+        if setup in seen:
+            continue
+        seen.add(setup)
+        check_fits(s.model, image_size=s.image_size, batch_size=s.train.batch_size,
+                   device=resolve_device(s.train.device), amp=s.train.amp, in_channels=s.in_channels,
+                   overrides=s.model_overrides)
