@@ -156,9 +156,12 @@ def verdicts(df: pd.DataFrame, results_csv=None, *, n_boot: int = 2000) -> tuple
 
 def _verdict_lines(table: pd.DataFrame, missing: list[str]) -> list[str]:
     """The summary's Markdown table of pairwise differences."""
+    left_out = ["", f"Left out (no per-image scores): {', '.join(missing[:5])}"
+                    + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") + "."] if missing else []
     if table.empty or (table["verdict"] == "no data").all():
-        return ["", "Differences between models: no per-image scores were found for these rows (written by an "
-                    "older version, or their side files were deleted), so no interval can be computed."]
+        return ["", "Differences between models: no pair of models has per-image scores of the same categories "
+                    "and seeds (rows written by an older version, or side files deleted), so no interval can be "
+                    "computed."] + left_out
     n_seeds = int(table["n_seeds"].max())
     seeds = f"{n_seeds} seeds" if n_seeds > 1 else "1 seed, so test-image variation only"
     lines = ["", f"Differences between models (mean over categories of A - B; 95 % paired bootstrap interval over "
@@ -171,14 +174,11 @@ def _verdict_lines(table: pd.DataFrame, missing: list[str]) -> list[str]:
             if not np.isfinite(r["estimate"]):
                 cells.append("n/a")
                 continue
-            verdict = r["verdict"].replace(a, model_label(a)).replace(b, model_label(b)) if "better" in r["verdict"] \
-                else r["verdict"]
+            better = {f"{a} better": a, f"{b} better": b}.get(r["verdict"])  # stats names models by registry name
+            verdict = f"{model_label(better)} better" if better else r["verdict"]
             cells.append(f"{r['estimate']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]: {verdict}")
         lines.append(f"| {model_label(a)} vs {model_label(b)} | " + " | ".join(cells) + " |")
-    if missing:
-        lines += ["", f"Left out (no per-image scores): {', '.join(missing[:5])}"
-                      + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") + "."]
-    return lines
+    return lines + left_out
 
 
 def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS, *, results_csv=None, n_boot: int = 2000) -> Markdown:
