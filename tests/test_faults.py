@@ -267,7 +267,7 @@ def test_training_that_diverges_in_its_last_step_fails_that_job_only(root, tmp_p
 
     def loss_with_nan_gradient_at_step_2(self, x):
         out = real(self, x)
-        if self.training:
+        if self.training and x.device.type != "meta":  # not the memory estimate's pass (pipeline/memory.py)
             steps["n"] += 1
             if steps["n"] == 2:  # 7 train images, batch 4 -> 2 steps: the last one
                 p = next(self.parameters())
