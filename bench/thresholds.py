@@ -13,7 +13,8 @@
    public API (``pipeline.job.train_model``, the TrainConfig defaults unless overridden) and
    its val and test image scores (``pipeline.evaluate.score_split``) are cached in an npz under
    ``--cache-dir`` (default /tmp/threshold_scores), keyed by the job's config without the
-   threshold rule; a rerun only reads the npz files. Nothing is written to the repository's
+   threshold rule and by the category files' names, sizes and mtimes; a rerun only reads
+   the npz files. Nothing is written to the repository's
    results CSV or checkpoints/. The seed sets the model init, the data order AND which
    train/good images are held out as val; ``val_fraction`` is that hold-out's share.
 2. Each rule of ``--rules`` (``pipeline.thresholds``) picks a threshold from the val scores
@@ -64,10 +65,23 @@ DEFAULT_RULES = ("val_max", "val_p99", "val_p95", "val_p90", "val_mean+2std", "v
 DEFAULT_RULES_ALL = list(dict.fromkeys([DEFAULT_THRESHOLD_RULE, *DEFAULT_RULES]))
 
 
+def data_identity(root, category: str) -> str:
+    """Cheap identity of a category's files (relative path, size, mtime): regenerated or edited
+    images (e.g. a new demo dataset written over the old one) must not be served stale scores."""
+    folder = Path(root) / category
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return config_hash({"files": [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
+                                  for p in files]})
+
+
 def cache_file(cache_dir: Path, spec: JobSpec) -> Path:
-    """One npz per job; the key is the job's config without its threshold rule (rules are applied later)."""
+    """One npz per job, keyed by the job's config without its threshold rule (the rules are applied
+    afterwards) and by the identity of the category's files."""
     config = spec.config_dict()
     config.pop("threshold_rule", None)
+    if isinstance(config.get("eval"), dict):
+        config["eval"] = {k: v for k, v in config["eval"].items() if k != "threshold_rule"}
+    config["files"] = data_identity(spec.data_root, spec.category)
     safe = lambda text: re.sub(r"[^A-Za-z0-9_.-]", "_", str(text))
     name = f"{spec.model}-seed{spec.train.seed}-val{spec.val_fraction:g}-{config_hash(config)}.npz"
     return cache_dir / safe(spec.dataset) / safe(spec.category) / name

@@ -47,9 +47,9 @@ def test_inputs_numpy_tensor_list_agree():
 
 
 def test_default_rule_is_valid_and_listed():
-    assert DEFAULT_THRESHOLD_RULE == "val_median+3mad"  # measured: bench/README.md, "Threshold rules"
+    assert DEFAULT_THRESHOLD_RULE == "val_median+2mad"  # measured: bench/README.md, "Threshold rules"
     check_threshold_rule(DEFAULT_THRESHOLD_RULE)
-    assert "val_median+Kmad (e.g. val_median+3mad)" in THRESHOLD_RULES
+    assert "val_median+Kmad (e.g. val_median+2mad)" in THRESHOLD_RULES
     assert val_threshold(VAL) == val_threshold(VAL, DEFAULT_THRESHOLD_RULE)
 
 
@@ -65,7 +65,7 @@ def test_default_is_robust_to_one_odd_val_image():
     assert before > np.median(clean) and after < odd.max() / 2
     assert val_threshold(odd, "val_max") == odd.max()
     # and it flags only a small share of the clean normals themselves
-    assert (clean > before).mean() < 0.05
+    assert (clean > before).mean() < 0.1
 
 
 def test_tied_scores_fall_back_to_mean_absolute_deviation():
@@ -84,11 +84,11 @@ def test_few_val_scores_give_a_finite_threshold(rule, val):
 
 
 def test_default_with_two_or_three_val_scores():
-    # n = 2: median + 3 * 1.4826 * |a - b| / 2, above the max (a spread cannot be told from 2 images)
-    assert val_threshold([1.0, 2.0]) == pytest.approx(1.5 + 3 * 1.482602218505602 * 0.5)
+    # n = 2: median + 2 * 1.4826 * |a - b| / 2, above the max (a spread cannot be told from 2 images)
+    assert val_threshold([1.0, 2.0]) == pytest.approx(1.5 + 2 * 1.482602218505602 * 0.5)
     # n = 3 with one odd image: stays near the two alike ones, not at the odd one
     t = val_threshold([1.0, 1.1, 5.0])
-    assert 1.1 < t < 2.0
+    assert t == pytest.approx(1.1 + 2 * 1.482602218505602 * 0.1)
     assert val_threshold([0.5]) == 0.5  # n = 1: the score itself
 
 
