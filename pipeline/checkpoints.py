@@ -20,7 +20,7 @@ import torch
 from models import MODEL_NAMES, MODELS, model_config
 from models.errors import CheckpointError, ConfigError
 
-from .files import atomic_write
+from .files import atomic_write, make_folder
 from .train import TrainConfig
 
 CHECKPOINT_FORMAT = 1
@@ -174,14 +174,7 @@ def load_checkpoint(path, *, model: str | None = None, config=None, device="cpu"
 
 def make_checkpoint_dir(folder) -> Path:
     """Create ``folder`` (and its parents) for checkpoints, or say in one sentence why not."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
-        raise CheckpointError(f"cannot create the checkpoint folder {str(folder)!r} ({why}); "
-                              "pass another --checkpoint-dir.") from None
-    return folder
+    return make_folder(folder, what="checkpoint folder", fix="pass another --checkpoint-dir", error=CheckpointError)
 
 
 def safe_name(name: str) -> str:

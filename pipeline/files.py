@@ -35,3 +35,17 @@ def atomic_write(path, mode: str = "wb", *, permissions: int | None = None):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_folder(folder, *, what: str, fix: str, error: type[Exception] = OSError) -> Path:
+    """Create ``folder`` (and its parents) and check it is writable, or raise ``error`` with one
+    sentence naming ``what`` it is for and ending in ``fix`` (e.g. "pass another --checkpoint-dir")."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
+        raise error(f"cannot create the {what} {str(folder)!r} ({why}); {fix}.") from None
+    if not os.access(folder, os.W_OK):
+        raise error(f"the {what} {str(folder)!r} is not writable; make it writable or {fix}.")
+    return folder

@@ -15,7 +15,6 @@ import dataclasses
 import gc
 import json
 import math
-import os
 import traceback
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from models.mvtec import DEFAULT_VAL_FRACTION, dataset_name
 from . import memory, runs
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, make_checkpoint_dir
 from .evaluate import EvalConfig
+from .files import make_folder
 from .fingerprint import data_fingerprint, describe_change
 from .job import HASH_VERSION, JobSpec, evaluate_checkpoint, load_category, run_job
 from .results import (
@@ -158,16 +158,7 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
     if todo and checkpoint_dir is not None:
         make_checkpoint_dir(checkpoint_dir)  # before any training: a bad --checkpoint-dir is exit 2, not N failed jobs
     if todo and cache_dir is not None:  # the same for --cache-dir, which models.mvtec only writes after decoding
-        cache = Path(cache_dir).expanduser()
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
-            raise ConfigError(f"cannot create the image cache folder {str(cache)!r} ({why}); "
-                              "pass another --cache-dir, or none.") from None
-        if not os.access(cache, os.W_OK):
-            raise ConfigError(f"the image cache folder {str(cache)!r} is not writable; make it writable "
-                              "or pass another --cache-dir, or none.")
+        make_folder(cache_dir, what="image cache folder", fix="pass another --cache-dir, or none", error=ConfigError)
     if not force:
         explain_reruns(table, [s for s in todo if id(s) not in from_checkpoint], runs_folder, log)
     for spec in {s.category: s for s in todo}.values():  # what the data was, for a later "files differ" message

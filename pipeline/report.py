@@ -104,13 +104,20 @@ def describe_dataset(root) -> pd.DataFrame:
 # Tables and summary
 
 
+F1_FLOOR_COLUMN = ("F1 floor", "flag every image")  # one column: the floor is the same for every model
+
+
 def metric_tables(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
     """Categories (with texture / object / overall means) x (metric, model): the mean over
-    seeds, as "mean ± sd" text when some cell has two or more seeds, else numbers rounded to 3."""
+    seeds, as "mean ± sd" text when some cell has two or more seeds, else numbers rounded to 3;
+    then the F1 floor (the F1 of calling every test image defective), so an F1 at the floor is
+    not read as skill."""
     means = {plots.METRIC_LABELS.get(m, m): plots.results_table(df, m) for m in metrics}
     out = pd.concat(means, axis=1)
     out.columns.names = ["metric", "model"]
+    floor = plots.results_table(df, "f1_floor").max(axis=1)  # equal for all models of a category
     if plots.aggregate_seeds(df, list(metrics))["n_seeds"].max() < 2:
+        out[F1_FLOOR_COLUMN] = floor
         return out.round(3)
     sds = pd.concat({plots.METRIC_LABELS.get(m, m): plots.results_table(df, m, stat="sd") for m in metrics}, axis=1)
     sds.columns.names = out.columns.names
@@ -119,6 +126,7 @@ def metric_tables(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
     for col in out.columns:
         text[col] = [("n/a" if not np.isfinite(m) else f"{m:.3f}" if not np.isfinite(sd) else f"{m:.3f} ± {sd:.3f}")
                      for m, sd in zip(out[col], sds[col])]
+    text[F1_FLOOR_COLUMN] = [f"{x:.3f}" if np.isfinite(x) else "n/a" for x in floor]
     return text
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from models.errors import DatasetError
 
 
 def _normal(rng, size: int, gray: bool) -> np.ndarray:
@@ -86,3 +89,14 @@ def slow_fit(*args, **kwargs):
 pipeline.job.fit = slow_fit
 sys.exit(main(sys.argv[2:]))
 """
+
+
+def dataset_error(fn, *words) -> str:
+    """Call ``fn``, expect a one-line DatasetError holding every one of ``words``; its message."""
+    with pytest.raises(DatasetError) as info:
+        fn()
+    msg = str(info.value)
+    for w in words:
+        assert str(w) in msg, f"{w!r} not in {msg!r}"
+    assert "\n" not in msg
+    return msg

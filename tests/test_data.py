@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 import models
-from helpers import make_tiny_mvtec
+from helpers import dataset_error, make_tiny_mvtec
 from models import mvtec
 from models.errors import ConfigError, DatasetError
 from pipeline import demo_data as synthetic
@@ -141,35 +141,27 @@ def test_antialiased_and_0_1_masks_are_accepted(tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
-def _error(fn, *words):
-    with pytest.raises(DatasetError) as info:
-        fn()
-    msg = str(info.value)
-    for w in words:
-        assert str(w) in msg, f"{w!r} not in {msg!r}"
-    assert "\n" not in msg
-    return msg
 
 
 def test_missing_and_empty_root(tmp_path):
-    _error(lambda: models.MVTecAD(tmp_path / "nope", "widget"), "nope", "mvtec_anomaly_detection", "--data-root",
+    dataset_error(lambda: models.MVTecAD(tmp_path / "nope", "widget"), "nope", "mvtec_anomaly_detection", "--data-root",
            "demo-data")
-    _error(lambda: models.list_categories(tmp_path / "nope"), "does not exist")
-    _error(lambda: models.list_categories(tmp_path), "no category", str(tmp_path))
+    dataset_error(lambda: models.list_categories(tmp_path / "nope"), "does not exist")
+    dataset_error(lambda: models.list_categories(tmp_path), "no category", str(tmp_path))
     root = make_tiny_mvtec(tmp_path / "r", categories=("widget",), n_train=1, defects=())
-    _error(lambda: models.list_categories(root / "widget"), "category folder", "parent")
+    dataset_error(lambda: models.list_categories(root / "widget"), "category folder", "parent")
 
 
 def test_unknown_category_lists_found(tiny_mvtec):
-    _error(lambda: models.MVTecAD(tiny_mvtec, "bottle"), "'bottle'", "fabric, widget")
+    dataset_error(lambda: models.MVTecAD(tiny_mvtec, "bottle"), "'bottle'", "fabric, widget")
 
 
 def test_no_train_images(tmp_path):
     _good_folder(tmp_path)
     (tmp_path / "odd" / "train" / "good" / "readme.txt").write_text("x")
-    _error(lambda: models.MVTecAD(tmp_path, "odd"), "no training images", "train")
+    dataset_error(lambda: models.MVTecAD(tmp_path, "odd"), "no training images", "train")
     (tmp_path / "bare").mkdir()
-    _error(lambda: models.MVTecAD(tmp_path, "bare"), "train/good")
+    dataset_error(lambda: models.MVTecAD(tmp_path, "bare"), "train/good")
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "not_image"])
@@ -182,14 +174,14 @@ def test_unreadable_file_is_named(tmp_path, kind):
         bad.write_bytes(bad.read_bytes()[:200])
     else:
         bad.write_text("this is not a picture")
-    _error(lambda: models.MVTecAD(root, "widget", image_size=16), str(bad))
+    dataset_error(lambda: models.MVTecAD(root, "widget", image_size=16), str(bad))
 
 
 def test_mask_size_mismatch_names_both(tmp_path):
     root = make_tiny_mvtec(tmp_path, categories=("widget",), n_train=2, n_per_defect=1)
     mask = root / "widget" / "ground_truth" / "hole" / "000_mask.png"
     Image.new("L", (20, 10), 255).save(mask)
-    _error(lambda: models.MVTecAD(root, "widget", "test", image_size=16), str(mask), "20x10", "32x32",
+    dataset_error(lambda: models.MVTecAD(root, "widget", "test", image_size=16), str(mask), "20x10", "32x32",
            str(root / "widget" / "test" / "hole" / "000.png"))
 
 
@@ -197,12 +189,12 @@ def test_unusable_mask(tmp_path):
     root = make_tiny_mvtec(tmp_path, categories=("widget",), n_train=2, n_per_defect=1)
     mask = root / "widget" / "ground_truth" / "hole" / "000_mask.png"
     Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)).save(mask)  # a gradient, not a mask
-    _error(lambda: models.MVTecAD(root, "widget", "test", image_size=16), str(mask), "binary")
+    dataset_error(lambda: models.MVTecAD(root, "widget", "test", image_size=16), str(mask), "binary")
 
 
 def test_no_test_images_and_bad_arguments(tmp_path):
     root = make_tiny_mvtec(tmp_path, categories=("widget",), n_train=2, n_test_good=0, defects=())
-    _error(lambda: models.MVTecAD(root, "widget", "test"), "no test images")
+    dataset_error(lambda: models.MVTecAD(root, "widget", "test"), "no test images")
     for kwargs in ({"split": "dev"}, {"in_channels": 2}, {"val_fraction": 1.0}, {"image_size": 0}):
         with pytest.raises(ConfigError):
             models.MVTecAD(root, "widget", **kwargs)

@@ -15,9 +15,8 @@ import pytest
 from PIL import Image
 
 import models
-from helpers import make_tiny_mvtec
+from helpers import dataset_error, make_tiny_mvtec
 from models import mvtec
-from models.errors import DatasetError
 from pipeline.__main__ import main
 from pipeline.train import TrainConfig, fit
 
@@ -37,14 +36,6 @@ def _load(root, category="widget", split="test", **kw):
     return ds, [str(w.message) for w in caught]
 
 
-def _error(fn, *words) -> str:
-    with pytest.raises(DatasetError) as info:
-        fn()
-    msg = str(info.value)
-    for w in words:
-        assert str(w) in msg, f"{w!r} not in {msg!r}"
-    assert "\n" not in msg
-    return msg
 
 
 def _mask_files(root, category="widget") -> list[Path]:
@@ -217,7 +208,7 @@ def test_float_images_in_0_1_keep_their_ratio(tmp_path):
 ])
 def test_images_outside_their_types_range_are_refused_not_stretched(tmp_path, name, array, words):
     root = _odd_category(tmp_path, {"fine.png": np.full((16, 16), 100, np.uint8), name: array})
-    _error(lambda: models.MVTecAD(root, "odd", "train", image_size=8, val_fraction=0.0), name, *words)
+    dataset_error(lambda: models.MVTecAD(root, "odd", "train", image_size=8, val_fraction=0.0), name, *words)
 
 
 # --------------------------------------------------------------------------- item 13: a tiny train set
@@ -227,7 +218,7 @@ def test_two_train_images_says_one_went_to_val(tmp_path):
     root = make_tiny_mvtec(tmp_path, categories=("widget",), n_train=2)
     train = models.MVTecAD(root, "widget", "train", image_size=32)
     model = models.build_model("cae", image_size=32, widths=[8, 16], latent_dim=16)
-    _error(lambda: fit(model, train, cfg=TrainConfig(epochs=1, batch_size=4, device="cpu", progress=False)),
+    dataset_error(lambda: fit(model, train, cfg=TrainConfig(epochs=1, batch_size=4, device="cpu", progress=False)),
            "train/good has 2 images", "1 was held out as val (val_fraction 0.1)", "leaving 1 for training",
            "add images to train/good")
 
@@ -236,7 +227,7 @@ def test_one_train_image_without_val_keeps_the_plain_message(tmp_path):
     root = make_tiny_mvtec(tmp_path, categories=("widget",), n_train=1)
     train = models.MVTecAD(root, "widget", "train", image_size=32)
     model = models.build_model("cae", image_size=32, widths=[8, 16], latent_dim=16)
-    msg = _error(lambda: fit(model, train, cfg=TrainConfig(epochs=1, device="cpu", progress=False)),
+    msg = dataset_error(lambda: fit(model, train, cfg=TrainConfig(epochs=1, device="cpu", progress=False)),
                  "found 1", "add images to train/good")
     assert "held out" not in msg
 
@@ -307,7 +298,7 @@ def test_masks_in_a_misnamed_folder_are_pointed_at(tmp_path):
 def test_good_test_folder_under_another_name_is_refused(tmp_path, name):
     root = make_tiny_mvtec(tmp_path, categories=("widget",))
     (root / "widget" / "test" / "good").rename(root / "widget" / "test" / name)
-    _error(lambda: models.MVTecAD(root, "widget", "test", image_size=32), f"test/{name}", "rename it to good")
+    dataset_error(lambda: models.MVTecAD(root, "widget", "test", image_size=32), f"test/{name}", "rename it to good")
 
 
 def test_links_work_and_a_broken_link_is_named(tmp_path):
@@ -325,7 +316,8 @@ def test_links_work_and_a_broken_link_is_named(tmp_path):
     assert len(ds) == 6 and (ds.masks == ref.masks).all()
     dangling = root / "widget" / "test" / "hole" / "002.png"
     dangling.symlink_to(tmp_path / "moved_away.png")
-    _error(lambda: models.MVTecAD(root, "widget", "test", image_size=32), str(dangling), "broken", "fix or remove")
+    dataset_error(lambda: models.MVTecAD(root, "widget", "test", image_size=32), str(dangling), "broken",
+                  "fix or remove")
 
 
 def test_two_files_of_one_name_in_a_folder_are_reported(tmp_path):
@@ -343,7 +335,7 @@ def test_an_unreadable_file_says_permissions_not_damage(tmp_path):
     f = root / "widget" / "train" / "good" / "000.png"
     f.chmod(0)
     try:
-        msg = _error(lambda: models.MVTecAD(root, "widget", "train", image_size=32), str(f), "permission")
+        msg = dataset_error(lambda: models.MVTecAD(root, "widget", "train", image_size=32), str(f), "permission")
         assert "damaged" not in msg
     finally:
         f.chmod(0o644)

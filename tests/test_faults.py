@@ -46,11 +46,7 @@ TINY = {"cae": {"widths": (8, 16), "latent_dim": 16}, "vae": {"widths": (8, 16),
 TRAIN = TrainConfig(epochs=1, batch_size=4, progress=False, num_threads=1)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_memory_cache():
-    mvtec.clear_memory_cache()  # tests change files in place; decode what each builds
-    yield
-    mvtec.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("fresh_memory_cache")  # conftest.py
 
 
 @pytest.fixture(scope="module")

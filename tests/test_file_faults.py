@@ -17,7 +17,6 @@ import pytest
 
 import pipeline.__main__
 from helpers import make_tiny_mvtec
-from models import mvtec
 from models.errors import CheckpointError, ConfigError, DatasetError
 from pipeline import demo_data, grid, plots, report, runs
 from pipeline.__main__ import main
@@ -34,11 +33,7 @@ TRAIN = TrainConfig(epochs=1, batch_size=4, progress=False, num_threads=1, devic
 TINY_DEMO = dict(image_size=32, n_train=4, n_test_good=1, n_per_defect=1, categories=["weave"])
 
 
-@pytest.fixture(autouse=True)
-def _fresh_memory_cache():
-    mvtec.clear_memory_cache()  # tests build their own files; decode what each builds
-    yield
-    mvtec.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("fresh_memory_cache")  # conftest.py
 
 
 @pytest.fixture(scope="module")

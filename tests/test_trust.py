@@ -202,6 +202,9 @@ def test_seeds_give_a_row_each_side_files_curves_and_verdicts(tmp_path):
     assert "Differences between models" in text and "2 seeds" in text
     table = report.metric_tables(df)
     assert "±" in str(table.iloc[0, 0])
+    floor = float(table[report.F1_FLOOR_COLUMN].iloc[0])
+    assert floor == pytest.approx(df["f1_floor"].iloc[0], abs=5e-4)
+    assert floor == pytest.approx(0.8, abs=5e-4)  # p = 4 / 6 defective: 2p / (1 + p)
     # Side files deleted by hand: the rows still count as done, the bootstrap leaves them out and names them.
     for path in runs.runs_dir(csv).rglob("cae-*.scores.npz"):
         path.unlink()
