@@ -14,6 +14,7 @@ from helpers import make_tiny_mvtec
 from models import scoring
 from models.scoring import ScoreConfig
 from pipeline import metrics, report, runs
+from pipeline.__main__ import main
 from pipeline.evaluate import EvalConfig, maps_at
 from pipeline.grid import run_grid
 from pipeline.results import append_row, read_results
@@ -205,6 +206,9 @@ def test_seeds_give_a_row_each_side_files_curves_and_verdicts(tmp_path):
     floor = float(table[report.F1_FLOOR_COLUMN].iloc[0])
     assert floor == pytest.approx(df["f1_floor"].iloc[0], abs=5e-4)
     assert floor == pytest.approx(0.8, abs=5e-4)  # p = 4 / 6 defective: 2p / (1 + p)
+    # The plots command draws the training curves from the side files next to the CSV.
+    assert main(["plots", "--results-csv", str(csv), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "training_curves.png").stat().st_size > 10_000
     # Side files deleted by hand: the rows still count as done, the bootstrap leaves them out and names them.
     for path in runs.runs_dir(csv).rglob("cae-*.scores.npz"):
         path.unlink()
