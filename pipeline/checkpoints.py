@@ -185,4 +185,4 @@ def safe_name(name: str) -> str:
 def checkpoint_path(checkpoint_dir, *, dataset: str, category: str, model: str, train_hash: str) -> Path:
     """Where the model trained by (dataset, category, model, train_hash) is kept (``JobSpec.train_hash``;
     rows of version 1 named it by their config_hash)."""
-    return Path(checkpoint_dir) / safe_name(dataset) / safe_name(category) / f"{model}-{train_hash}.pt"
+    return Path(checkpoint_dir).expanduser() / safe_name(dataset) / safe_name(category) / f"{model}-{train_hash}.pt"

@@ -214,3 +214,14 @@ def test_seeds_give_a_row_each_side_files_curves_and_verdicts(tmp_path):
         path.unlink()
     text = report.summary(df)
     assert "Left out (no per-image scores): cae on widget (seed 0), cae on widget (seed 1)" in text
+
+
+def test_a_checkpoint_folder_under_home_tilde_goes_home(tmp_path, monkeypatch):
+    """``--checkpoint-dir ~/ck`` from a notebook (no shell to expand ~): the checkpoint is written
+    to and found in the home folder, not in a folder named ``~``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
+    df, _ = grid(root, tmp_path / "r.csv", "~/ck")
+    assert len(list((tmp_path / "home" / "ck").rglob("*.pt"))) == 1 and not (tmp_path / "~").exists()
+    assert report.find_checkpoint(df.iloc[0], "~/ck") is not None
