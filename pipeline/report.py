@@ -162,6 +162,11 @@ def verdicts(df: pd.DataFrame, results_csv=None, *, n_boot: int = 2000) -> tuple
     return stats.pairwise_verdicts(run_scores, models, n_boot=n_boot), missing
 
 
+def _bound(x: float) -> str:
+    """An interval bound to 3 decimals, or 4 when 3 would round a non-zero bound to 0 (its sign decides the verdict)."""
+    return f"{x:+.4f}" if x != 0 and round(x, 3) == 0 else f"{x:+.3f}"
+
+
 def _verdict_lines(table: pd.DataFrame, missing: list[str]) -> list[str]:
     """The summary's Markdown table of pairwise differences."""
     left_out = ["", f"Left out (no per-image scores): {', '.join(missing[:5])}"
@@ -184,7 +189,7 @@ def _verdict_lines(table: pd.DataFrame, missing: list[str]) -> list[str]:
                 continue
             better = {f"{a} better": a, f"{b} better": b}.get(r["verdict"])  # stats names models by registry name
             verdict = f"{model_label(better)} better" if better else r["verdict"]
-            cells.append(f"{r['estimate']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]: {verdict}")
+            cells.append(f"{r['estimate']:+.3f} [{_bound(r['low'])}, {_bound(r['high'])}]: {verdict}")
         lines.append(f"| {model_label(a)} vs {model_label(b)} | " + " | ".join(cells) + " |")
     return lines + left_out
 
