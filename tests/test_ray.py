@@ -116,3 +116,37 @@ def test_local_executor_does_not_import_ray():
             "assert 'ray' not in sys.modules and 'pipeline.executor_ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
 
+
+
+def kill_always(spec, data, *, kind=None):
+    if spec.model == "cae":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return pipeline.job.compute_job(spec, data, kind=kind)
+
+
+def test_a_job_whose_worker_dies_twice_fails_and_the_others_go_on(cluster, tmp_path, monkeypatch):
+    root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
+    monkeypatch.setattr(pipeline.executor_ray, "compute_job", kill_always)
+    df = grid(root, tmp_path / "r.csv", tmp_path, models=["cae", "vae"], executor="ray")
+    assert [f["model"] for f in df.attrs["failures"]] == ["cae"]
+    assert "WorkerCrashedError" in df.attrs["failures"][0]["error"]
+    assert list(read_results(tmp_path / "r.csv")["model"]) == ["vae"]
+
+
+def test_ctrl_c_cancels_outstanding_tasks_and_keeps_finished_rows(cluster, tmp_path, monkeypatch, capsys):
+    root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
+    real_append, cancelled = pipeline.grid.append_row, []
+
+    def append_then_interrupt(*a, **k):  # Ctrl-C right after the first row is written
+        real_append(*a, **k)
+        raise KeyboardInterrupt
+
+    real_cancel = ray.cancel
+    monkeypatch.setattr(pipeline.grid, "append_row", append_then_interrupt)
+    monkeypatch.setattr(ray, "cancel", lambda ref, **k: (cancelled.append(ref), real_cancel(ref, **k)))
+    code = main(["run", "--data-root", str(root), "--epochs", "1", "--image-size", "32", "--no-progress",
+                 "--results-csv", str(tmp_path / "r.csv"), "--checkpoint-dir", str(tmp_path / "ck"),
+                 "--executor", "ray", "--max-concurrent-jobs", "2", "--set", "cae.widths=[8,16]",
+                 "--set", "vae.widths=[8,16]", "--models", "cae", "vae", "vae_grf"])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert len(read_results(tmp_path / "r.csv")) == 1 and len(cancelled) == 1
