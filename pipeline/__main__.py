@@ -183,7 +183,8 @@ def build_parser():
     r.add_argument("--cpus-per-job", type=float, default=1, metavar="C",
                    help="with --executor ray: CPUs per job, also its torch threads (default 1)")
     r.add_argument("--max-concurrent-jobs", type=int, metavar="N",
-                   help="with --executor ray: at most N jobs in flight (default: as many as the cluster fits)")
+                   help="with --executor ray: at most N jobs in flight (default: twice as many as the cluster "
+                        "runs at once)")
     r.set_defaults(func=cmd_run)
 
     pl = sub.add_parser("plots", help="draw the comparison figures from a results CSV",

@@ -60,6 +60,23 @@ def check_reachable(address: str | None) -> None:
                           "`ray start --head` or pass another --address (none starts a local Ray).") from None
 
 
+def check_fits(resources: dict, cpus_per_job: float, gpus_per_job: float) -> None:
+    """A job larger than the whole cluster would wait forever: a ConfigError instead."""
+    for what, need, flag in (("CPU", cpus_per_job, "--cpus-per-job"), ("GPU", gpus_per_job, "--gpus-per-job")):
+        have = resources.get(what, 0)
+        if need > have:
+            raise ConfigError(f"{flag} {need:g} but the Ray cluster has {have:g} {what}s in all; pass {flag} "
+                              f"{have:g} or less, or add nodes with {what}s.")
+
+
+def slots(resources: dict, cpus_per_job: float, gpus_per_job: float) -> int:
+    """How many jobs the cluster's resources run at once."""
+    n = resources.get("CPU", 1) / cpus_per_job
+    if gpus_per_job > 0:
+        n = min(n, resources.get("GPU", 0) / gpus_per_job)
+    return int(n)
+
+
 def run_task(job: Callable, spec: JobSpec, data: CategoryData, kind: str, cpus: float) -> JobOutput:
     """The body of one task: torch threads from the task's CPU share, then the job."""
     torch.set_num_threads(max(1, int(cpus)))  # not all the node's cores: other tasks share them
@@ -84,9 +101,12 @@ def run_jobs_on_ray(specs: list[JobSpec], load: Callable[[JobSpec], CategoryData
     try:
         if gpus_per_job is None:  # one GPU per job where the cluster has GPUs
             gpus_per_job = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        check_fits(ray.cluster_resources(), cpus_per_job, gpus_per_job)
         remote = ray.remote(run_task).options(num_cpus=cpus_per_job, num_gpus=gpus_per_job,
                                               max_retries=MAX_RETRIES)
-        limit = max_concurrent or len(specs)
+        # Jobs in flight: by default twice what the cluster runs at once, so that the next jobs
+        # are queued without every category being decoded and held up front.
+        limit = max_concurrent or max(1, 2 * slots(ray.cluster_resources(), cpus_per_job, gpus_per_job))
         queue = list(specs)
         pending: dict = {}  # ObjectRef -> (spec, data)
         refs: dict = {}  # (category, seed) -> (object ref of the data, data) of the category being submitted

@@ -150,3 +150,13 @@ def test_ctrl_c_cancels_outstanding_tasks_and_keeps_finished_rows(cluster, tmp_p
                  "--set", "vae.widths=[8,16]", "--models", "cae", "vae", "vae_grf"])
     assert code == 130 and "interrupted" in capsys.readouterr().err
     assert len(read_results(tmp_path / "r.csv")) == 1 and len(cancelled) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--gpus-per-job", "1"), ("--cpus-per-job", "4")])
+def test_a_job_larger_than_the_cluster_is_exit_2(cluster, tmp_path, capsys, flag, value):
+    root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
+    code = main(["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--image-size", "32",
+                 "--results-csv", str(tmp_path / "r.csv"), "--executor", "ray", flag, value, "--no-progress",
+                 "--checkpoint-dir", str(tmp_path / "ck")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"error: {flag} {value} but the Ray cluster has") and len(err.splitlines()) == 1
