@@ -23,7 +23,7 @@ from . import demo_data, plots, runs
 from .checkpoints import DEFAULT_CHECKPOINT_DIR
 from .demo_data import make_synthetic_dataset
 from .evaluate import DEFAULT_EVAL_SIZE, EvalConfig, parse_eval_size
-from .grid import run_grid
+from .grid import EXECUTORS, run_grid
 from .results import DEFAULT_RESULTS_CSV, read_results
 from .thresholds import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 from .train import TrainConfig
@@ -90,6 +90,8 @@ def cmd_run(args) -> int:
         root, args.categories, args.models, image_size=args.image_size, train=train, seeds=seeds,
         model_overrides=parse_overrides(args.set), eval_config=eval_config, results_csv=args.results_csv,
         force=args.force, checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, log=log,
+        executor=args.executor, address=args.address, gpus_per_job=args.gpus_per_job,
+        cpus_per_job=args.cpus_per_job, max_concurrent_jobs=args.max_concurrent_jobs,
     )
     print()
     _print_table(df)
@@ -169,6 +171,20 @@ def build_parser():
     r.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     r.add_argument("--compile", action="store_true", help="torch.compile the training step (long GPU runs)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--executor", default="local", choices=list(EXECUTORS),
+                   help="local = one job after another in this process; ray = each job a Ray task (README, "
+                        "'Scaling out'); rows, checkpoints and side files are written here either way (default local)")
+    r.add_argument("--address", metavar="ADDR",
+                   help="with --executor ray: 'auto' or ray://HOST:PORT joins a running cluster (default: start "
+                        "a local Ray on this machine)")
+    r.add_argument("--gpus-per-job", type=float, metavar="G",
+                   help="with --executor ray: GPUs per job, fractions share one (e.g. 0.25; default 1 where the "
+                        "cluster has GPUs, else 0)")
+    r.add_argument("--cpus-per-job", type=float, default=1, metavar="C",
+                   help="with --executor ray: CPUs per job, also its torch threads (default 1)")
+    r.add_argument("--max-concurrent-jobs", type=int, metavar="N",
+                   help="with --executor ray: at most N jobs in flight (default: twice as many as the cluster "
+                        "runs at once)")
     r.set_defaults(func=cmd_run)
 
     pl = sub.add_parser("plots", help="draw the comparison figures from a results CSV",

@@ -9,6 +9,7 @@ train hash covers what changes the weights, not how they are evaluated).
 """
 from __future__ import annotations
 
+import io
 import json
 import pickletools
 import zipfile
@@ -46,13 +47,12 @@ def _json_norm(d: dict) -> dict:
     return json.loads(json.dumps(_plain(d), sort_keys=True))  # tuples -> lists, like a file round trip
 
 
-def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_config: TrainConfig | None = None,
-                    history: dict | None = None, training: dict | None = None) -> Path:
-    """Write {format, model, config, state_dict, row, train_config, history, training}
-    atomically (temp file + rename). ``history`` is ``train.fit``'s (the loss curves);
-    ``training`` the row's training columns, which a re-evaluated row copies."""
-    path = Path(path)
-    make_checkpoint_dir(path.parent)
+def checkpoint_bytes(model, *, name: str, row: dict | None = None, train_config: TrainConfig | None = None,
+                     history: dict | None = None, training: dict | None = None) -> bytes:
+    """The bytes of a checkpoint file, {format, model, config, state_dict, row, train_config,
+    history, training} (a Ray task returns them; the driver writes them, ``write_checkpoint``).
+    ``history`` is ``train.fit``'s (the loss curves); ``training`` the row's training columns,
+    which a re-evaluated row copies."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": name,
@@ -63,15 +63,31 @@ def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_co
         "history": _plain(history) if history is not None else None,
         "training": _plain(training) if training is not None else None,
     }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def write_checkpoint(path, data: bytes) -> Path:
+    """Write checkpoint bytes (``checkpoint_bytes``) to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    make_checkpoint_dir(path.parent)
     try:
         with atomic_write(path, "wb") as f:
-            torch.save(payload, f)
-    except (OSError, RuntimeError) as e:  # disk full or file size limit (torch.save's zip writer raises RuntimeError)
+            f.write(data)
+    except (OSError, RuntimeError) as e:  # disk full or file size limit
         why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
         fix = "make the folder writable" if isinstance(e, PermissionError) else "free disk space"
         raise CheckpointError(f"cannot write the checkpoint {str(path)!r} ({why}); "
                               f"{fix} or pass another --checkpoint-dir.") from None
     return path
+
+
+def save_checkpoint(path, model, *, name: str, row: dict | None = None, train_config: TrainConfig | None = None,
+                    history: dict | None = None, training: dict | None = None) -> Path:
+    """Write the checkpoint of ``model`` (``checkpoint_bytes``) to ``path`` atomically."""
+    return write_checkpoint(path, checkpoint_bytes(model, name=name, row=row, train_config=train_config,
+                                                   history=history, training=training))
 
 
 def _pickle_imports(path: Path) -> bool:

@@ -22,14 +22,24 @@ import pandas as pd
 
 from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories, model_config
 from models.errors import CheckpointError, ConfigError, DatasetError, UserError
-from models.mvtec import DEFAULT_VAL_FRACTION, dataset_name
+from models.mvtec import DEFAULT_VAL_FRACTION, category_type, dataset_name
 
 from . import memory, runs
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, make_checkpoint_dir
 from .evaluate import EvalConfig
 from .files import make_folder
 from .fingerprint import data_fingerprint, describe_change
-from .job import HASH_VERSION, JobSpec, evaluate_checkpoint, load_category, run_job
+from .job import (
+    HASH_VERSION,
+    CategoryData,
+    JobOutput,
+    JobSpec,
+    check_test_split,
+    evaluate_checkpoint,
+    load_category,
+    run_job,
+    write_output,
+)
 from .results import (
     DEFAULT_RESULTS_CSV,
     KEY_COLUMNS,
@@ -80,6 +90,22 @@ def make_specs(data_root, categories=None, models=None, *, image_size: int = DEF
     return [dataclasses.replace(s, data_fingerprint=digests[s.category]) for s in specs]
 
 
+EXECUTORS = ("local", "ray")
+
+
+def check_executor(executor: str, *, gpus_per_job: float | None, cpus_per_job: float,
+                   max_concurrent_jobs: int | None) -> None:
+    """The executor options, checked before any data is read."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}.")
+    if gpus_per_job is not None and not (isinstance(gpus_per_job, (int, float)) and gpus_per_job >= 0):
+        raise ConfigError(f"--gpus-per-job must be a number >= 0 (fractions share a GPU), got {gpus_per_job!r}.")
+    if not (isinstance(cpus_per_job, (int, float)) and cpus_per_job > 0):
+        raise ConfigError(f"--cpus-per-job must be a number > 0, got {cpus_per_job!r}.")
+    if max_concurrent_jobs is not None and not (isinstance(max_concurrent_jobs, int) and max_concurrent_jobs >= 1):
+        raise ConfigError(f"--max-concurrent-jobs must be a whole number >= 1, got {max_concurrent_jobs!r}.")
+
+
 def _fmt(x) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
@@ -128,7 +154,8 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
              train: TrainConfig | None = None, seeds=None, model_overrides: dict | None = None,
              eval_config: EvalConfig | None = None, results_csv=DEFAULT_RESULTS_CSV, force: bool = False,
              checkpoint_dir=DEFAULT_CHECKPOINT_DIR, val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir=None,
-             log=print) -> pd.DataFrame:
+             log=print, executor: str = "local", address: str | None = None, gpus_per_job: float | None = None,
+             cpus_per_job: float = 1, max_concurrent_jobs: int | None = None) -> pd.DataFrame:
     """Train (or re-evaluate) and record every (category, seed, model) whose row is not yet in ``results_csv``.
 
     A job whose model was trained by an earlier run (its ``train_hash`` is in the CSV and its
@@ -138,7 +165,14 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
     ``failures`` (list of {category, model, seed, error}), ``ran``, ``trained``,
     ``evaluated``, ``skipped`` and ``results_csv``. A failing job is reported in one line and
     the grid goes on; Ctrl-C stops it with every finished row kept.
+
+    ``executor="ray"`` trains the jobs as Ray tasks (``executor_ray``; ``address``: None starts
+    a local Ray, ``auto`` or ``ray://...`` joins a cluster; ``gpus_per_job`` None = 1 where the
+    cluster has GPUs, else 0); the rows, checkpoints and side files are still written here, by
+    the driver. Re-evaluations from checkpoints stay in this process (they are cheap).
     """
+    check_executor(executor, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+                   max_concurrent_jobs=max_concurrent_jobs)
     specs = make_specs(data_root, categories, models, image_size=image_size, train=train, seeds=seeds,
                        model_overrides=model_overrides, eval_config=eval_config, val_fraction=val_fraction)
     csv = check_writable(results_csv)
@@ -169,19 +203,77 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
 
     failures: list[dict] = []
     n_trained = 0
+    n_done = 0
+    many_seeds = len({x.train.seed for x in specs}) > 1
+
+    def where(spec: JobSpec, i: int) -> str:
+        seed = f" (seed {spec.train.seed})" if many_seeds else ""
+        return f"[{i}/{len(todo)}] {spec.model} on {spec.category}{seed}"
+
+    def fail(spec: JobSpec, at: str, e: BaseException, tb: str | None) -> None:
+        error = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        failure = {"category": spec.category, "model": spec.model, "seed": spec.train.seed, "error": error}
+        if tb is not None:
+            failure["traceback"] = tb
+        failures.append(failure)
+        log(f"{at}: FAILED: {error}")
+
+    def finish(at: str, row: dict) -> None:
+        written = append_row(csv, row, replace=force)
+        note = "" if written else " (another run wrote this row meanwhile; kept theirs)"
+        log(f"{at}: image AUROC {_fmt(row['image_auroc'])}, pixel AUROC {_fmt(row['pixel_auroc'])}, "
+            f"AU-PRO {_fmt(row['aupro'])}, F1 {_fmt(row['f1'])} (floor {_fmt(row['f1_floor'])}), "
+            f"trained in {float(row['train_seconds']):.1f} s{note}")
+
+    def load(spec: JobSpec) -> CategoryData:
+        return load_category(data_root, spec.category, image_size=spec.image_size, in_channels=spec.in_channels,
+                             seed=spec.train.seed, val_fraction=spec.val_fraction, cache_dir=cache_dir)
+
+    local = todo if executor == "local" else [s for s in todo if id(s) in from_checkpoint]
+    remote = [] if executor == "local" else [s for s in todo if id(s) not in from_checkpoint]
+    # Ray first: an unreachable --address fails before any image is decoded.
+    if remote:
+        from .executor_ray import run_jobs_on_ray  # only here: the local executor never imports Ray
+
+        def on_output(spec: JobSpec, data: CategoryData, output: JobOutput) -> None:
+            nonlocal n_done, n_trained
+            n_done += 1
+            at = where(spec, n_done)
+            try:
+                row = write_output(spec, data, output, checkpoint_dir=checkpoint_dir, runs_dir=runs_folder)
+            except UserError as e:
+                fail(spec, at, e, None)
+                return
+            n_trained += 1
+            finish(at, row)
+
+        def on_failure(spec: JobSpec, e: BaseException, tb: str | None) -> None:
+            nonlocal n_done
+            n_done += 1
+            fail(spec, where(spec, n_done), e, tb)
+
+        log(f"sending {len(remote)} job(s) to Ray ...")
+        def load_checked(spec: JobSpec) -> CategoryData:
+            data = load(spec)
+            check_test_split(spec, data)  # run_job checks it in the local loop
+            return data
+
+        run_jobs_on_ray(remote, load_checked, address=address, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+                        max_concurrent=max_concurrent_jobs,
+                        category_kind=lambda s: category_type(s.data_root, s.category),
+                        on_output=on_output, on_failure=on_failure, progress=train.progress if train else True)
+
     data, data_key, data_error = None, None, None
-    for i, spec in enumerate(todo, 1):
-        seed = f" (seed {spec.train.seed})" if len({x.train.seed for x in specs}) > 1 else ""
-        where = f"[{i}/{len(todo)}] {spec.model} on {spec.category}{seed}"
+    for spec in local:
+        n_done += 1
+        at = where(spec, n_done)
         try:
             if data_key != (spec.category, spec.train.seed):  # release the previous data before loading the next
                 data, data_error = None, None
                 gc.collect()
                 data_key = (spec.category, spec.train.seed)
                 try:
-                    data = load_category(data_root, spec.category, image_size=spec.image_size,
-                                         in_channels=spec.in_channels, seed=spec.train.seed,
-                                         val_fraction=spec.val_fraction, cache_dir=cache_dir)
+                    data = load(spec)
                 except UserError as e:
                     data_error = str(e)
             if data_error is not None:
@@ -189,31 +281,24 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
             row = None
             if id(spec) in from_checkpoint:
                 path = spec.checkpoint_path(checkpoint_dir)
-                log(f"{where}: evaluating from checkpoint {path} ...")
+                log(f"{at}: evaluating from checkpoint {path} ...")
                 try:
                     row = evaluate_checkpoint(spec, data, checkpoint_dir=checkpoint_dir, runs_dir=runs_folder)
                 except CheckpointError as e:
-                    log(f"{where}: cannot use its checkpoint ({e}); training instead.")
+                    log(f"{at}: cannot use its checkpoint ({e}); training instead.")
             if row is None:
-                log(f"{where} ...")
+                log(f"{at} ...")
                 row = run_job(spec, data, checkpoint_dir=checkpoint_dir, runs_dir=runs_folder)
                 n_trained += 1
         except UserError as e:
-            failures.append({"category": spec.category, "model": spec.model, "seed": spec.train.seed, "error": str(e)})
-            log(f"{where}: FAILED: {e}")
+            fail(spec, at, e, None)
             continue
         except Exception as e:  # a bug: report it in one line, keep the traceback text, go on
-            failures.append({"category": spec.category, "model": spec.model, "seed": spec.train.seed,
-                             "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
-            log(f"{where}: FAILED: {type(e).__name__}: {e}")
+            fail(spec, at, e, traceback.format_exc())
             del e
             gc.collect()
             continue
-        written = append_row(csv, row, replace=force)
-        note = "" if written else " (another run wrote this row meanwhile; kept theirs)"
-        log(f"{where}: image AUROC {_fmt(row['image_auroc'])}, pixel AUROC {_fmt(row['pixel_auroc'])}, "
-            f"AU-PRO {_fmt(row['aupro'])}, F1 {_fmt(row['f1'])} (floor {_fmt(row['f1_floor'])}), "
-            f"trained in {float(row['train_seconds']):.1f} s{note}")
+        finish(at, row)
     data = None
     gc.collect()
 

@@ -33,7 +33,14 @@ from models.errors import DatasetError
 from models.mvtec import DECODE_VERSION, DEFAULT_VAL_FRACTION, MVTecAD, category_type
 
 from . import runs
-from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoints import (
+    DEFAULT_CHECKPOINT_DIR,
+    checkpoint_bytes,
+    checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+    write_checkpoint,
+)
 from .evaluate import EvalConfig, Evaluation, evaluate
 from .fingerprint import data_fingerprint
 from .train import TrainConfig, fit, resolve_device, seed_everything
@@ -182,14 +189,16 @@ def training_columns(model: AnomalyModel, history: dict, *, peak_memory: float, 
     }
 
 
-def make_row(spec: JobSpec, data: CategoryData, training: dict, evaluation: Evaluation) -> dict:
-    """The results row of a job (results.COLUMNS and EXTRA_COLUMNS)."""
+def make_row(spec: JobSpec, data: CategoryData, training: dict, evaluation: Evaluation, *,
+             kind: str | None = None) -> dict:
+    """The results row of a job (results.COLUMNS and EXTRA_COLUMNS). ``kind``: the category's
+    type when known (a Ray worker has no copy of the dataset folder to read it from)."""
     cfg, ev = spec.train, spec.eval_config
     config = spec.config_dict()
     return {
         "dataset": spec.dataset,
         "category": spec.category,
-        "category_type": category_type(spec.data_root, spec.category),
+        "category_type": kind if kind is not None else category_type(spec.data_root, spec.category),
         "model": spec.model,
         **evaluation.metrics,  # evaluate.METRIC_NAMES (the CSV orders the columns, results.COLUMNS)
         "threshold_rule": ev.threshold_rule,
@@ -244,7 +253,7 @@ def record(spec: JobSpec, data: CategoryData, model: AnomalyModel, history: dict
     return row
 
 
-def _check_test_split(spec: JobSpec, data: CategoryData) -> None:
+def check_test_split(spec: JobSpec, data: CategoryData) -> None:
     if data.test.labels.numel() == 0:
         raise DatasetError(f"category {spec.category!r} has no test images under "
                            f"{Path(spec.data_root) / spec.category / 'test'}; add some.")
@@ -254,7 +263,7 @@ def _load(spec: JobSpec, data: CategoryData | None, cache_dir) -> CategoryData:
     if data is None:
         data = load_category(spec.data_root, spec.category, image_size=spec.image_size, in_channels=spec.in_channels,
                              seed=spec.train.seed, val_fraction=spec.val_fraction, cache_dir=cache_dir)
-    _check_test_split(spec, data)
+    check_test_split(spec, data)
     return data
 
 
@@ -267,21 +276,73 @@ def run_job(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=D
     """
     spec.validate()
     spec = spec.with_fingerprint()
-    device = resolve_device(spec.train.device)
     data = _load(spec, data, cache_dir)
-    reset_peak_memory(device)
     model = None
     try:
-        model, history = train_model(spec, data, on_epoch=on_epoch)
-        evaluation = evaluate(model, data, spec.eval_config, batch_size=history["batch_size"], amp=spec.train.amp,
-                              desc=spec.describe())
+        model, history, evaluation, peak = train_and_evaluate(spec, data, on_epoch=on_epoch)
         return record(spec, data, model, history, evaluation, checkpoint_dir=checkpoint_dir, runs_dir=runs_dir,
-                      peak_memory=peak_memory_mb(device))
+                      peak_memory=peak)
     finally:  # nothing of this job outlives it (models, optimiser state, device memory)
         del model
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(spec)
+
+
+def release_memory(spec: JobSpec) -> None:
+    gc.collect()
+    if resolve_device(spec.train.device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def train_and_evaluate(spec: JobSpec, data: CategoryData, *, on_epoch: Callable[[int, dict], None] | None = None
+                       ) -> tuple[AnomalyModel, dict, Evaluation, float]:
+    """Steps 1 and 2, writing nothing: the trained model, its history, its evaluation and the
+    job's peak memory (MB)."""
+    device = resolve_device(spec.train.device)
+    reset_peak_memory(device)
+    model, history = train_model(spec, data, on_epoch=on_epoch)
+    evaluation = evaluate(model, data, spec.eval_config, batch_size=history["batch_size"], amp=spec.train.amp,
+                          desc=spec.describe())
+    return model, history, evaluation, peak_memory_mb(device)
+
+
+@dataclass
+class JobOutput:
+    """What a job produced, before anything is written (a Ray task returns it to the driver,
+    which writes it with ``write_output``): the row, the checkpoint file's bytes and the side
+    files' data."""
+
+    row: dict
+    checkpoint: bytes
+    evaluation: Evaluation
+    history: dict
+
+
+def compute_job(spec: JobSpec, data: CategoryData, *, kind: str | None = None) -> JobOutput:
+    """Train and evaluate ``spec`` on ``data`` (its fingerprint filled in) and return what
+    ``record`` would write; writes nothing. ``kind``: the category's type (``make_row``)."""
+    model = None
+    try:
+        model, history, evaluation, peak = train_and_evaluate(spec, data)
+        training = training_columns(model, history, peak_memory=peak, data_seconds=data.seconds)
+        row = make_row(spec, data, training, evaluation, kind=kind)
+        ckpt = checkpoint_bytes(model, name=spec.model, row=row, train_config=spec.train, history=history,
+                                training=training)
+        # The maps are not written anywhere: do not ship them back to the driver.
+        evaluation = dataclasses.replace(evaluation, test_maps=torch.empty(0))
+        return JobOutput(row=row, checkpoint=ckpt, evaluation=evaluation, history=history)
+    finally:
+        del model
+        release_memory(spec)
+
+
+def write_output(spec: JobSpec, data: CategoryData, output: JobOutput, *, checkpoint_dir=DEFAULT_CHECKPOINT_DIR,
+                 runs_dir=None) -> dict:
+    """Write a ``compute_job`` output as ``record`` would (checkpoint, side files); returns the row."""
+    if checkpoint_dir is not None:
+        write_checkpoint(spec.checkpoint_path(checkpoint_dir), output.checkpoint)
+    if runs_dir is not None:
+        save_side_files(spec, data, output.evaluation, runs_dir, history=output.history)
+    return output.row
 
 
 def evaluate_checkpoint(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=DEFAULT_CHECKPOINT_DIR,
