@@ -259,8 +259,9 @@ def figures(df: pd.DataFrame, out_dir, results_csv=None) -> list:
 # Figures in the notebook
 
 
-PREVIEW_MAX_BYTES = 400_000  # larger figures are shown as a JPEG preview (the PNG stays on disk)
-PREVIEW_WIDTH = 1100  # px
+PREVIEW_MAX_BYTES = 150_000  # larger figures are shown as a JPEG preview (the PNG stays on disk; notebook < 2 MB)
+PREVIEW_WIDTH = 1000  # px
+PREVIEW_QUALITY = 75  # JPEG quality of a preview: the executed notebook stays under 2 MB
 
 
 def _preview(path: Path):
@@ -275,7 +276,7 @@ def _preview(path: Path):
         if im.width > PREVIEW_WIDTH:
             im = im.resize((PREVIEW_WIDTH, round(im.height * PREVIEW_WIDTH / im.width)), Image.LANCZOS)
         buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=80)
+        im.save(buf, format="JPEG", quality=PREVIEW_QUALITY)
     return IPyImage(data=buf.getvalue(), format="jpeg")
 
 
