@@ -186,7 +186,8 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
                        if not force and checkpoint_dir is not None and (s.model, s.train_hash()) in trained
                        and s.checkpoint_path(checkpoint_dir).is_file()}
     n_eval = len(from_checkpoint)
-    memory.check_jobs([s for s in todo if id(s) not in from_checkpoint])  # too large to train: exit 2 before any data
+    to_train = [s for s in todo if id(s) not in from_checkpoint]
+    memory.check_jobs(to_train)  # too large to train: exit 2 before any data
     log(f"{len(specs)} job(s): {len(specs) - len(todo)} already in {csv}, {len(todo) - n_eval} to train"
         + (f", {n_eval} to evaluate from their checkpoints" if n_eval else "") + ".")
     if todo and checkpoint_dir is not None:
@@ -194,7 +195,7 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
     if todo and cache_dir is not None:  # the same for --cache-dir, which models.mvtec only writes after decoding
         make_folder(cache_dir, what="image cache folder", fix="pass another --cache-dir, or none", error=ConfigError)
     if not force:
-        explain_reruns(table, [s for s in todo if id(s) not in from_checkpoint], runs_folder, log)
+        explain_reruns(table, to_train, runs_folder, log)
     for spec in {s.category: s for s in todo}.values():  # what the data was, for a later "files differ" message
         path = runs.manifest_path(runs_folder, dataset=spec.dataset, category=spec.category,
                                   fingerprint=spec.data_fingerprint)
@@ -230,7 +231,7 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
                              seed=spec.train.seed, val_fraction=spec.val_fraction, cache_dir=cache_dir)
 
     local = todo if executor == "local" else [s for s in todo if id(s) in from_checkpoint]
-    remote = [] if executor == "local" else [s for s in todo if id(s) not in from_checkpoint]
+    remote = [] if executor == "local" else to_train
     # Ray first: an unreachable --address fails before any image is decoded.
     if remote:
         from .executor_ray import run_jobs_on_ray  # only here: the local executor never imports Ray

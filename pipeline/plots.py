@@ -393,15 +393,20 @@ def _bars_note(agg: pd.DataFrame) -> str:
     return f"\nbars: {seeds}, error bar = sd, dots = seeds" if seeds else ""
 
 
+def _bar_inputs(df: pd.DataFrame):
+    """What a grouped-bar figure draws from: the rows (one per seed), their seed means, the
+    categories, the models and their colours."""
+    d = prepare_results(df)
+    names = _models(d)
+    return d, aggregate_seeds(d), _categories(d), names, model_colors(names)
+
+
 def f1_score_comparison(df: pd.DataFrame, out_path) -> Path:
     """Grouped bars of F1 at the honest threshold (from val normals) per category x model,
     with the oracle F1 max as a black tick over each bar for reference, and, when the table
     has ``f1_floor``, the F1 of calling every test image defective as a dashed line across
     each category: an F1 at that line is no skill, whatever the threshold."""
-    d = prepare_results(df)
-    agg = aggregate_seeds(d)
-    cats, names = _categories(d), _models(d)
-    colors = model_colors(names)
+    d, agg, cats, names, colors = _bar_inputs(df)
     with _style():
         fig = _new_figure(_bar_width(len(cats), len(names)), 4.6)
         ax = fig.add_subplot()
@@ -416,10 +421,7 @@ def f1_score_comparison(df: pd.DataFrame, out_path) -> Path:
 
 def roc_auc_comparison(df: pd.DataFrame, out_path) -> Path:
     """Grouped bars of image AUROC (top) and pixel AUROC (bottom) per category x model."""
-    d = prepare_results(df)
-    agg = aggregate_seeds(d)
-    cats, names = _categories(d), _models(d)
-    colors = model_colors(names)
+    d, agg, cats, names, colors = _bar_inputs(df)
     with _style():
         fig = _new_figure(_bar_width(len(cats), len(names)), 8.0)
         axes = fig.subplots(2, 1, sharex=True)
