@@ -13,12 +13,13 @@ Public interface (a contract, see docs/design.md)::
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 
 import numpy as np
 
 from . import grf, scoring, variational
-from .base import DEFAULT_IMAGE_SIZE, AnomalyModel, ModelConfig
+from .base import DEFAULT_IMAGE_SIZE, AnomalyModel, ImageSize, ModelConfig, canonical_size, image_hw, size_label
 from .cae import CAE
 from .errors import CheckpointError, ConfigError, DatasetError, UserError
 from .mvtec import MVTecAD, list_categories
@@ -37,8 +38,10 @@ def model_label(name: str) -> str:
     return MODELS[name].label if name in MODELS else name
 
 
-def model_config(name: str, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: int = 3, **overrides) -> ModelConfig:
-    """The config dataclass of model ``name`` with defaults replaced by ``overrides``."""
+def model_config(name: str, image_size: ImageSize = DEFAULT_IMAGE_SIZE, in_channels: int = 3,
+                 **overrides) -> ModelConfig:
+    """The config dataclass of model ``name`` with defaults replaced by ``overrides``;
+    ``image_size`` is S (S x S px) or (height, width)."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}.")
     config_class = MODELS[name].config_class
@@ -55,7 +58,8 @@ def model_config(name: str, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: i
             f"{name} has no setting {', '.join(map(repr, unknown))}; valid settings: {', '.join(sorted(fields))}."
         )
     defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
-    for key, value in {"image_size": image_size, "in_channels": in_channels, **overrides}.items():
+    image_size = canonical_size(image_size)  # S or (H, W); ConfigError for anything else
+    for key, value in {"in_channels": in_channels, **overrides}.items():
         _check_type(name, key, value, defaults[key])
     config = config_class(image_size=image_size, in_channels=in_channels, **overrides)
     config.validate()
@@ -89,7 +93,19 @@ def _check_type(name: str, key: str, value, default) -> None:
         raise ConfigError(f"{name}: {key} must be {kind(default)} (default {default!r}), got {value!r}.")
 
 
-def build_model(name: str, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: int = 3, **overrides) -> AnomalyModel:
+def size_multiple(names, model_overrides: dict | None = None) -> int:
+    """The side step every model of ``names`` takes: the least common multiple of their
+    ``size_multiple()`` (encoder strides, patch sizes) under ``model_overrides`` (name ->
+    settings, already checked by ``model_config``), so one H x W fits them all."""
+    step = 1
+    for name in names:
+        config = MODELS[name].config_class(**(model_overrides or {}).get(name, {}))  # not validated: only its step
+        step = math.lcm(step, config.size_multiple())
+    return step
+
+
+def build_model(name: str, image_size: ImageSize = DEFAULT_IMAGE_SIZE, in_channels: int = 3,
+                **overrides) -> AnomalyModel:
     """A freshly initialised model ``name`` (one of MODEL_NAMES); unknown names/settings raise ConfigError."""
     config = model_config(name, image_size=image_size, in_channels=in_channels, **overrides)
     return MODELS[name](config)
@@ -97,7 +113,7 @@ def build_model(name: str, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: in
 
 __all__ = [
     "MODELS", "MODEL_NAMES", "DEFAULT_IMAGE_SIZE", "AnomalyModel", "ModelConfig", "build_model", "model_config",
-    "model_label",
+    "model_label", "ImageSize", "canonical_size", "image_hw", "size_label", "size_multiple",
     "MVTecAD", "list_categories", "grf", "scoring", "variational",
     "UserError", "DatasetError", "ConfigError", "CheckpointError",
 ]

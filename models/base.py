@@ -13,6 +13,7 @@ evaluation setting (``scoring.ScoreConfig``), so the same weights can be scored 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,19 +24,67 @@ from . import scoring
 from .errors import ConfigError
 
 DEFAULT_IMAGE_SIZE = 128  # px; the one default of every image_size (configs, dataset, grid, CLI)
+MIN_SIDE = 16  # px; the smallest side any model takes
+
+# An input size: one int S for S x S (the default, and how a square size is always stored, so
+# square configs hash as they always did) or (height, width) for a rectangle.
+ImageSize = int | tuple[int, int]
+
+
+def canonical_size(size, *, what: str = "image_size") -> ImageSize:
+    """``size`` as an ``ImageSize``: S stays S, (H, W) or [H, W] becomes the tuple (H, W), and a
+    square (S, S) becomes S (one spelling per size, so one hash per size). Raises ConfigError
+    for anything else, naming ``what``."""
+    sides = list(size) if isinstance(size, (tuple, list)) else [size]
+    if len(sides) not in (1, 2) or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+                                           for s in sides):
+        raise ConfigError(f"{what} must be a whole number of px (S for S x S) or a height and width (H x W), "
+                          f"got {size!r}.")
+    sides = [int(s) for s in sides]
+    return sides[0] if len(set(sides)) == 1 else (sides[0], sides[1])
+
+
+def image_hw(size: ImageSize) -> tuple[int, int]:
+    """(height, width) of an ``ImageSize``."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def size_label(size: ImageSize) -> str:
+    """'128' for a square, '96x240' (height x width) for a rectangle: the row's ``image_size``."""
+    h, w = image_hw(size)
+    return str(h) if h == w else f"{h}x{w}"
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    image_size: int = DEFAULT_IMAGE_SIZE  # input side in px; must be a multiple of the model's stride / patch
+    # Input size in px: S (S x S) or (height, width); each side a multiple of the model's
+    # stride / patch size (``size_multiple``).
+    image_size: ImageSize = DEFAULT_IMAGE_SIZE
     in_channels: int = 3  # 1 (grayscale) or 3 (RGB)
+
+    def __post_init__(self):
+        # A JSON round trip (checkpoint, CSV) turns (H, W) into [H, W]; (S, S) is stored as S.
+        self.image_size = canonical_size(self.image_size)
+
+    @property
+    def height(self) -> int:
+        return image_hw(self.image_size)[0]
+
+    @property
+    def width(self) -> int:
+        return image_hw(self.image_size)[1]
+
+    def size_multiple(self) -> int:
+        """Each side of the input must be a multiple of this (the encoder's stride, a patch size)."""
+        return 1
 
     def validate(self) -> None:
         """Raise ConfigError for values no model can use. Subclasses extend it."""
         if self.in_channels not in (1, 3):
             raise ConfigError(f"in_channels must be 1 or 3, got {self.in_channels}.")
-        if self.image_size < 16:
-            raise ConfigError(f"image_size must be at least 16 px, got {self.image_size}.")
+        if min(self.height, self.width) < MIN_SIDE:
+            raise ConfigError(f"image_size must be at least {MIN_SIDE} px on each side, got "
+                              f"{size_label(self.image_size)}.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import ImageSize, image_hw, size_label
 from .errors import ConfigError
 
 
@@ -76,31 +77,40 @@ class ConvDecoder(nn.Module):
         return self.to_pixels(self.stages(h)).sigmoid()  # (B, out_channels, H, W)
 
 
-def check_conv_size(image_size: int, widths: tuple[int, ...], *, model: str) -> None:
-    """Raise ConfigError unless ConvEncoder(widths) can take ``image_size`` px images.
+def check_conv_size(image_size: ImageSize, widths: tuple[int, ...], *, model: str) -> None:
+    """Raise ConfigError unless ConvEncoder(widths) can take ``image_size`` images (S or (H, W)).
 
-    Each stage halves the side, so the side must be a multiple of 2**len(widths); the
-    message names sizes that work so the user can pick one.
+    Each stage halves both sides, so each must be a multiple of 2**len(widths).
     """
     if len(widths) == 0 or any(int(w) != w or w < 1 for w in widths):
         raise ConfigError(f"{model}: widths must be a non-empty tuple of positive integers, got {widths!r}.")
     stride = 2 ** len(widths)
-    if image_size % stride:
-        lower = max(stride, image_size // stride * stride)
-        examples = sorted({lower, lower + stride, *(s for s in (64, 128, 256) if s % stride == 0)})
-        raise ConfigError(
-            f"{model}: image_size {image_size} is not a multiple of {stride}, the stride of its "
-            f"{len(widths)} encoder stages (widths={tuple(widths)}); valid sizes are multiples of {stride}, "
-            f"e.g. {', '.join(map(str, examples))}, or change widths."
-        )
+    check_size_multiple(image_size, stride, model=model,
+                        what=f"{stride}, the stride of its {len(widths)} encoder stages (widths={tuple(widths)})",
+                        other="or change widths")
+
+
+def check_size_multiple(image_size: ImageSize, multiple: int, *, model: str, what: str, other: str) -> None:
+    """Raise ConfigError unless both sides of ``image_size`` are multiples of ``multiple``; the
+    message names sizes that work so the user can pick one."""
+    bad = [side for side in dict.fromkeys(image_hw(image_size)) if side % multiple]
+    if not bad:
+        return
+    lower = max(multiple, bad[0] // multiple * multiple)
+    examples = sorted({lower, lower + multiple, *(s for s in (64, 128, 256) if s % multiple == 0)})
+    side = "" if isinstance(image_size, int) else f" ({'height' if bad[0] == image_hw(image_size)[0] else 'width'})"
+    raise ConfigError(
+        f"{model}: image_size {size_label(image_size)}{side} is not a multiple of {what}; valid sizes are "
+        f"multiples of {multiple}, e.g. {', '.join(map(str, examples))}, {other}."
+    )
 
 
 class MapToVector(nn.Module):
     """Dense bottleneck in: (B, C, h, w) feature map -> (B, out_features) vector."""
 
-    def __init__(self, *, channels: int, side: int, out_features: int):
+    def __init__(self, *, channels: int, size: tuple[int, int], out_features: int):
         super().__init__()
-        self.linear = nn.Linear(channels * side * side, out_features)
+        self.linear = nn.Linear(channels * size[0] * size[1], out_features)  # size: (h, w) of the map
 
     def forward(self, h):
         return self.linear(h.flatten(1))  # (B, C*h*w) -> (B, out_features)
@@ -113,10 +123,10 @@ class VectorToMap(nn.Module):
     collapsing into one linear map.
     """
 
-    def __init__(self, *, in_features: int, channels: int, side: int):
+    def __init__(self, *, in_features: int, channels: int, size: tuple[int, int]):
         super().__init__()
-        self.shape = (channels, side, side)
-        self.linear = nn.Linear(in_features, channels * side * side)
+        self.shape = (channels, *size)  # size: (h, w) of the map
+        self.linear = nn.Linear(in_features, channels * size[0] * size[1])
         self.act = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, z):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .base import DEFAULT_IMAGE_SIZE
+from .base import DEFAULT_IMAGE_SIZE, ImageSize, canonical_size, image_hw, size_label
 from .errors import ConfigError, DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -190,16 +190,38 @@ def _category_dir(root, category: str) -> Path:
     return folder
 
 
+def image_dimensions(root, category: str) -> list[tuple[int, int]]:
+    """The upright (width, height) of every image of a category (train/good and test/, masks
+    excluded), read from the file headers without decoding: what the input size is chosen
+    from (``pipeline.sizes``). DatasetError naming a file whose header cannot be read."""
+    folder = _category_dir(root, category)
+    test = folder / "test"
+    subdirs = sorted(p for p in test.iterdir() if p.is_dir() and _visible(p)) if test.is_dir() else []
+    files = _image_files(folder / "train" / "good") + [
+        f for sub in subdirs for f in _image_files(sub) if not _is_mask_name(f)
+    ]
+    out = []
+    for path in files:
+        try:
+            with Image.open(path) as im:  # the header only
+                width, height = im.size
+                quarter_turn = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation, as _open
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DatasetError(f"cannot read the size of image {path} ({e}); replace or remove the file.") from None
+        out.append((height, width) if quarter_turn else (width, height))
+    return out
+
+
 # --------------------------------------------------------------------------- decoding
 
 
-def _open(path: Path, reduce_to: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+def _open(path: Path, reduce_to: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """(the loaded PIL image at ``path``, upright (EXIF orientation applied), its full (width, height));
     DatasetError naming the file if it is unreadable.
 
-    With ``reduce_to``, an image of over ``HUGE_PIXELS`` is shrunk while it is decoded (JPEG
-    ``draft``) or right after (``Image.reduce``, a box filter) to no less than twice
-    ``reduce_to`` px, so a 5000 x 5000 photo never exists as several full-size copies.
+    With ``reduce_to`` (width, height), an image of over ``HUGE_PIXELS`` is shrunk while it is
+    decoded (JPEG ``draft``) or right after (``Image.reduce``, a box filter) to no less than
+    twice that size, so a 5000 x 5000 photo never exists as several full-size copies.
     Images of MVTec's size (<= 1024 px) are untouched.
     """
     try:
@@ -209,13 +231,13 @@ def _open(path: Path, reduce_to: int | None = None) -> tuple[Image.Image, tuple[
         size = im.size
         huge = reduce_to is not None and im.width * im.height > HUGE_PIXELS
         if huge and im.format == "JPEG":
-            im.draft(im.mode, (2 * reduce_to, 2 * reduce_to))  # decode at 1/2, 1/4 or 1/8 scale
+            im.draft(im.mode, (2 * reduce_to[0], 2 * reduce_to[1]))  # decode at 1/2, 1/4 or 1/8 scale
         im.load()  # decode now: truncated or corrupt files fail here, not later
         orientation = im.getexif().get(0x0112, 1)
         if orientation != 1:  # EXIF orientation (phone photos): show it as viewers do
             im = ImageOps.exif_transpose(im)
             size = size[::-1] if orientation in (5, 6, 7, 8) else size  # quarter turns swap width and height
-        factor = min(im.size) // (2 * reduce_to) if huge else 1
+        factor = min(im.width // (2 * reduce_to[0]), im.height // (2 * reduce_to[1])) if huge else 1
         if factor >= 2 and im.mode in _REDUCIBLE_MODES:
             im = im.reduce(factor)
         return im, size
@@ -296,20 +318,22 @@ def _to_array(im: Image.Image, path: Path) -> np.ndarray:
     return a
 
 
-def _decode_image(path: Path, image_size: int, in_channels: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(uint8 (C, S, S) image, original (width, height)); antialiased bilinear resize (PIL)."""
-    im, original_size = _open(path, reduce_to=image_size)
+def _decode_image(path: Path, image_size: ImageSize, in_channels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 (C, H, W) image, original (width, height)); antialiased bilinear resize (PIL) to
+    ``image_size`` (S or (H, W)), whatever the file's own aspect."""
+    height, width = image_hw(image_size)
+    im, original_size = _open(path, reduce_to=(width, height))
     a = _to_array(im, path)
     pil = Image.fromarray(a)
     if in_channels == 1 and a.ndim == 3:
         pil = pil.convert("L")  # ITU-R 601-2 luma
     # PIL's resize widens the filter support when it shrinks, so this is antialiased.
-    pil = pil.resize((image_size, image_size), Image.BILINEAR)
+    pil = pil.resize((width, height), Image.BILINEAR)
     out = np.asarray(pil)
     if out.ndim == 2:
-        out = np.repeat(out[None], in_channels, axis=0)  # (C, S, S), gray replicated for RGB models
+        out = np.repeat(out[None], in_channels, axis=0)  # (C, H, W), gray replicated for RGB models
     else:
-        out = np.ascontiguousarray(out.transpose(2, 0, 1))  # (H, W, 3) -> (3, S, S)
+        out = np.ascontiguousarray(out.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
     return out, original_size
 
 
@@ -331,9 +355,9 @@ def _mask_values(im: Image.Image, path: Path) -> np.ndarray:
     return a.max(axis=2) if a.ndim == 3 else a  # a coloured mask: any non-black channel marks the defect
 
 
-def _decode_mask(path: Path, image_size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """(uint8 (S, S) mask in {0, 1}, original (width, height)); nearest resize (none if
-    ``image_size`` is None: the mask at its own size).
+def _decode_mask(path: Path, image_size: ImageSize | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 (H, W) mask in {0, 1}, original (width, height)); nearest resize to ``image_size``
+    (S or (H, W); none if it is None: the mask at its own size).
 
     A mask of two values (0/1, 0/255, 0/65535, bilevel, any bit depth) marks its non-zero
     pixels. Antialiased or JPEG-saved masks (most pixels near black or near its own maximum)
@@ -362,7 +386,8 @@ def _decode_mask(path: Path, image_size: int | None) -> tuple[np.ndarray, tuple[
         binary = a >= top / 2
     if image_size is None:
         return np.ascontiguousarray(binary, dtype=np.uint8), original_size
-    pil = Image.fromarray(binary.astype(np.uint8)).resize((image_size, image_size), Image.NEAREST)
+    height, width = image_hw(image_size)
+    pil = Image.fromarray(binary.astype(np.uint8)).resize((width, height), Image.NEAREST)
     return np.asarray(pil).copy(), original_size
 
 
@@ -407,9 +432,10 @@ def _identity(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), st.st_mtime_ns, st.st_size)
 
 
-def _disk_cache_file(cache_dir: Path, category_dir: Path, group: str, image_size: int, in_channels: int) -> Path:
+def _disk_cache_file(cache_dir: Path, category_dir: Path, group: str, image_size: ImageSize,
+                     in_channels: int) -> Path:
     digest = hashlib.sha1(str(category_dir.resolve()).encode()).hexdigest()[:12]
-    return cache_dir / f"{category_dir.name}-{group}-{image_size}px-{in_channels}ch-{digest}.pt"
+    return cache_dir / f"{category_dir.name}-{group}-{size_label(image_size)}px-{in_channels}ch-{digest}.pt"
 
 
 def _disk_load(file: Path) -> dict:
@@ -452,7 +478,8 @@ class MVTecAD(torch.utils.data.Dataset):
     """One category of a dataset in MVTec AD layout, decoded once into uint8 tensors.
 
     Attributes (what training and evaluation use, batched):
-        images: uint8 (N, C, S, S); masks: uint8 (N, S, S) in {0, 1} (zeros for good images);
+        images: uint8 (N, C, H, W), every file resized to ``image_size`` (S for S x S, or
+        (H, W)) whatever its own aspect; masks: uint8 (N, H, W) in {0, 1} (zeros for good images);
         labels: int64 (N,), 0 good / 1 defective; defect_types: list[str] ("good" for good);
         paths: list[str]; has_masks: False if a defective image has no mask (pixel metrics
         then cannot be computed); category, split, image_size, in_channels; n_files (the
@@ -468,7 +495,7 @@ class MVTecAD(torch.utils.data.Dataset):
         root,
         category: str,
         split: str = "train",
-        image_size: int = DEFAULT_IMAGE_SIZE,
+        image_size: ImageSize = DEFAULT_IMAGE_SIZE,
         in_channels: int = 3,
         val_fraction: float = DEFAULT_VAL_FRACTION,
         seed: int = 0,
@@ -479,8 +506,9 @@ class MVTecAD(torch.utils.data.Dataset):
     ):
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
-        if not isinstance(image_size, int) or image_size < 1:
-            raise ConfigError(f"image_size must be a positive integer, got {image_size!r}.")
+        image_size = canonical_size(image_size)
+        if min(image_hw(image_size)) < 1:
+            raise ConfigError(f"image_size must be positive, got {size_label(image_size)}.")
         if in_channels not in (1, 3):
             raise ConfigError(f"in_channels must be 1 or 3, got {in_channels!r}.")
         if not 0 <= val_fraction < 1:
@@ -515,17 +543,18 @@ class MVTecAD(torch.utils.data.Dataset):
         decoded = self._decode_all(folder, group, images, [m for m in masks if m is not None])
         keep = self._select(len(images)) if group == "train" else list(range(len(images)))
 
-        s = image_size
+        height, width = image_hw(image_size)
         self.paths = [str(images[i]) for i in keep]
         self.labels = torch.tensor([labels[i] for i in keep], dtype=torch.int64)
         self.defect_types = [defects[i] for i in keep]
         image_arrays = [decoded[("image", images[i])][0] for i in keep]
         self.images = (
-            torch.from_numpy(np.stack(image_arrays)) if keep else torch.empty((0, in_channels, s, s), dtype=torch.uint8)
-        )  # (N, C, S, S)
+            torch.from_numpy(np.stack(image_arrays)) if keep
+            else torch.empty((0, in_channels, height, width), dtype=torch.uint8)
+        )  # (N, C, H, W)
         self.original_sizes = [tuple(decoded[("image", images[i])][1]) for i in keep]  # (width, height) of each file
         self.mask_paths = [masks[i] for i in keep]  # None for good images and defective ones without a mask
-        self.masks = torch.zeros((len(keep), s, s), dtype=torch.uint8)  # (N, S, S)
+        self.masks = torch.zeros((len(keep), height, width), dtype=torch.uint8)  # (N, H, W)
         missing, empty, inverted = [], [], []
         for row, i in enumerate(keep):
             if labels[i] == 0:
@@ -605,21 +634,23 @@ class MVTecAD(torch.utils.data.Dataset):
                 stacklevel=3,
             )
 
-    def masks_at(self, size: int | str) -> torch.Tensor | list[np.ndarray]:
+    def masks_at(self, size: ImageSize | str) -> torch.Tensor | list[np.ndarray]:
         """The ground truth at an evaluation resolution, read from the mask files again (not
-        upsampled from ``masks``, which would lose thin defects): uint8 (N, size, size) in {0, 1}
-        for a whole number (nearest resize), or for ``size="original"`` a list of (H_i, W_i)
-        uint8 arrays at each image's own size. Good images (and defective ones without a mask)
-        are all zeros. Decoded masks are kept in the process's memory cache.
+        upsampled from ``masks``, which would lose thin defects): uint8 (N, H, W) in {0, 1} for
+        S or (H, W) (nearest resize), or for ``size="original"`` a list of (H_i, W_i) uint8
+        arrays at each image's own size. Good images (and defective ones without a mask) are
+        all zeros. Decoded masks are kept in the process's memory cache.
         """
-        if size != "original" and (not isinstance(size, int) or size < 1):
-            raise ConfigError(f"an evaluation size must be a positive whole number of px or 'original', got {size!r}.")
+        if size != "original":
+            size = canonical_size(size, what="an evaluation size")
+            if min(image_hw(size)) < 1:
+                raise ConfigError(f"an evaluation size must be positive, got {size_label(size)}.")
         if size == self.image_size:
             return self.masks
         target = None if size == "original" else size
 
         def read(path: Path) -> np.ndarray:
-            key = ("mask", target or 0, 0) + _identity(path)
+            key = ("mask", target if target is not None else 0, 0) + _identity(path)
             hit = _memory_get(key) if self._memory_cache else None
             if hit is None:
                 hit = _decode_mask(path, target)
@@ -632,11 +663,11 @@ class MVTecAD(torch.utils.data.Dataset):
             decoded = dict(zip(paths, pool.map(read, paths)))
         out = []
         for path, (width, height) in zip(self.mask_paths, self.original_sizes):
-            shape = (height, width) if target is None else (target, target)
+            shape = (height, width) if target is None else image_hw(target)
             out.append(decoded[path] if path is not None else np.zeros(shape, dtype=np.uint8))
         if target is None:
             return out
-        return torch.from_numpy(np.stack(out)) if out else torch.zeros((0, target, target), dtype=torch.uint8)
+        return torch.from_numpy(np.stack(out)) if out else torch.zeros((0, *image_hw(target)), dtype=torch.uint8)
 
     # ----------------------------------------------------------------- helpers
 
@@ -784,8 +815,8 @@ class MVTecAD(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {
-            "image": self.images[i].float() / 255.0,  # (C, S, S) in [0, 1]
-            "mask": self.masks[i].float(),  # (S, S) in {0, 1}
+            "image": self.images[i].float() / 255.0,  # (C, H, W) in [0, 1]
+            "mask": self.masks[i].float(),  # (H, W) in {0, 1}
             "label": int(self.labels[i]),
             "defect_type": self.defect_types[i],
             "path": self.paths[i],
@@ -794,6 +825,7 @@ class MVTecAD(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         counts = {d: self.defect_types.count(d) for d in dict.fromkeys(self.defect_types)}
         return (
-            f"MVTecAD({self.category!r}, split={self.split!r}, n={len(self)}, image_size={self.image_size}, "
-            f"in_channels={self.in_channels}, counts={counts}, has_masks={self.has_masks})"
+            f"MVTecAD({self.category!r}, split={self.split!r}, n={len(self)}, "
+            f"image_size={size_label(self.image_size)}, in_channels={self.in_channels}, counts={counts}, "
+            f"has_masks={self.has_masks})"
         )

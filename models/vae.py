@@ -52,7 +52,11 @@ class VAEConfig(ModelConfig):
     beta: float = 0.005
 
     def __post_init__(self):
+        super().__post_init__()
         self.widths = tuple(self.widths)  # a JSON round trip turns tuples into lists
+
+    def size_multiple(self) -> int:
+        return 2 ** len(self.widths)
 
     def validate(self) -> None:
         super().validate()
@@ -73,10 +77,10 @@ class VAE(VariationalModel):
         super().__init__(config)
         c = config
         self.encoder = ConvEncoder(in_channels=c.in_channels, widths=c.widths)
-        side = c.image_size // self.encoder.stride  # side of the encoder's feature map
+        size = (c.height // self.encoder.stride, c.width // self.encoder.stride)  # (h, w) of the encoder's map
         # One dense layer gives mean and raw log-variance side by side.
-        self.to_latent = MapToVector(channels=c.widths[-1], side=side, out_features=2 * c.latent_dim)
-        self.from_latent = VectorToMap(in_features=c.latent_dim, channels=c.widths[-1], side=side)
+        self.to_latent = MapToVector(channels=c.widths[-1], size=size, out_features=2 * c.latent_dim)
+        self.from_latent = VectorToMap(in_features=c.latent_dim, channels=c.widths[-1], size=size)
         self.decoder = ConvDecoder(out_channels=c.in_channels, widths=c.widths)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

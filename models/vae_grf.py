@@ -1,7 +1,7 @@
 """VAE-GRF: a VAE whose latent is a MAP z in R^{C x h x w} with a Gaussian-random-field prior.
 
-The convolutional encoder (``layers.ConvEncoder``, stride 2**len(widths), so h = H/8 by
-default) gives a feature map; two 1x1 convolutions turn it into the mean and log-variance of
+The convolutional encoder (``layers.ConvEncoder``, stride 2**len(widths), so h x w = H/8 x W/8
+by default) gives a feature map; two 1x1 convolutions turn it into the mean and log-variance of
 q(z|x) = N(mu, diag sigma^2) at every latent site. Each of the C latent channels has the prior
 N(0, Sigma), Sigma a stationary kernel on the h x w torus (``grf.GRFPrior``): neighbouring
 latent sites are correlated over rho latent pixels, which asks the code to be spatially
@@ -52,8 +52,12 @@ class VAEGRFConfig(ModelConfig):
     rho_bounds: tuple[float, float] = RHO_BOUNDS
 
     def __post_init__(self):
+        super().__post_init__()
         self.widths = tuple(self.widths)  # a JSON round trip turns tuples into lists
         self.rho_bounds = tuple(self.rho_bounds)
+
+    def size_multiple(self) -> int:
+        return 2 ** len(self.widths)
 
     def validate(self) -> None:
         super().validate()
@@ -76,7 +80,7 @@ class VAEGRF(VariationalModel):
         super().__init__(config)
         c = config
         self.encoder = ConvEncoder(in_channels=c.in_channels, widths=c.widths)
-        side = c.image_size // self.encoder.stride  # latent map side h = w
+        h, w = c.height // self.encoder.stride, c.width // self.encoder.stride  # latent map size
         # 1x1 conv heads: mean and raw log-variance at every site, side by side.
         self.to_latent = nn.Conv2d(c.widths[-1], 2 * c.latent_channels, kernel_size=1)
         # Back to the decoder's width; the activation keeps it from merging with the first deconv.
@@ -85,7 +89,7 @@ class VAEGRF(VariationalModel):
         )
         self.decoder = ConvDecoder(out_channels=c.in_channels, widths=c.widths)
         self.prior = GRFPrior(
-            side, side, kernel=c.kernel, rho=c.rho, variance=c.prior_variance, eps=c.prior_eps,
+            h, w, kernel=c.kernel, rho=c.rho, variance=c.prior_variance, eps=c.prior_eps,
             learn_rho=c.learn_rho, rho_bounds=c.rho_bounds,
         )
 

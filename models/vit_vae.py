@@ -38,7 +38,7 @@ from torch import nn
 
 from .base import ModelConfig
 from .errors import ConfigError
-from .layers import up_block
+from .layers import check_size_multiple, up_block
 from .variational import VariationalModel, bound_logvar
 
 DECODERS = ("conv", "linear")
@@ -63,17 +63,16 @@ class ViTVAEConfig(ModelConfig):
     # train MSE after 120 steps, detection within noise (bench/README.md, "ViT-VAE").
     logvar_init: float = -5.0
 
+    def size_multiple(self) -> int:
+        return self.patch_size
+
     def validate(self) -> None:
         super().validate()
         p = self.patch_size
         if not isinstance(p, int) or p < 1:
             raise ConfigError(f"vit_vae: patch_size must be a positive integer, got {p!r}.")
-        if self.image_size % p:
-            lower = max(p, self.image_size // p * p)
-            raise ConfigError(
-                f"vit_vae: image_size {self.image_size} is not a multiple of patch_size {p}; "
-                f"use a multiple of {p} (e.g. {lower} or {lower + p}) or another patch_size."
-            )
+        check_size_multiple(self.image_size, p, model="vit_vae", what=f"patch_size {p}",
+                            other="or another patch_size")
         if self.dim < 1 or self.heads < 1 or self.dim % self.heads:
             raise ConfigError(f"vit_vae: dim ({self.dim}) must be a positive multiple of heads ({self.heads}).")
         if self.decoder not in DECODERS:
@@ -119,18 +118,20 @@ def unpatchify(tokens: torch.Tensor, p: int, channels: int, height: int, width: 
     return x.reshape(b, channels, height, width)  # (B, C, H, W)
 
 
-def sincos_2d(side: int, dim: int) -> torch.Tensor:
-    """MAE's fixed 2-D sin-cos position table -> (side*side, dim), rows in patchify order.
+def sincos_2d(rows: int, cols: int, dim: int) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos position table of a rows x cols token grid -> (rows*cols, dim),
+    in patchify order (row-major).
 
     Half the channels encode the row, half the column, each as sin/cos at geometric
-    frequencies 1 / 10000^(k / (dim/4)); channels beyond a multiple of 4 stay 0.
+    frequencies 1 / 10000^(k / (dim/4)); channels beyond a multiple of 4 stay 0. Positions are
+    absolute token indices, so a wide grid shares its first columns' codes with a square one.
     """
     q = dim // 4
     freq = 1.0 / 10000 ** (torch.arange(q, dtype=torch.float32) / max(q, 1))  # (q,)
-    pos = torch.arange(side, dtype=torch.float32)
-    rows, cols = torch.meshgrid(pos, pos, indexing="ij")  # (side, side) each
-    parts = [f(t.reshape(-1, 1) * freq) for t in (rows, cols) for f in (torch.sin, torch.cos)]
-    table = torch.zeros(side * side, dim)
+    row_index, col_index = torch.meshgrid(torch.arange(rows, dtype=torch.float32),
+                                          torch.arange(cols, dtype=torch.float32), indexing="ij")  # (rows, cols) each
+    parts = [f(t.reshape(-1, 1) * freq) for t in (row_index, col_index) for f in (torch.sin, torch.cos)]
+    table = torch.zeros(rows * cols, dim)
     table[:, : 4 * q] = torch.cat(parts, dim=1)  # (N, 4q)
     return table
 
@@ -171,17 +172,17 @@ class ViTVAE(VariationalModel):
         super().__init__(config)
         c = config
         p = c.patch_size
-        self.side = c.image_size // p  # tokens per image side
+        self.grid = (c.height // p, c.width // p)  # (rows, cols) of the token grid
         patch_values = p * p * c.in_channels
         self.embed = nn.Linear(patch_values, c.dim)
-        self.pos_enc = nn.Parameter(sincos_2d(self.side, c.dim).unsqueeze(0))  # (1, N, dim)
+        self.pos_enc = nn.Parameter(sincos_2d(*self.grid, c.dim).unsqueeze(0))  # (1, N, dim)
         self.encoder = _transformer(c, c.depth)
         self.to_latent = nn.Linear(c.dim, 2 * c.latent_dim)  # mean and raw log-variance per token
         nn.init.constant_(self.to_latent.bias[c.latent_dim:], c.logvar_init)
         self.from_latent = nn.Linear(c.latent_dim, c.dim)
         self.pos_dec = self.decoder = None
         if c.decoder_depth:  # the conv head knows positions from the grid; a transformer needs them
-            self.pos_dec = nn.Parameter(sincos_2d(self.side, c.dim).unsqueeze(0))  # (1, N, dim)
+            self.pos_dec = nn.Parameter(sincos_2d(*self.grid, c.dim).unsqueeze(0))  # (1, N, dim)
             self.decoder = _transformer(c, c.decoder_depth)
         if c.decoder == "conv":
             self.head = conv_head(dim=c.dim, out_channels=c.in_channels, patch_size=p, width=c.decoder_width)
@@ -191,8 +192,8 @@ class ViTVAE(VariationalModel):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> mean and log-variance of q(z|x), each (B, N, latent_dim), float32."""
         c = self.config
-        assert x.shape[1:] == (c.in_channels, c.image_size, c.image_size), (
-            f"vit_vae was built for ({c.in_channels}, {c.image_size}, {c.image_size}) images, got {tuple(x.shape[1:])}"
+        assert x.shape[1:] == (c.in_channels, c.height, c.width), (
+            f"vit_vae was built for ({c.in_channels}, {c.height}, {c.width}) images, got {tuple(x.shape[1:])}"
         )
         tokens = self.embed(patchify(x, c.patch_size)) + self.pos_enc  # (B, N, dim)
         mu, raw = self.to_latent(self.encoder(tokens)).float().chunk(2, dim=-1)  # 2 x (B, N, latent_dim)
@@ -206,6 +207,6 @@ class ViTVAE(VariationalModel):
             h = self.decoder(h + self.pos_dec)  # (B, N, dim)
         if c.decoder == "linear":
             patches = self.head(h).sigmoid()  # (B, N, p*p*C)
-            return unpatchify(patches, c.patch_size, c.in_channels, c.image_size, c.image_size)
-        grid = h.transpose(1, 2).reshape(h.shape[0], c.dim, self.side, self.side)  # (B, dim, H/p, W/p)
+            return unpatchify(patches, c.patch_size, c.in_channels, c.height, c.width)
+        grid = h.transpose(1, 2).reshape(h.shape[0], c.dim, *self.grid)  # (B, dim, H/p, W/p)
         return self.head(grid)  # (B, C, H, W)

@@ -25,6 +25,7 @@ from .demo_data import make_synthetic_dataset
 from .evaluate import DEFAULT_EVAL_SIZE, EvalConfig, parse_eval_size
 from .grid import EXECUTORS, run_grid
 from .results import DEFAULT_RESULTS_CSV, read_results
+from .sizes import ASPECTS, DEFAULT_ASPECT, parse_image_size
 from .thresholds import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 from .train import TrainConfig
 
@@ -87,7 +88,8 @@ def cmd_run(args) -> int:
     eval_config = EvalConfig(score=ScoreConfig.parse(args.score), eval_size=parse_eval_size(args.eval_size),
                              threshold_rule=args.threshold_rule)
     df = run_grid(
-        root, args.categories, args.models, image_size=args.image_size, train=train, seeds=seeds,
+        root, args.categories, args.models, image_size=parse_image_size(args.image_size), aspect=args.aspect,
+        train=train, seeds=seeds,
         model_overrides=parse_overrides(args.set), eval_config=eval_config, results_csv=args.results_csv,
         force=args.force, checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, log=log,
         executor=args.executor, address=args.address, gpus_per_job=args.gpus_per_job,
@@ -139,8 +141,13 @@ def build_parser():
     r.add_argument("--categories", nargs="+", metavar="C", help="categories to run (default: all under the root)")
     r.add_argument("--models", nargs="+", metavar="M", help=f"models to run (default: all: {' '.join(MODEL_NAMES)})")
     r.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"training epochs (default {d.epochs})")
-    r.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, metavar="S",
-                   help=f"square input size in px (default {DEFAULT_IMAGE_SIZE})")
+    r.add_argument("--image-size", default=str(DEFAULT_IMAGE_SIZE), metavar="S|HxW",
+                   help=f"input size in px: S for S x S, or HxW (height x width, e.g. 96x240); every image is "
+                        f"resized to it (default {DEFAULT_IMAGE_SIZE})")
+    r.add_argument("--aspect", default=DEFAULT_ASPECT, choices=list(ASPECTS),
+                   help="fixed = every image resized to --image-size as given; keep = --image-size is the short "
+                        "side and the long side follows each category's median aspect ratio, for products that "
+                        f"are not square (default {DEFAULT_ASPECT})")
     r.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
                    help=f"batch size (default {d.batch_size})")
     r.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")

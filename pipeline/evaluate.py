@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import scoring
+from models import ImageSize, canonical_size, image_hw, scoring
 from models.errors import ConfigError, TrainingError
 from models.scoring import ScoreConfig
 
@@ -43,7 +43,9 @@ class EvalConfig:
     """How a trained model is evaluated; part of a row's key, not of its checkpoint's."""
 
     score: ScoreConfig = field(default_factory=ScoreConfig)  # map and image score from a reconstruction
-    eval_size: int | str = DEFAULT_EVAL_SIZE  # px of maps and masks for the pixel metrics, or "original"
+    # The pixel metrics' resolution: S = S px on the short side at the input's aspect (S x S for
+    # square inputs), or "original" = each image at its own size and aspect.
+    eval_size: int | str = DEFAULT_EVAL_SIZE
     threshold_rule: str = DEFAULT_THRESHOLD_RULE  # the F1 threshold from val normal scores (thresholds.py)
 
     def validate(self) -> None:
@@ -74,9 +76,20 @@ def parse_eval_size(text) -> int | str:
         raise ConfigError(f"the evaluation size must be a whole number of px or 'original', got {text!r}.") from None
 
 
+def eval_grid(eval_size: int | str, image_size: ImageSize) -> ImageSize | str:
+    """The grid the pixel metrics are computed on, for inputs of ``image_size``: S px on the
+    short side at the input's aspect (S x S for square inputs, the MVTec protocol; 256 x 640
+    for 128 x 320 inputs), or ``"original"``."""
+    if eval_size == "original":
+        return eval_size
+    height, width = image_hw(image_size)
+    scale = eval_size / min(height, width)
+    return canonical_size((round(height * scale), round(width * scale)))
+
+
 def score_split(model, ds, *, score: ScoreConfig | None = None, batch_size: int = 32, device=None,
                 amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anomaly maps (N, S, S) float32 at the model's input size and image scores (N,) float32
+    """Anomaly maps (N, H, W) float32 at the model's input size and image scores (N,) float32
     of a whole split, on the CPU, under the scoring rule ``score`` (default ``ScoreConfig()``).
 
     Batched, in eval mode under ``inference_mode`` (``AnomalyModel.anomaly_map``); the image
@@ -93,30 +106,30 @@ def score_split(model, ds, *, score: ScoreConfig | None = None, batch_size: int 
     with torch.inference_mode():
         for idx in batch_indices(len(source), batch_size):
             with autocast(device, amp):
-                m = model.anomaly_map(source.batch(idx), score)  # (B, S, S) float32
+                m = model.anomaly_map(source.batch(idx), score)  # (B, H, W) float32
             scores.append(scoring.reduce_map(m, score_reduce=score.score_reduce, score_topk=score.score_topk))
             maps.append(m)
     if not maps:
-        s = ds.images.shape[-1]
-        return torch.empty((0, s, s)), torch.empty(0)
+        return torch.empty((0, *ds.images.shape[-2:])), torch.empty(0)
     return torch.cat(maps).cpu(), torch.cat(scores).cpu()  # one device->host copy (and sync), not one per batch
 
 
-def maps_at(maps: torch.Tensor, size: int | str, original_sizes=None) -> torch.Tensor | list[np.ndarray]:
-    """Maps (N, S, S) at the evaluation size: bilinear upsampling (align_corners=False, as
-    torchvision's Resize) to (N, size, size), or with ``size="original"`` a list of (H_i, W_i)
+def maps_at(maps: torch.Tensor, size: ImageSize | str, original_sizes=None) -> torch.Tensor | list[np.ndarray]:
+    """Maps (N, H, W) at an evaluation grid (``eval_grid``): bilinear resizing (align_corners=False,
+    as torchvision's Resize) to S x S or (H', W'), or with ``size="original"`` a list of (H_i, W_i)
     float32 arrays, one per image at its own size (``original_sizes``: (width, height) each)."""
     maps = maps.float()
     if size == "original":
         assert original_sizes is not None and len(original_sizes) == len(maps), "one original size per map"
         return [F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
                 for m, (w, h) in zip(maps, original_sizes)]
-    if maps.shape[-1] == size or len(maps) == 0:
+    target = image_hw(size)
+    if tuple(maps.shape[-2:]) == target or len(maps) == 0:
         return maps
     out = []
     for chunk in maps.split(64):  # bounded temporary memory for large test sets
-        out.append(F.interpolate(chunk[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0])
-    return torch.cat(out)  # (N, size, size)
+        out.append(F.interpolate(chunk[:, None], size=target, mode="bilinear", align_corners=False)[:, 0])
+    return torch.cat(out)  # (N, H', W')
 
 
 def compute_metrics(labels: np.ndarray, masks, test_maps, test_scores, val_scores, threshold_rule: str) -> dict:
@@ -144,7 +157,7 @@ def compute_metrics(labels: np.ndarray, masks, test_maps, test_scores, val_score
 class Evaluation:
     """What ``evaluate`` measured for one trained model on one category."""
 
-    test_maps: torch.Tensor  # (N_test, S, S) float32 at the model's input size
+    test_maps: torch.Tensor  # (N_test, H, W) float32 at the model's input size
     test_scores: torch.Tensor  # (N_test,) float32
     val_scores: torch.Tensor  # (N_val,) float32
     metrics: dict  # METRIC_NAMES -> float
@@ -154,6 +167,7 @@ class Evaluation:
     # bootstrap over test images; None without masks.
     pixel_pos: np.ndarray | None = None  # (N_test, K) defect-pixel counts per bin
     pixel_neg: np.ndarray | None = None  # (N_test, K) normal-pixel counts per bin
+    grid: ImageSize | str = DEFAULT_EVAL_SIZE  # where the pixel metrics were computed (eval_grid)
 
     @property
     def infer_ms_per_image(self) -> float:
@@ -165,8 +179,9 @@ def evaluate(model, data, config: EvalConfig | None = None, *, batch_size: int =
     """Score ``data.test`` and ``data.val`` with ``model`` under ``config`` and compute the metrics.
 
     Image scores come from the maps at the model's size; the pixel metrics from the maps
-    upsampled to ``config.eval_size`` against the masks read at that size. Non-finite maps (a
-    model that diverged in its last steps) are a ``TrainingError``.
+    upsampled to the evaluation grid (``eval_grid``: ``config.eval_size`` on the short side at
+    the input's aspect, or each image's own size) against the masks read at that grid.
+    Non-finite maps (a model that diverged in its last steps) are a ``TrainingError``.
     """
     config = config or EvalConfig()
     t0 = time.perf_counter()
@@ -179,13 +194,14 @@ def evaluate(model, data, config: EvalConfig | None = None, *, batch_size: int =
     t0 = time.perf_counter()
     labels = data.test.labels.numpy()
     masks = eval_maps = pixel_pos = pixel_neg = None
+    grid = eval_grid(config.eval_size, data.test.image_size)
     if data.test.has_masks:
-        masks = data.test.masks_at(config.eval_size)
-        eval_maps = maps_at(test_maps, config.eval_size, data.test.original_sizes)
+        masks = data.test.masks_at(grid)
+        eval_maps = maps_at(test_maps, grid, data.test.original_sizes)
         if isinstance(masks, torch.Tensor):
             masks, eval_maps = masks.numpy(), eval_maps.numpy()
         edges = stats.histogram_edges(eval_maps, HISTOGRAM_BINS)
         pixel_pos, pixel_neg = stats.pixel_histograms(masks, eval_maps, edges)
     row_metrics = compute_metrics(labels, masks, eval_maps, test_scores, val_scores, config.threshold_rule)
     return Evaluation(test_maps, test_scores, val_scores, row_metrics, score_seconds, time.perf_counter() - t0,
-                      pixel_pos=pixel_pos, pixel_neg=pixel_neg)
+                      pixel_pos=pixel_pos, pixel_neg=pixel_neg, grid=grid)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models import build_model, grf
+from models import build_model, grf, size_label
 from models.errors import ConfigError
 
 GRF_KERNELS = ("exponential", "matern32", "gaussian")
@@ -54,10 +54,10 @@ class GalleryExamples:
 
     category: str
     row_labels: list[str]  # per image: "good" or its defect type
-    images: np.ndarray  # (N, C, S, S) float32 in [0, 1]
-    masks: np.ndarray  # (N, S, S) bool, the ground truth
-    reconstructions: dict[str, np.ndarray]  # model name -> (N, C, S, S) float32
-    maps: dict[str, np.ndarray]  # model name -> (N, S, S) float32, the model's own anomaly_map
+    images: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    masks: np.ndarray  # (N, H, W) bool, the ground truth
+    reconstructions: dict[str, np.ndarray]  # model name -> (N, C, H, W) float32
+    maps: dict[str, np.ndarray]  # model name -> (N, H, W) float32, the model's own anomaly_map
 
 
 def gallery_examples(models_by_name: dict, dataset, *, n_good: int = 2, n_defect: int = 4) -> GalleryExamples:
@@ -74,12 +74,13 @@ def gallery_examples(models_by_name: dict, dataset, *, n_good: int = 2, n_defect
         c = m.config
         if (c.image_size, c.in_channels) != (dataset.image_size, dataset.in_channels):
             raise ConfigError(
-                f"model {name} takes {c.in_channels}-channel {c.image_size}-px images but the dataset has "
-                f"{dataset.in_channels}-channel {dataset.image_size}-px ones; load the dataset with the model's size."
+                f"model {name} takes {c.in_channels}-channel {size_label(c.image_size)}-px images but the dataset has "
+                f"{dataset.in_channels}-channel {size_label(dataset.image_size)}-px ones; load the dataset with the "
+                "model's size."
             )
     labels = np.asarray(dataset.labels)
     idx = pick_examples(labels, list(dataset.defect_types), n_good, n_defect)
-    x = dataset.images[idx].float() / 255.0  # (N, C, S, S) in [0, 1]
+    x = dataset.images[idx].float() / 255.0  # (N, C, H, W) in [0, 1]
     recons, maps = {}, {}
     for name, m in models_by_name.items():
         was_training = m.training
@@ -87,8 +88,8 @@ def gallery_examples(models_by_name: dict, dataset, *, n_good: int = 2, n_defect
         try:
             with torch.inference_mode():
                 xd = x.to(_device(m))
-                recons[name] = m.reconstruct(xd).float().cpu().numpy()  # (N, C, S, S)
-                maps[name] = m.anomaly_map(xd).float().cpu().numpy()  # (N, S, S)
+                recons[name] = m.reconstruct(xd).float().cpu().numpy()  # (N, C, H, W)
+                maps[name] = m.anomaly_map(xd).float().cpu().numpy()  # (N, H, W)
         finally:
             m.train(was_training)
     return GalleryExamples(

@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES, list_categories, model_config
+from models import (
+    DEFAULT_IMAGE_SIZE,
+    MODEL_NAMES,
+    ImageSize,
+    canonical_size,
+    list_categories,
+    model_config,
+    size_label,
+    size_multiple,
+)
 from models.errors import CheckpointError, ConfigError, DatasetError, UserError
 from models.mvtec import DEFAULT_VAL_FRACTION, category_type, dataset_name
 
@@ -48,15 +57,21 @@ from .results import (
     read_results,
     read_text_table,
 )
+from .sizes import DEFAULT_ASPECT, category_size, check_aspect
 from .train import TrainConfig
 
 
-def make_specs(data_root, categories=None, models=None, *, image_size: int = DEFAULT_IMAGE_SIZE,
-               train: TrainConfig | None = None, seeds=None, model_overrides: dict | None = None,
-               eval_config: EvalConfig | None = None, val_fraction: float = DEFAULT_VAL_FRACTION) -> list[JobSpec]:
+def make_specs(data_root, categories=None, models=None, *, image_size: ImageSize = DEFAULT_IMAGE_SIZE,
+               aspect: str = DEFAULT_ASPECT, train: TrainConfig | None = None, seeds=None,
+               model_overrides: dict | None = None, eval_config: EvalConfig | None = None,
+               val_fraction: float = DEFAULT_VAL_FRACTION) -> list[JobSpec]:
     """The grid's jobs, category-major, then seed, then model (a category is decoded once for
     all its models), validated, with each category's data fingerprint. ``seeds`` (default:
-    ``train.seed`` alone) gives one job per seed."""
+    ``train.seed`` alone) gives one job per seed. Each category's input size is
+    ``sizes.category_size``: ``image_size`` as given (``aspect="fixed"``) or with the short side
+    ``image_size`` and the images' aspect (``aspect="keep"``), the same for all its models."""
+    image_size = canonical_size(image_size)
+    check_aspect(aspect, image_size)
     available = list_categories(data_root)  # DatasetError for a missing or empty root
     cats = available if categories is None else list(dict.fromkeys(categories))
     unknown = [c for c in cats if c not in available]
@@ -74,13 +89,17 @@ def make_specs(data_root, categories=None, models=None, *, image_size: int = DEF
                                   f"(--image-size on the command line).")
         if name not in names:  # not run, but a typo in its --set is still a mistake: say so rather than ignore it
             model_config(name, image_size=image_size, **overrides[name])
+    for name in names:  # every setting and the (short) side checked before any file is opened
+        model_config(name, image_size=image_size, **overrides.get(name, {}))
     train = train or TrainConfig()
     seeds = [train.seed] if seeds is None else list(dict.fromkeys(seeds))
     if not seeds:
         raise ConfigError("no seeds given; pass at least one (e.g. --seeds 0 1 2).")
     eval_config = eval_config or EvalConfig()
     dataset = dataset_name(data_root)
-    specs = [JobSpec(data_root=data_root, category=c, model=m, dataset=dataset, image_size=image_size,
+    step = size_multiple(names, overrides)  # one H x W fits every model of the grid
+    sizes = {c: category_size(data_root, c, image_size, aspect=aspect, step=step).size for c in cats}
+    specs = [JobSpec(data_root=data_root, category=c, model=m, dataset=dataset, image_size=sizes[c],
                      train=dataclasses.replace(train, seed=seed), model_overrides=dict(overrides.get(m, {})),
                      eval_config=eval_config, val_fraction=val_fraction)
              for c in cats for seed in seeds for m in names]
@@ -150,9 +169,10 @@ def explain_reruns(table: pd.DataFrame, specs: list[JobSpec], runs_folder: Path,
             log(f"{change.rstrip('.')}; its jobs run again.")
 
 
-def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAULT_IMAGE_SIZE,
-             train: TrainConfig | None = None, seeds=None, model_overrides: dict | None = None,
-             eval_config: EvalConfig | None = None, results_csv=DEFAULT_RESULTS_CSV, force: bool = False,
+def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize = DEFAULT_IMAGE_SIZE,
+             aspect: str = DEFAULT_ASPECT, train: TrainConfig | None = None, seeds=None,
+             model_overrides: dict | None = None, eval_config: EvalConfig | None = None,
+             results_csv=DEFAULT_RESULTS_CSV, force: bool = False,
              checkpoint_dir=DEFAULT_CHECKPOINT_DIR, val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir=None,
              log=print, executor: str = "local", address: str | None = None, gpus_per_job: float | None = None,
              cpus_per_job: float = 1, max_concurrent_jobs: int | None = None) -> pd.DataFrame:
@@ -173,8 +193,11 @@ def run_grid(data_root, categories=None, models=None, *, image_size: int = DEFAU
     """
     check_executor(executor, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
                    max_concurrent_jobs=max_concurrent_jobs)
-    specs = make_specs(data_root, categories, models, image_size=image_size, train=train, seeds=seeds,
+    specs = make_specs(data_root, categories, models, image_size=image_size, aspect=aspect, train=train, seeds=seeds,
                        model_overrides=model_overrides, eval_config=eval_config, val_fraction=val_fraction)
+    for spec in {s.category: s for s in specs}.values():
+        if spec.image_size != canonical_size(image_size):  # chosen from the images (aspect="keep")
+            log(f"{spec.category}: input {size_label(spec.image_size)} px (height x width), the aspect of its images.")
     csv = check_writable(results_csv)
     runs_folder = runs.runs_dir(csv)
     table = read_text_table(csv) if csv.exists() else pd.DataFrame(columns=list(KEY_COLUMNS))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from models import DEFAULT_IMAGE_SIZE, MODELS, AnomalyModel, ModelConfig, model_config
+from models import DEFAULT_IMAGE_SIZE, MODELS, AnomalyModel, ImageSize, ModelConfig, model_config, size_label
 from models.errors import DatasetError
 from models.mvtec import DECODE_VERSION, DEFAULT_VAL_FRACTION, MVTecAD, category_type
 
@@ -63,7 +63,7 @@ class JobSpec:
     model: str
     dataset: str  # dataset name (models.mvtec.dataset_name(data_root)), readable, part of the key
     data_fingerprint: str = ""  # fingerprint.data_fingerprint(...).digest; "" = computed when the job runs
-    image_size: int = DEFAULT_IMAGE_SIZE
+    image_size: ImageSize = DEFAULT_IMAGE_SIZE  # S or (H, W): what every image of the category is resized to
     in_channels: int = 3  # experiments use RGB (grayscale categories are replicated to 3 channels)
     train: TrainConfig = field(default_factory=TrainConfig)
     model_overrides: dict = field(default_factory=dict)  # e.g. {"latent_dim": 64}
@@ -135,8 +135,8 @@ class CategoryData:
     seconds: float = 0.0  # time to decode (or fetch from cache) the three splits
 
 
-def load_category(root, category: str, *, image_size: int = DEFAULT_IMAGE_SIZE, in_channels: int = 3, seed: int = 0,
-                  val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir=None) -> CategoryData:
+def load_category(root, category: str, *, image_size: ImageSize = DEFAULT_IMAGE_SIZE, in_channels: int = 3,
+                  seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION, cache_dir=None) -> CategoryData:
     """The train / val / test splits of one category, decoded once (shared by the models of a grid)."""
     t0 = time.perf_counter()
     kw = dict(image_size=image_size, in_channels=in_channels, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir)
@@ -204,8 +204,8 @@ def make_row(spec: JobSpec, data: CategoryData, training: dict, evaluation: Eval
         "threshold_rule": ev.threshold_rule,
         "score": ev.score.name,
         "epochs": cfg.epochs,
-        "image_size": spec.image_size,
-        "eval_size": ev.eval_size,
+        "image_size": size_label(spec.image_size),  # "128", or "96x240" (height x width)
+        "eval_size": evaluation.grid if isinstance(evaluation.grid, str) else size_label(evaluation.grid),
         "seed": cfg.seed,
         "infer_ms_per_image": evaluation.infer_ms_per_image,
         "data_fingerprint": spec.data_fingerprint,

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import MODELS, model_config
+from models import MODELS, ImageSize, canonical_size, image_hw, model_config, size_label
 from models.errors import ConfigError
 
 from .train import resolve_device
@@ -52,7 +52,7 @@ SIZE_STEP = 16  # suggested image sizes are multiples of this (the CNNs' default
 @dataclass(frozen=True)
 class MemoryEstimate:
     model: str
-    image_size: int
+    image_size: ImageSize  # S or (H, W)
     batch_size: int
     parameters: int  # number of parameters
     parameter_bytes: int  # with gradients and optimiser state
@@ -105,9 +105,9 @@ def _build_on_meta(name: str, config):
             return MODELS[name](config).to("meta")
 
 
-def estimate(name: str, *, image_size: int, batch_size: int, in_channels: int = 3, overrides: dict | None = None,
+def estimate(name: str, *, image_size: ImageSize, batch_size: int, in_channels: int = 3, overrides: dict | None = None,
              half_activations: bool = False) -> MemoryEstimate:
-    """Training memory of model ``name`` at ``image_size`` px with batches of ``batch_size``
+    """Training memory of model ``name`` at ``image_size`` (S or (H, W)) with batches of ``batch_size``
     (see the module docstring). ``half_activations``: bf16 autocast (CUDA with amp)."""
     config = model_config(name, image_size=image_size, in_channels=in_channels, **(overrides or {}))
     model = _build_on_meta(name, config).train()
@@ -123,7 +123,7 @@ def estimate(name: str, *, image_size: int, batch_size: int, in_channels: int = 
             saved[id(t)] = t
         return t
 
-    x = torch.empty(batch_size, in_channels, image_size, image_size, device="meta")
+    x = torch.empty(batch_size, in_channels, *image_hw(image_size), device="meta")  # (B, C, H, W)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         try:
             model.loss(x)
@@ -170,11 +170,24 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:,.0f} M" if n >= 1e7 else f"{n / 1e6:.1f} M"
 
 
-def _largest_size(name: str, image_size: int, batch_size: int, budget: int, **kw) -> int | None:
-    """The largest valid multiple of SIZE_STEP below ``image_size`` whose estimate fits ``budget``
-    (memory grows with the size: a binary search); None if not even the smallest one fits."""
+def _smaller_sizes(image_size: ImageSize) -> list[ImageSize]:
+    """Sizes below ``image_size`` with its aspect, smallest first: the short side in steps of
+    SIZE_STEP, the long side following it (rounded to SIZE_STEP)."""
+    height, width = image_hw(image_size)
+    short = min(height, width)
+    out = []
+    for s in range(SIZE_STEP, short, SIZE_STEP):
+        long = max(s, SIZE_STEP * round(s * max(height, width) / short / SIZE_STEP))
+        out.append(canonical_size((s, long) if height <= width else (long, s)))
+    return out
+
+
+def _largest_size(name: str, image_size: ImageSize, batch_size: int, budget: int, **kw) -> ImageSize | None:
+    """The largest valid size below ``image_size`` (same aspect, sides multiples of SIZE_STEP)
+    whose estimate fits ``budget`` (memory grows with the size: a binary search); None if not
+    even the smallest one fits."""
     sizes = []
-    for s in range(SIZE_STEP, image_size, SIZE_STEP):
+    for s in _smaller_sizes(image_size):
         try:
             model_config(name, image_size=s, in_channels=kw.get("in_channels", 3), **(kw.get("overrides") or {}))
         except ConfigError:  # not a multiple of this model's stride / patch
@@ -190,7 +203,7 @@ def _largest_size(name: str, image_size: int, batch_size: int, budget: int, **kw
     return best
 
 
-def check_fits(name: str, *, image_size: int, batch_size: int, device: torch.device, amp: bool = True,
+def check_fits(name: str, *, image_size: ImageSize, batch_size: int, device: torch.device, amp: bool = True,
                in_channels: int = 3, overrides: dict | None = None,
                available: int | None = None) -> MemoryEstimate | None:
     """Raise ConfigError, naming the estimate and a size or batch that fits, when training
@@ -213,16 +226,16 @@ def check_fits(name: str, *, image_size: int, batch_size: int, device: torch.dev
     size = _largest_size(name, image_size, batch_size, budget, **kw)
     options = []
     if size is not None:
-        options.append(f"--image-size {size} or less")
+        options.append(f"--image-size {size_label(size)} or less")
     if max_batch >= 1:
         options.append(f"--batch-size {max_batch} or less")
     if not options and batch_size > 1:
         size = _largest_size(name, image_size, 1, budget, **kw)
         if size is not None:
-            options.append(f"--image-size {size} or less with --batch-size 1")
+            options.append(f"--image-size {size_label(size)} or less with --batch-size 1")
     what = " or ".join(options) if options else "a machine with more memory (or a smaller model: --set)"
     raise ConfigError(
-        f"{name} at {image_size} px with batch {batch_size} needs about {gib(est.total_bytes)} to train "
+        f"{name} at {size_label(image_size)} px with batch {batch_size} needs about {gib(est.total_bytes)} to train "
         f"({_millions(est.parameters)} parameters: {gib(est.parameter_bytes)} with their gradients and optimiser "
         f"state; activations {gib(est.activation_bytes)}), more than the {gib(budget)} available on {device.type}; "
         f"use {what}."

@@ -743,11 +743,11 @@ def anomaly_gallery(out_path, *, images: np.ndarray, masks: np.ndarray, row_labe
     """Test images of one category: input, ground truth, then each model's reconstruction
     and anomaly map (``examples.gallery_examples`` computes them).
 
-    ``images`` (N, C, S, S) in [0, 1]; ``masks`` (N, S, S); ``row_labels`` one per image
-    ("good" or its defect type); ``reconstructions`` / ``maps``: model name -> (N, C, S, S)
-    / (N, S, S), drawn in that order. Each model's maps share one colour scale over all rows
-    (0 to the 99.5th percentile), so a good and a defective image can be compared; maps are
-    never normalised per image. The ground-truth outline is drawn on every map.
+    ``images`` (N, C, H, W) in [0, 1]; ``masks`` (N, H, W); ``row_labels`` one per image
+    ("good" or its defect type); ``reconstructions`` / ``maps``: model name -> (N, C, H, W)
+    / (N, H, W), drawn in that order; panels have the images' aspect. Each model's maps share
+    one colour scale over all rows (0 to the 99.5th percentile), so a good and a defective
+    image can be compared; maps are never normalised per image. The ground-truth outline is drawn on every map.
     """
     names = list(maps)
     masks = np.asarray(masks) > 0
@@ -756,7 +756,10 @@ def anomaly_gallery(out_path, *, images: np.ndarray, masks: np.ndarray, row_labe
     assert len(masks) == len(row_labels) == n_rows, "one mask and one row label per image"
     assert all(len(maps[n]) == len(reconstructions[n]) == n_rows for n in names), "one map per image and model"
     colors = model_colors(names)
-    fig = _new_figure(1.45 * n_cols + 0.6, 1.45 * n_rows + 1.3)
+    # Panels of the images' aspect (width / height) and about the area of a 1.45-inch square.
+    aspect = min(max(images.shape[-1] / images.shape[-2], 1 / 3), 3)
+    cell_w, cell_h = 1.45 * aspect**0.5, 1.45 / aspect**0.5
+    fig = _new_figure(cell_w * n_cols + 0.6, cell_h * n_rows + 1.3)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,13 @@ from PIL import Image
 
 from models import model_label
 from models.errors import CheckpointError, ConfigError, DatasetError
-from models.mvtec import MVTecAD, category_type, dataset_name, list_categories
+from models.mvtec import MVTecAD, category_type, dataset_name, image_dimensions, list_categories
 
 from . import examples, plots, runs, stats
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, load_checkpoint
 from .demo_data import DEFAULT_DATA_ROOT, choose_data_root, make_synthetic_dataset
 from .demo_data import DEFAULT_DIR as DEFAULT_DEMO_DIR
+from .sizes import ratio_text
 
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
 
@@ -94,10 +96,19 @@ def find_or_make_dataset(data_root=None, demo_dir=DEFAULT_DEMO_DIR, *, seed: int
 
 
 def describe_dataset(root) -> pd.DataFrame:
-    """One row per category: its type; what the notebook is about to train on."""
+    """One row per category: its type, number of images and their shape (from the file
+    headers: the median width x height and the aspect ratios, width:height); what the
+    notebook is about to train on."""
     cats = list_categories(root)
-    name = dataset_name(root)
-    return pd.DataFrame({"dataset": name, "category": cats, "category_type": [category_type(root, c) for c in cats]})
+    rows = []
+    for c in cats:
+        dims = image_dimensions(root, c)
+        lo, hi = (ratio_text(a) for a in (min(w / h for w, h in dims), max(w / h for w, h in dims)))
+        rows.append({"dataset": dataset_name(root), "category": c, "category_type": category_type(root, c),
+                     "images": len(dims),
+                     "median size (w x h)": "x".join(str(int(statistics.median(v))) for v in zip(*dims)),
+                     "aspect (w:h)": lo if lo == hi else f"{lo} to {hi}"})
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------

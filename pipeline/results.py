@@ -55,7 +55,8 @@ EXTRA_COLUMNS = (
     "peak_memory_mb", "n_train", "n_val", "n_test", "train_loss", "val_loss", "batch_size", "lr",
     "data_seconds", "score_seconds", "metrics_seconds", "config_json",
 )
-TEXT_COLUMNS = ("dataset", "category", "category_type", "model", "threshold_rule", "score", "eval_size",
+# image_size and eval_size are text: "128" (square) or "96x240" (height x width), or "original".
+TEXT_COLUMNS = ("dataset", "category", "category_type", "model", "threshold_rule", "score", "image_size", "eval_size",
                 "data_fingerprint", "train_hash", "config_hash", "device", "torch_version", "finished_at",
                 "config_json")
 

@@ -215,7 +215,7 @@ def test_very_large_image_and_decompression_bomb(tmp_path):
     mask[:, 2500:] = 255
     Image.fromarray(mask).save(root / "widget" / "ground_truth" / "hole" / "000_mask.png", compress_level=1)
     del a, mask
-    im, size = mvtec._open(big, reduce_to=32)
+    im, size = mvtec._open(big, reduce_to=(32, 32))
     assert size == (5000, 5000) and max(im.size) <= 5000 // 2 and min(im.size) >= 64  # box-reduced, not full size
     ds = models.MVTecAD(root, "widget", "test", image_size=32)
     i = ds.paths.index(str(big))

@@ -55,10 +55,16 @@ def test_config_errors_are_one_sentence(overrides, match):
 
 
 def test_sincos_position_table_tells_tokens_apart():
-    table = sincos_2d(8, 32)  # (64, 32)
+    table = sincos_2d(8, 8, 32)  # (64, 32)
     assert table.shape == (64, 32) and table.abs().max() <= 1
     assert torch.unique(table, dim=0).shape[0] == 64  # every grid position gets its own code
-    assert sincos_2d(4, 30)[:, 28:].abs().max() == 0  # channels beyond a multiple of 4 stay zero
+    assert sincos_2d(4, 4, 30)[:, 28:].abs().max() == 0  # channels beyond a multiple of 4 stay zero
+    # A 3 x 6 grid (96 x 48 px at patch 16 ... in patchify order): row r, column c at r * 6 + c,
+    # and the square grid's codes are its top-left corner (positions are absolute indices).
+    wide = sincos_2d(3, 6, 32)
+    assert wide.shape == (18, 32) and torch.unique(wide, dim=0).shape[0] == 18
+    torch.testing.assert_close(wide.reshape(3, 6, 32)[:, :3], sincos_2d(3, 3, 32).reshape(3, 3, 32))
+    torch.testing.assert_close(sincos_2d(6, 3, 32).reshape(6, 3, 32)[:3], sincos_2d(3, 3, 32).reshape(3, 3, 32))
 
 
 def test_eval_is_deterministic_and_constant_images_are_finite():

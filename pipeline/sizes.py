@@ -1,0 +1,128 @@
+"""The input size of each category: the one given, or one that keeps its images' aspect.
+
+Every image of a category is resized to one H x W before the models see it. By default
+(``aspect="fixed"``) that is ``--image-size`` as given: S x S for one number (MVTec AD's
+square photos), or H x W. With ``aspect="keep"`` the size follows the category's own images:
+the short side is the given S and the long side follows the median aspect ratio of its
+images (train and test, read from the file headers), rounded to the step every model of the
+grid takes (``models.size_multiple``: 16 for the default models), so a 1250 x 500 strip is
+trained at 128 x 320 instead of being squashed to 128 x 128 (bench/README.md, "Non-square
+images").
+
+What is odd but legal is said, once per category (``warnings.warn``): a fixed size that
+distorts the median image by more than ``SQUASH_WARNING`` (it names the option), and images
+whose aspect ratios spread so widely that one H x W stretches some of them by more than
+``SPREAD_NOTE``.
+"""
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import warnings
+from dataclasses import dataclass
+
+from models import ImageSize, canonical_size, image_hw, size_label
+from models.errors import ConfigError, DatasetError
+from models.mvtec import image_dimensions
+
+ASPECTS = ("fixed", "keep")  # the --image-size as given | short side given, long side from the images
+DEFAULT_ASPECT = "fixed"
+SQUASH_WARNING = 1.5  # warn when the fixed size distorts the median image's aspect by more than this
+SPREAD_NOTE = 1.25  # say so when one H x W stretches some image of the category by more than this
+
+
+def parse_image_size(text) -> ImageSize:
+    """'128' -> 128, '96x240' (height x width) -> (96, 240), '128x128' -> 128; an int or
+    (H, W) passes through (the command line's --image-size, the notebook's IMAGE_SIZE)."""
+    if not isinstance(text, str):
+        return canonical_size(text)
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if not match:
+        raise ConfigError(f"the image size must be S (S x S px) or HxW (height x width, e.g. 96x240), got {text!r}.")
+    height, width = match.groups()
+    return canonical_size((int(height), int(width or height)))
+
+
+def check_aspect(aspect: str, image_size: ImageSize) -> None:
+    if aspect not in ASPECTS:
+        raise ConfigError(f"unknown aspect {aspect!r}; valid: {', '.join(ASPECTS)} (keep = the short side is the "
+                          "image size, the long side follows the category's images).")
+    if aspect == "keep" and not isinstance(image_size, int):
+        raise ConfigError(f"--aspect keep chooses the long side from the images, so it takes one image size (the "
+                          f"short side), got {size_label(image_size)}; pass one number or drop --aspect keep.")
+
+
+@dataclass(frozen=True)
+class CategorySize:
+    """The input size chosen for one category and what was seen to choose it."""
+
+    category: str
+    size: ImageSize  # S or (H, W): what every image of the category is resized to
+    median_aspect: float  # of the images, width / height
+    min_aspect: float
+    max_aspect: float
+    n_images: int
+
+    def distortion(self, aspect: float) -> float:
+        """How much resizing an image of this width / height to ``size`` stretches it (>= 1)."""
+        height, width = image_hw(self.size)
+        ratio = aspect / (width / height)
+        return max(ratio, 1 / ratio)
+
+    def describe(self) -> str:
+        """'96 x 240 px (H x W)'."""
+        height, width = image_hw(self.size)
+        return f"{height} x {width} px (H x W)"
+
+
+def ratio_text(aspect: float) -> str:
+    """width / height as 'W:H' with the short side 1: 2.5 -> '2.5:1', 0.4 -> '1:2.5'."""
+    return f"{aspect:.3g}:1" if aspect >= 1 else f"1:{1 / aspect:.3g}"
+
+
+def kept_size(median_aspect: float, short_side: int, step: int) -> ImageSize:
+    """H x W with the short side ``short_side`` and the long side following ``median_aspect``
+    (width / height), rounded to a multiple of ``step`` (at least ``short_side``)."""
+    long_side = max(short_side, step * round(short_side * max(median_aspect, 1 / median_aspect) / step))
+    return canonical_size((short_side, long_side) if median_aspect >= 1 else (long_side, short_side))
+
+
+def category_size(root, category: str, image_size: ImageSize, *, aspect: str = DEFAULT_ASPECT,
+                  step: int = 1) -> CategorySize:
+    """The size every image of ``category`` is resized to, with the warnings it calls for.
+
+    A category whose file headers cannot all be read keeps ``image_size`` as given (the
+    square S x S for ``aspect="keep"``): its jobs then fail alone when the loader names the
+    file, as they would without this step, and the rest of the grid runs.
+    """
+    try:
+        dims = image_dimensions(root, category)
+    except DatasetError:
+        dims = []
+    if not dims:
+        return CategorySize(category=category, size=image_size, median_aspect=math.nan, min_aspect=math.nan,
+                            max_aspect=math.nan, n_images=0)
+    aspects = sorted(w / h for w, h in dims)
+    median = statistics.median(aspects)
+    size = kept_size(median, image_size, step) if aspect == "keep" else image_size
+    chosen = CategorySize(category=category, size=size, median_aspect=median, min_aspect=aspects[0],
+                          max_aspect=aspects[-1], n_images=len(dims))
+    squash = chosen.distortion(median)
+    if aspect == "fixed" and squash > SQUASH_WARNING:
+        warnings.warn(
+            f"the images of {category!r} are about {ratio_text(median)} (width:height, median of {len(dims)}) but "
+            f"are resized to {chosen.describe()}, which distorts them {squash:.1f}x; pass --aspect keep (notebook: "
+            f"ASPECT = \"keep\") to keep their shape, or --image-size HxW.",
+            stacklevel=2,
+        )
+    worst = max(chosen.distortion(chosen.min_aspect), chosen.distortion(chosen.max_aspect))
+    if chosen.max_aspect / chosen.min_aspect > SPREAD_NOTE and worst > SPREAD_NOTE:
+        warnings.warn(
+            f"the images of {category!r} have mixed shapes, from {ratio_text(chosen.min_aspect)} to "
+            f"{ratio_text(chosen.max_aspect)} (width:height, median {ratio_text(median)}); each is resized to "
+            f"{chosen.describe()}, which stretches the furthest from it {worst:.1f}x; crop them to one shape "
+            "if that matters.",
+            stacklevel=2,
+        )
+    return chosen
