@@ -1,7 +1,8 @@
 """Detection quality: train the grid once, then evaluate every trained model under several scoring rules.
 
     python bench/accuracy.py [--data-root ../shared/data/dev] [--categories grid ...]
-                             [--models cae vae vae_grf] [--epochs 30] [--image-size 128]
+                             [--models cae vae vae_grf] [--epochs 30] [--image-size 128|HxW]
+                             [--aspect fixed|keep]
                              [--batch-size 32] [--lr 1e-3] [--seeds 0 1]
                              [--set cae.latent_dim=64 ...] [--train lr_schedule=constant ...]
                              [--scores default l2/4/mean l2/4/max ssim/4/top0.01 ...]
@@ -38,6 +39,7 @@ from pipeline.__main__ import parse_overrides, parse_value
 from pipeline.evaluate import DEFAULT_EVAL_SIZE, EvalConfig, parse_eval_size
 from pipeline.grid import run_grid
 from pipeline.results import DEFAULT_RESULTS_CSV
+from pipeline.sizes import ASPECTS, DEFAULT_ASPECT, parse_image_size
 from pipeline.thresholds import DEFAULT_THRESHOLD_RULE
 from pipeline.train import TrainConfig
 
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--categories", nargs="+", default=None)
     p.add_argument("--models", nargs="+", default=["cae", "vae", "vae_grf"])
     p.add_argument("--epochs", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--image-size", default="128", help="S (S x S px) or HxW; with --aspect keep, the short side")
+    p.add_argument("--aspect", default=DEFAULT_ASPECT, choices=list(ASPECTS))
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -90,7 +93,8 @@ def main(argv=None) -> int:
         score = ScoreConfig.parse(text)
         ev = EvalConfig(score=score, eval_size=parse_eval_size(a.eval_size), threshold_rule=a.threshold_rule)
         t0 = time.perf_counter()
-        df = run_grid(root, a.categories, a.models, image_size=a.image_size, train=train, seeds=a.seeds,
+        df = run_grid(root, a.categories, a.models, image_size=parse_image_size(a.image_size), aspect=a.aspect,
+                      train=train, seeds=a.seeds,
                       model_overrides=overrides, eval_config=ev, results_csv=a.results_csv,
                       force=a.force and i == 0, checkpoint_dir=Path(a.checkpoint_dir),
                       log=lambda m: print(m, flush=True))
@@ -111,7 +115,7 @@ def main(argv=None) -> int:
     cols = ["category", "model", "seed", "rule", *METRICS, "train_seconds"]
     fmt = lambda x: f"{x:.3f}"
     with pd.option_context("display.width", 220, "display.max_rows", 1000):
-        print(f"\n== {a.label or 'run'}: {root}, {a.image_size} px, metrics at {a.eval_size}, "
+        print(f"\n== {a.label or 'run'}: {root}, {a.image_size} px ({a.aspect}), metrics at {a.eval_size}, "
               f"train {train_kw or 'defaults'}, overrides {overrides or 'none'}")
         print(table[cols].to_string(index=False, float_format=fmt))
         mean = table.groupby(["model", "rule"], sort=False)[cols[4:]].mean().reset_index()  # metrics, train_seconds

@@ -1,6 +1,6 @@
 """Build non-square development datasets (MVTec AD layout) by cropping the real grid photographs.
 
-    python bench/make_strips.py [--src /work/shared/data/dev/grid] [--out /tmp/aspect_dev] [--seed 0]
+    python bench/make_strips.py [--src ../shared/data/dev/grid] [--out /tmp/aspect_dev] [--seed 0]
 
 Why: the project is adding support for non-square images, and no real non-square dataset is at
 hand. Cropping real photographs keeps real texture, lighting and defects (a synthetic image would
@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SRC = Path("/work/shared/data/dev/grid")
+DEFAULT_SRC = REPO_ROOT.parent / "shared" / "data" / "dev" / "grid"  # ../shared/data/dev/grid
 DEFAULT_OUT = Path("/tmp/aspect_dev")
 # The first line of the readme this script writes: an existing --out is replaced only when its
 # readme starts with it, so a mistyped --out never deletes someone's folder.

@@ -10,7 +10,7 @@ import torch
 import models
 from models.grf import KERNELS, GRFPrior, kernel_values, torus_distance
 
-SHAPES = [(4, 4), (6, 8)]
+SHAPES = [(4, 4), (6, 8), (4, 6), (6, 4)]  # non-square tori both ways (the latent map of H != W inputs)
 RHOS = [0.3, 1.0, 2.0, 5.0]
 
 
@@ -40,7 +40,7 @@ def prior(*args, **kwargs) -> GRFPrior:
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + [(5, 7), (7, 4)])  # odd sides too
 def test_fft_kl_matches_dense_kl(kernel, shape):
     h, w = shape
     gen = torch.Generator().manual_seed(0)

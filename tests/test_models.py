@@ -160,6 +160,49 @@ def test_a_few_steps_lower_the_loss(name):
     assert after < 0.9 * before, f"{name}: loss {before:.4g} -> {after:.4g} after 8 Adam steps"
 
 
+@pytest.mark.parametrize("hw", [(48, 96), (96, 48)])
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_rectangular_inputs_train_score_and_reload(name, hw, tmp_path):
+    """Every model takes H != W (issue 15): a few steps lower its loss, maps and scores have the
+    input's shape, the config survives JSON as (H, W), and a reloaded model gives the same maps."""
+    torch.manual_seed(0)
+    h, w = hw
+    model = models.build_model(name, image_size=hw, in_channels=3, **TINY_OVERRIDES.get(name, {}))
+    assert (model.config.height, model.config.width) == hw
+    x = smooth_images(16, 3, max(hw), torch.Generator().manual_seed(3))[..., :h, :w]  # (16, 3, H, W)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        before = model.loss(x)["loss"].item()
+    _train(model, x, steps=8, batch=16)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        after = model.loss(x)["loss"].item()
+    assert after < 0.9 * before, f"{name} at {h}x{w}: loss {before:.4g} -> {after:.4g} after 8 Adam steps"
+    maps = model.anomaly_map(x[:3])
+    assert maps.shape == (3, h, w) and torch.isfinite(maps).all()
+    assert model.anomaly_score(x[:3]).shape == (3,)
+    config = json.loads(json.dumps(model.config.to_dict()))  # as in the checkpoint and the row
+    assert config["image_size"] == [h, w]
+    loaded = models.build_model(name, **config)
+    loaded.load_state_dict(model.state_dict())
+    assert loaded.config == model.config and loaded.config.image_size == hw
+    assert torch.allclose(loaded.anomaly_map(x[:3]), maps, atol=1e-6)
+    if name == "vae_grf":  # the prior lives on the latent map's h x w torus
+        assert (model.prior.height, model.prior.width) == (h // 8, w // 8)
+    with pytest.raises((AssertionError, RuntimeError)):
+        model.loss(x.transpose(-1, -2))  # the other orientation is another model
+
+
+def test_a_square_size_has_one_spelling():
+    """(S, S) is stored as S, so a square config hashes as it always did (committed rows)."""
+    a = models.model_config("cae", image_size=(64, 64))
+    assert a.image_size == 64 and a.to_dict() == models.model_config("cae", image_size=64).to_dict()
+    with pytest.raises(ConfigError, match="height and width"):
+        models.model_config("cae", image_size=(64, 64, 3))
+    with pytest.raises(ConfigError, match="at least 16 px on each side"):
+        models.model_config("cae", image_size=(16, 0))
+
+
 # ---------------------------------------------------------------- configuration errors
 
 
