@@ -1,10 +1,11 @@
 """ViT-VAE: a variational autoencoder with a vision-transformer encoder and a per-token latent.
 
-The image is cut into non-overlapping p x p patches (16 px at 128 -> 8 x 8 = 64 tokens),
-each flattened (channel-agnostic: p*p*C values) and linearly embedded, plus a position
-embedding (Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021), initialised to
-the fixed 2-D sin-cos table of MAE (He et al., CVPR 2022) and then learned: with a few
-hundred training steps a random table would first have to learn where each token is.
+The image is cut into non-overlapping p x p patches (16 px at 128 -> 8 x 8 = 64 tokens; an
+H x W input gives an H/p x W/p grid, 8 x 20 at 128 x 320), each flattened
+(channel-agnostic: p*p*C values) and linearly embedded, plus a position embedding
+(Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021), initialised to the fixed
+2-D sin-cos table of MAE (He et al., CVPR 2022) and then learned: with a few hundred
+training steps a random table would first have to learn where each token is.
 Pre-norm self-attention blocks (``nn.TransformerEncoderLayer(norm_first=True)``, whose
 attention runs through ``scaled_dot_product_attention``) encode the tokens; a linear head
 gives, PER TOKEN, the mean and log-variance of a small latent, so the latent is a
