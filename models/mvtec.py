@@ -190,6 +190,18 @@ def _category_dir(root, category: str) -> Path:
     return folder
 
 
+def _header_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag of an opened, not yet decoded image (1 if none). A PNG's
+    ``getexif()`` decodes the whole file to look for an eXIf chunk after the pixels; this reads
+    only one found before them (where writers put it), so a header stays a header."""
+    if im.format != "PNG":
+        return im.getexif().get(0x0112, 1)  # JPEG, TIFF, WebP: EXIF is in the header
+    exif = Image.Exif()
+    if "exif" in im.info:
+        exif.load(im.info["exif"])
+    return exif.get(0x0112, 1)
+
+
 def image_dimensions(root, category: str) -> list[tuple[int, int]]:
     """The upright (width, height) of every image of a category (train/good and test/, masks
     excluded), read from the file headers without decoding: what the input size is chosen
@@ -205,7 +217,7 @@ def image_dimensions(root, category: str) -> list[tuple[int, int]]:
         try:
             with Image.open(path) as im:  # the header only
                 width, height = im.size
-                quarter_turn = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation, as _open
+                quarter_turn = _header_orientation(im) in (5, 6, 7, 8)  # EXIF orientation, as _open
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise DatasetError(f"cannot read the size of image {path} ({e}); replace or remove the file.") from None
         out.append((height, width) if quarter_turn else (width, height))

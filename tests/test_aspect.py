@@ -227,3 +227,19 @@ def test_command_line_warns_on_squash_and_keeps_the_aspect(tmp_path, capsys):
         assert main([*args, "--aspect", "keep"]) == 0
     assert "strip: input 32x80 px (height x width)" in capsys.readouterr().out
     assert sorted(read_results(tmp_path / "r.csv")["image_size"]) == ["32", "32x80"]  # two rows, two sizes
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_sizes_from_headers_are_upright_as_the_loader_reads_them(tmp_path, ext):
+    """A phone photo stored 80 x 32 with EXIF orientation 6 (a quarter turn) is 32 x 80 to the
+    loader, and to the size choice, which reads only headers (a PNG is never decoded for it)."""
+    root = make_tiny_mvtec(tmp_path, categories=("widget",), size=32, n_train=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = Image.fromarray(np.full((32, 80, 3), 128, np.uint8))  # width 80, height 32
+    path = root / "widget" / "train" / "good" / f"rotated{ext}"
+    stored.save(path, exif=exif)
+    dims = models.mvtec.image_dimensions(root, "widget")
+    assert (32, 80) in dims and (80, 32) not in dims
+    ds = models.MVTecAD(root, "widget", "train", image_size=32, val_fraction=0)
+    assert ds.original_sizes[[p.endswith(f"rotated{ext}") for p in ds.paths].index(True)] == (32, 80)
