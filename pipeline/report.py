@@ -98,16 +98,23 @@ def find_or_make_dataset(data_root=None, demo_dir=DEFAULT_DEMO_DIR, *, seed: int
 def describe_dataset(root) -> pd.DataFrame:
     """One row per category: its type, number of images and their shape (from the file
     headers: the median width x height and the aspect ratios, width:height); what the
-    notebook is about to train on."""
-    cats = list_categories(root)
+    notebook is about to train on. A category whose headers cannot be read shows "?" there
+    (its jobs will say which file when the grid runs)."""
     rows = []
-    for c in cats:
-        dims = image_dimensions(root, c)
-        lo, hi = (ratio_text(a) for a in (min(w / h for w, h in dims), max(w / h for w, h in dims)))
-        rows.append({"dataset": dataset_name(root), "category": c, "category_type": category_type(root, c),
-                     "images": len(dims),
+    for c in list_categories(root):
+        try:
+            dims = image_dimensions(root, c)
+        except DatasetError:
+            dims = None
+        shape = {"images": "?", "median size (w x h)": "?", "aspect (w:h)": "?"}
+        if dims:
+            lo, hi = (ratio_text(a) for a in (min(w / h for w, h in dims), max(w / h for w, h in dims)))
+            shape = {"images": len(dims),
                      "median size (w x h)": "x".join(str(int(statistics.median(v))) for v in zip(*dims)),
-                     "aspect (w:h)": lo if lo == hi else f"{lo} to {hi}"})
+                     "aspect (w:h)": lo if lo == hi else f"{lo} to {hi}"}
+        elif dims is not None:
+            shape["images"] = 0
+        rows.append({"dataset": dataset_name(root), "category": c, "category_type": category_type(root, c), **shape})
     return pd.DataFrame(rows)
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 import models
 from helpers import make_tiny_mvtec
 from models.errors import ConfigError
-from pipeline import memory, plots, sizes
+from pipeline import memory, plots, report, sizes
 from pipeline.__main__ import main
 from pipeline.evaluate import EvalConfig, eval_grid, maps_at
 from pipeline.grid import make_specs, run_grid
@@ -243,3 +243,16 @@ def test_sizes_from_headers_are_upright_as_the_loader_reads_them(tmp_path, ext):
     assert (32, 80) in dims and (80, 32) not in dims
     ds = models.MVTecAD(root, "widget", "train", image_size=32, val_fraction=0)
     assert ds.original_sizes[[p.endswith(f"rotated{ext}") for p in ds.paths].index(True)] == (32, 80)
+
+
+def test_dataset_table_shows_sizes_and_survives_odd_categories(tmp_path):
+    """The notebook's first table: images, median size and aspect per category; a category
+    with an unreadable file or no images shows '?' / 0 rather than stopping the notebook."""
+    root = wide_root(tmp_path)
+    make_tiny_mvtec(root, categories=("broken",), size=32)
+    (root / "broken" / "test" / "hole" / "000.png").write_bytes(b"not an image")
+    (root / "empty" / "train" / "good").mkdir(parents=True)
+    table = report.describe_dataset(root).set_index("category")
+    assert table.loc["strip", "median size (w x h)"] == "80x32" and table.loc["strip", "aspect (w:h)"] == "2.5:1"
+    assert table.loc["tile", "aspect (w:h)"] == "1:1" and table.loc["tile", "images"] == 14
+    assert table.loc["broken", "images"] == "?" and table.loc["empty", "images"] == 0
