@@ -1,4 +1,4 @@
-"""Batched training augmentation, applied on the device to a whole (B, C, S, S) batch.
+"""Batched training augmentation, applied on the device to a whole (B, C, H, W) batch.
 
 Only transformations that map a NORMAL image to another plausible normal image are offered,
 since the model learns "normal" from them: for a texture (grid, carpet, wood ...) a mirror
@@ -11,7 +11,8 @@ Modes:
 - ``"none"``: the batch unchanged;
 - ``"flip"``: each image independently mirrored left-right and/or top-bottom (p = 1/2 each);
 - ``"dihedral"``: "flip" plus a random quarter turn (0, 90, 180, 270 degrees), i.e. a uniform
-  element of the 8 symmetries of the square (needs square images, which MVTecAD gives).
+  element of the 8 symmetries of the square. A rectangle (H != W, ``--aspect keep``) has no
+  quarter turns: there it is "flip", its 4 symmetries, and the grid says so once per category.
 
 Each image draws its own transformation from torch's global RNG (seeded by
 ``pipeline.train.seed_everything``), with a handful of whole-tensor ops per batch, no Python loop
@@ -38,8 +39,7 @@ def augment_batch(x: torch.Tensor, mode: str = "none") -> torch.Tensor:
     pick = lambda m: m.view(b, 1, 1, 1)  # (B,) bool -> broadcast over (C, H, W)
     x = torch.where(pick(draw[0] % 2 == 1), x.flip(-1), x)
     x = torch.where(pick(draw[1] % 2 == 1), x.flip(-2), x)
-    if mode == "dihedral":
-        assert x.shape[-1] == x.shape[-2], f"dihedral augmentation needs square images, got {tuple(x.shape)}"
+    if mode == "dihedral" and x.shape[-1] == x.shape[-2]:
         # A transpose composed with the flips above gives the quarter turns: flip + transpose
         # = rot90, so transposing half of the images completes the group of 8.
         x = torch.where(pick(draw[2] % 2 == 1), x.transpose(-1, -2), x)

@@ -16,6 +16,7 @@ import gc
 import json
 import math
 import traceback
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -99,6 +100,11 @@ def make_specs(data_root, categories=None, models=None, *, image_size: ImageSize
     dataset = dataset_name(data_root)
     step = size_multiple(names, overrides)  # one H x W fits every model of the grid
     sizes = {c: category_size(data_root, c, image_size, aspect=aspect, step=step).size for c in cats}
+    rectangles = [c for c in cats if not isinstance(sizes[c], int)]
+    if train.augment == "dihedral" and rectangles:
+        warnings.warn(f"dihedral augmentation adds quarter turns, which a rectangle does not have: the inputs of "
+                      f"{', '.join(map(repr, rectangles))} (e.g. {size_label(sizes[rectangles[0]])} px) are augmented "
+                      "by flips only, their 4 symmetries (as augment=flip).", stacklevel=2)
     specs = [JobSpec(data_root=data_root, category=c, model=m, dataset=dataset, image_size=sizes[c],
                      train=dataclasses.replace(train, seed=seed), model_overrides=dict(overrides.get(m, {})),
                      eval_config=eval_config, val_fraction=val_fraction)

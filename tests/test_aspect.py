@@ -256,3 +256,21 @@ def test_dataset_table_shows_sizes_and_survives_odd_categories(tmp_path):
     assert table.loc["strip", "median size (w x h)"] == "80x32" and table.loc["strip", "aspect (w:h)"] == "2.5:1"
     assert table.loc["tile", "aspect (w:h)"] == "1:1" and table.loc["tile", "images"] == 14
     assert table.loc["broken", "images"] == "?" and table.loc["empty", "images"] == 0
+
+
+def test_dihedral_augmentation_of_rectangles_is_flips_and_said_once(tmp_path):
+    from pipeline.augment import augment_batch
+
+    torch.manual_seed(0)
+    x = torch.arange(2 * 8 * 16, dtype=torch.float32).reshape(1, 2, 8, 16).repeat(64, 1, 1, 1)  # (64, 2, 8, 16)
+    out = augment_batch(x, "dihedral")
+    assert out.shape == x.shape
+    variants = {tuple(o.flatten().tolist()) for o in out}
+    expected = {tuple(v.flatten().tolist()) for v in (x[0], x[0].flip(-1), x[0].flip(-2), x[0].flip(-1).flip(-2))}
+    assert variants == expected  # the rectangle's 4 symmetries, all drawn
+    root = wide_root(tmp_path)
+    train = TrainConfig(epochs=1, batch_size=4, progress=False, num_threads=1, augment="dihedral")
+    with pytest.warns(UserWarning, match="by flips only") as record:
+        make_specs(root, None, ["cae"], image_size=32, aspect="keep", train=train, model_overrides=TINY)
+    assert sum("flips only" in str(w.message) for w in record) == 1 and "'strip'" in messages(record)
+    assert "'tile'" not in next(str(w.message) for w in record if "flips only" in str(w.message))
