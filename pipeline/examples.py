@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models import build_model, grf, size_label
+from models import ImageSize, build_model, grf, image_hw, size_label
 from models.errors import ConfigError
 
 GRF_KERNELS = ("exponential", "matern32", "gaussian")
@@ -142,22 +142,22 @@ class LatentExamples:
     """What ``plots.vae_vs_grf_figure`` draws. Rows of the latents and decodings: first the N
     images encoded (posterior mean), then draws of each model's prior."""
 
-    images: np.ndarray  # (N, C, S, S) float32 in [0, 1]
+    images: np.ndarray  # (N, C, H, W) float32 in [0, 1]
     vae_z: np.ndarray  # (N + n, D): VAE posterior means, then draws of N(0, I)
-    vae_decoded: np.ndarray  # (N + n, C, S, S)
+    vae_decoded: np.ndarray  # (N + n, C, H, W)
     grf_z: np.ndarray  # (N + n, C_z, h, w): VAE-GRF posterior means, then draws of its GRF prior
-    grf_decoded: np.ndarray  # (N + n, C, S, S)
+    grf_decoded: np.ndarray  # (N + n, C, H, W)
 
 
-def _demo_images(n: int, size: int, channels: int) -> torch.Tensor:
-    """Two procedural images (stripes, a blob) for when no real images are given."""
-    t = torch.linspace(0, 1, size)
-    yy, xx = torch.meshgrid(t, t, indexing="ij")
+def _demo_images(n: int, size: ImageSize, channels: int) -> torch.Tensor:
+    """Two procedural images (stripes, a blob) of ``size`` (S or (H, W)) for when no real images are given."""
+    height, width = image_hw(size)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")  # (H, W) each
     stripes = 0.5 + 0.35 * torch.sin(2 * torch.pi * (5 * xx + 2 * yy))
     blob = 0.25 + 0.6 * torch.exp(-((xx - 0.45) ** 2 + (yy - 0.55) ** 2) / 0.05)
     base = [stripes, blob]
-    imgs = torch.stack([base[i % 2] for i in range(n)])[:, None]  # (n, 1, S, S)
-    return imgs.expand(n, channels, size, size).clone()
+    imgs = torch.stack([base[i % 2] for i in range(n)])[:, None]  # (n, 1, H, W)
+    return imgs.expand(n, channels, height, width).clone()
 
 
 def latent_examples(vae=None, vae_grf=None, images=None, *, n_samples: int = 2, seed: int = 0) -> LatentExamples:

@@ -274,3 +274,16 @@ def test_dihedral_augmentation_of_rectangles_is_flips_and_said_once(tmp_path):
         make_specs(root, None, ["cae"], image_size=32, aspect="keep", train=train, model_overrides=TINY)
     assert sum("flips only" in str(w.message) for w in record) == 1 and "'strip'" in messages(record)
     assert "'tile'" not in next(str(w.message) for w in record if "flips only" in str(w.message))
+
+
+def test_latent_examples_of_rectangular_models(tmp_path):
+    from pipeline import examples
+
+    vae = models.build_model("vae", image_size=(32, 64), widths=(8, 16), latent_dim=8)
+    grf = models.build_model("vae_grf", image_size=(32, 64), widths=(8, 16), latent_channels=2)
+    ex = examples.latent_examples(vae, grf)  # its own procedural images, at the models' H x W
+    assert ex.images.shape == (2, 3, 32, 64) and ex.grf_z.shape == (4, 2, 8, 16)
+    assert ex.vae_decoded.shape == ex.grf_decoded.shape == (4, 3, 32, 64)
+    path = plots.vae_vs_grf_figure(tmp_path / "latents.png", images=ex.images, vae_z=ex.vae_z,
+                                   vae_decoded=ex.vae_decoded, grf_z=ex.grf_z, grf_decoded=ex.grf_decoded)
+    assert path.is_file()
