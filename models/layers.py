@@ -111,8 +111,14 @@ class MapToVector(nn.Module):
     def __init__(self, *, channels: int, size: tuple[int, int], out_features: int):
         super().__init__()
         self.linear = nn.Linear(channels * size[0] * size[1], out_features)  # size: (h, w) of the map
+        self.size = tuple(size)
 
     def forward(self, h):
+        # A transposed input (W x H) has as many values and would pass the dense layer silently.
+        assert tuple(h.shape[-2:]) == self.size, (
+            f"expected a {self.size[0]}x{self.size[1]} feature map, got {tuple(h.shape[-2:])}: the input is not "
+            "the size the model was built for"
+        )
         return self.linear(h.flatten(1))  # (B, C*h*w) -> (B, out_features)
 
 
