@@ -45,6 +45,7 @@ def parse_image_size(text) -> ImageSize:
 
 
 def check_aspect(aspect: str, image_size: ImageSize) -> None:
+    """ConfigError for an unknown aspect, or ``keep`` with an H x W size (it takes the short side)."""
     if aspect not in ASPECTS:
         raise ConfigError(f"unknown aspect {aspect!r}; valid: {', '.join(ASPECTS)} (keep = the short side is the "
                           "image size, the long side follows the category's images).")
