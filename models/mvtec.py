@@ -115,6 +115,13 @@ def _mask_index(files: list[Path]) -> dict[str, Path]:
     return index
 
 
+def _test_subdirs(folder: Path) -> list[Path]:
+    """The folders of ``<category>/test/``: ``good`` first, then the defect types by name."""
+    test = folder / "test"
+    subdirs = [p for p in test.iterdir() if p.is_dir() and _visible(p)] if test.is_dir() else []
+    return sorted(subdirs, key=lambda p: (p.name != "good", p.name))
+
+
 def _check_root(root) -> Path:
     root = Path(root).expanduser()
     if not root.exists():
@@ -207,10 +214,8 @@ def image_dimensions(root, category: str) -> list[tuple[int, int]]:
     excluded), read from the file headers without decoding: what the input size is chosen
     from (``pipeline.sizes``). DatasetError naming a file whose header cannot be read."""
     folder = _category_dir(root, category)
-    test = folder / "test"
-    subdirs = sorted(p for p in test.iterdir() if p.is_dir() and _visible(p)) if test.is_dir() else []
     files = _image_files(folder / "train" / "good") + [
-        f for sub in subdirs for f in _image_files(sub) if not _is_mask_name(f)
+        f for sub in _test_subdirs(folder) for f in _image_files(sub) if not _is_mask_name(f)
     ]
     out = []
     for path in files:
@@ -687,8 +692,7 @@ class MVTecAD(torch.utils.data.Dataset):
         """(images, labels, defect types, masks, hints) of test/: hints are the warning texts of
         mask files found beside the images and of masks that match no image."""
         test = folder / "test"
-        subdirs = [p for p in test.iterdir() if p.is_dir() and _visible(p)] if test.is_dir() else []
-        subdirs.sort(key=lambda p: (p.name != "good", p.name))  # "good" first, then the defect types by name
+        subdirs = _test_subdirs(folder)
         if not any(p.name == "good" for p in subdirs):
             for sub in subdirs:
                 if _folded(sub.name) in GOOD_FOLDER_NAMES:

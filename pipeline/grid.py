@@ -88,9 +88,8 @@ def make_specs(data_root, categories=None, models=None, *, image_size: ImageSize
             if key in overrides.get(name, {}):
                 raise ConfigError(f"{name}.{key} cannot be overridden per model; the grid sets {key} for all models "
                                   f"(--image-size on the command line).")
-        if name not in names:  # not run, but a typo in its --set is still a mistake: say so rather than ignore it
-            model_config(name, image_size=image_size, **overrides[name])
-    for name in names:  # every setting and the (short) side checked before any file is opened
+        # Every setting and the (short) side, before any file is opened; a model that is not run
+        # too: a typo in its --set is still a mistake, said rather than ignored.
         model_config(name, image_size=image_size, **overrides.get(name, {}))
     train = train or TrainConfig()
     seeds = [train.seed] if seeds is None else list(dict.fromkeys(seeds))
@@ -99,7 +98,7 @@ def make_specs(data_root, categories=None, models=None, *, image_size: ImageSize
     eval_config = eval_config or EvalConfig()
     dataset = dataset_name(data_root)
     step = size_multiple(names, overrides)  # one H x W fits every model of the grid
-    sizes = {c: category_size(data_root, c, image_size, aspect=aspect, step=step).size for c in cats}
+    sizes = {c: category_size(data_root, c, image_size, aspect=aspect, step=step) for c in cats}
     rectangles = [c for c in cats if not isinstance(sizes[c], int)]
     if train.augment == "dihedral" and rectangles:
         warnings.warn(f"dihedral augmentation adds quarter turns, which a rectangle does not have: the inputs of "

@@ -26,7 +26,7 @@ from . import examples, plots, runs, stats
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, load_checkpoint
 from .demo_data import DEFAULT_DATA_ROOT, choose_data_root, make_synthetic_dataset
 from .demo_data import DEFAULT_DIR as DEFAULT_DEMO_DIR
-from .sizes import ratio_text
+from .sizes import Shapes
 
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
 
@@ -108,10 +108,9 @@ def describe_dataset(root) -> pd.DataFrame:
             dims = None
         shape = {"images": "?", "median size (w x h)": "?", "aspect (w:h)": "?"}
         if dims:
-            lo, hi = (ratio_text(a) for a in (min(w / h for w, h in dims), max(w / h for w, h in dims)))
             shape = {"images": len(dims),
                      "median size (w x h)": "x".join(str(int(statistics.median(v))) for v in zip(*dims)),
-                     "aspect (w:h)": lo if lo == hi else f"{lo} to {hi}"}
+                     "aspect (w:h)": Shapes.of(dims).range_text()}
         elif dims is not None:
             shape["images"] = 0
         rows.append({"dataset": dataset_name(root), "category": c, "category_type": category_type(root, c), **shape})

@@ -16,7 +16,6 @@ whose aspect ratios spread so widely that one H x W stretches some of them by mo
 """
 from __future__ import annotations
 
-import math
 import re
 import statistics
 import warnings
@@ -55,31 +54,37 @@ def check_aspect(aspect: str, image_size: ImageSize) -> None:
 
 
 @dataclass(frozen=True)
-class CategorySize:
-    """The input size chosen for one category and what was seen to choose it."""
+class Shapes:
+    """The shapes of a category's images, as width / height, from their file headers."""
 
-    category: str
-    size: ImageSize  # S or (H, W): what every image of the category is resized to
-    median_aspect: float  # of the images, width / height
+    n_images: int
+    median_aspect: float
     min_aspect: float
     max_aspect: float
-    n_images: int
 
-    def distortion(self, aspect: float) -> float:
-        """How much resizing an image of this width / height to ``size`` stretches it (>= 1)."""
-        height, width = image_hw(self.size)
-        ratio = aspect / (width / height)
-        return max(ratio, 1 / ratio)
+    @classmethod
+    def of(cls, dims: list[tuple[int, int]]) -> Shapes:
+        """From (width, height) pairs (``models.mvtec.image_dimensions``); at least one."""
+        aspects = sorted(w / h for w, h in dims)
+        return cls(n_images=len(dims), median_aspect=statistics.median(aspects), min_aspect=aspects[0],
+                   max_aspect=aspects[-1])
 
-    def describe(self) -> str:
-        """'96 x 240 px (H x W)'."""
-        height, width = image_hw(self.size)
-        return f"{height} x {width} px (H x W)"
+    def range_text(self) -> str:
+        """'1:1', or '1:3 to 1:1.2' for mixed shapes."""
+        lo, hi = ratio_text(self.min_aspect), ratio_text(self.max_aspect)
+        return lo if lo == hi else f"{lo} to {hi}"
 
 
 def ratio_text(aspect: float) -> str:
     """width / height as 'W:H' with the short side 1: 2.5 -> '2.5:1', 0.4 -> '1:2.5'."""
     return f"{aspect:.3g}:1" if aspect >= 1 else f"1:{1 / aspect:.3g}"
+
+
+def distortion(aspect: float, size: ImageSize) -> float:
+    """How much resizing an image of this width / height to ``size`` stretches it (>= 1)."""
+    height, width = image_hw(size)
+    ratio = aspect / (width / height)
+    return max(ratio, 1 / ratio)
 
 
 def kept_size(median_aspect: float, short_side: int, step: int) -> ImageSize:
@@ -90,7 +95,7 @@ def kept_size(median_aspect: float, short_side: int, step: int) -> ImageSize:
 
 
 def category_size(root, category: str, image_size: ImageSize, *, aspect: str = DEFAULT_ASPECT,
-                  step: int = 1) -> CategorySize:
+                  step: int = 1) -> ImageSize:
     """The size every image of ``category`` is resized to, with the warnings it calls for.
 
     A category whose file headers cannot all be read keeps ``image_size`` as given (the
@@ -102,28 +107,25 @@ def category_size(root, category: str, image_size: ImageSize, *, aspect: str = D
     except DatasetError:
         dims = []
     if not dims:
-        return CategorySize(category=category, size=image_size, median_aspect=math.nan, min_aspect=math.nan,
-                            max_aspect=math.nan, n_images=0)
-    aspects = sorted(w / h for w, h in dims)
-    median = statistics.median(aspects)
-    size = kept_size(median, image_size, step) if aspect == "keep" else image_size
-    chosen = CategorySize(category=category, size=size, median_aspect=median, min_aspect=aspects[0],
-                          max_aspect=aspects[-1], n_images=len(dims))
-    squash = chosen.distortion(median)
+        return image_size
+    shapes = Shapes.of(dims)
+    size = kept_size(shapes.median_aspect, image_size, step) if aspect == "keep" else image_size
+    height, width = image_hw(size)
+    resized = f"resized to {height} x {width} px (H x W)"
+    squash = distortion(shapes.median_aspect, size)
     if aspect == "fixed" and squash > SQUASH_WARNING:
         warnings.warn(
-            f"the images of {category!r} are about {ratio_text(median)} (width:height, median of {len(dims)}) but "
-            f"are resized to {chosen.describe()}, which distorts them {squash:.1f}x; pass --aspect keep (notebook: "
+            f"the images of {category!r} are about {ratio_text(shapes.median_aspect)} (width:height, median of "
+            f"{shapes.n_images}) but are {resized}, which distorts them {squash:.1f}x; pass --aspect keep (notebook: "
             f"ASPECT = \"keep\") to keep their shape, or --image-size HxW.",
             stacklevel=2,
         )
-    worst = max(chosen.distortion(chosen.min_aspect), chosen.distortion(chosen.max_aspect))
-    if chosen.max_aspect / chosen.min_aspect > SPREAD_NOTE and worst > SPREAD_NOTE:
+    worst = max(distortion(shapes.min_aspect, size), distortion(shapes.max_aspect, size))
+    if shapes.max_aspect / shapes.min_aspect > SPREAD_NOTE and worst > SPREAD_NOTE:
         warnings.warn(
-            f"the images of {category!r} have mixed shapes, from {ratio_text(chosen.min_aspect)} to "
-            f"{ratio_text(chosen.max_aspect)} (width:height, median {ratio_text(median)}); each is resized to "
-            f"{chosen.describe()}, which stretches the furthest from it {worst:.1f}x; crop them to one shape "
-            "if that matters.",
+            f"the images of {category!r} have mixed shapes, from {shapes.range_text()} (width:height, median "
+            f"{ratio_text(shapes.median_aspect)}); each is {resized}, which stretches the furthest from it "
+            f"{worst:.1f}x; crop them to one shape if that matters.",
             stacklevel=2,
         )
-    return chosen
+    return size
