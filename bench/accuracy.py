@@ -89,8 +89,8 @@ def main(argv=None) -> int:
     train = TrainConfig(seed=a.seeds[0], device=a.device, num_threads=a.num_threads, progress=False, **train_kw)
     tables = []
     wall0 = time.perf_counter()
-    for i, text in enumerate(a.scores):
-        score = ScoreConfig.parse(text)
+    rules = list(dict.fromkeys(ScoreConfig.parse(text) for text in a.scores))  # "default" is l2/4/top0.01: once
+    for i, score in enumerate(rules):
         ev = EvalConfig(score=score, eval_size=parse_eval_size(a.eval_size), threshold_rule=a.threshold_rule)
         t0 = time.perf_counter()
         df = run_grid(root, a.categories, a.models, image_size=parse_image_size(a.image_size), aspect=a.aspect,

@@ -34,10 +34,11 @@ import torch
 
 import models
 from models import mvtec
-from pipeline import metrics, thresholds
+from pipeline import metrics
 from pipeline.demo_data import make_synthetic_dataset
-from pipeline.evaluate import score_split
+from pipeline.evaluate import compute_metrics, score_split
 from pipeline.job import load_category
+from pipeline.thresholds import DEFAULT_THRESHOLD_RULE
 from pipeline.train import TrainConfig, fit, resolve_device, seed_everything
 
 
@@ -62,14 +63,8 @@ def bench_job(root, category, names, *, image_size, epochs, batch_size, device) 
         _, val_scores = score_split(model, data.val, batch_size=hist["batch_size"], device=dev)
         score_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        labels, masks = data.test.labels.numpy(), data.test.masks.numpy()
-        metrics.image_auroc(labels, scores)
-        if data.test.has_masks:
-            metrics.pixel_auroc(masks, maps)
-            metrics.aupro(masks, maps)
-        thr = thresholds.val_threshold(val_scores)
-        metrics.f1_at_threshold(labels, scores, thr)
-        metrics.f1_max(labels, scores)
+        masks = data.test.masks.numpy() if data.test.has_masks else None
+        compute_metrics(data.test.labels.numpy(), masks, maps.numpy(), scores, val_scores, DEFAULT_THRESHOLD_RULE)
         metric_s = time.perf_counter() - t0
         n_train, n_scored = len(data.train.images), len(data.test.images) + len(data.val.images)
         params = sum(p.numel() for p in model.parameters())

@@ -266,8 +266,8 @@ def bench_job(args, root, category) -> dict:
         model, captured = train_model(spec, data)
         sync(dev)
         t1 = time.perf_counter()
-        evaluation = evaluate(model, data, threshold_rule=spec.threshold_rule, batch_size=captured["batch_size"],
-                              amp=spec.train.amp, desc=spec.describe())
+        evaluation = evaluate(model, data, spec.eval_config, batch_size=captured["batch_size"], amp=spec.train.amp,
+                              desc=spec.describe())
         sync(dev)
         eval_s = time.perf_counter() - t1
         row = record(spec, data, model, captured, evaluation, checkpoint_dir=ckpt, peak_memory=peak_memory_mb(dev))

@@ -13,8 +13,8 @@
    public API (``pipeline.job.train_model``, the TrainConfig defaults unless overridden) and
    its val and test image scores (``pipeline.evaluate.score_split``) are cached in an npz under
    ``--cache-dir`` (default /tmp/threshold_scores), keyed by the job's config without the
-   threshold rule and by the category files' names, sizes and mtimes; a rerun only reads
-   the npz files. Nothing is written to the repository's
+   threshold rule (which holds the content fingerprint of the category's files); a rerun
+   only reads the npz files. Nothing is written to the repository's
    results CSV or checkpoints/. The seed sets the model init, the data order AND which
    train/good images are held out as val; ``val_fraction`` is that hold-out's share.
 2. Each rule of ``--rules`` (``pipeline.thresholds``) picks a threshold from the val scores
@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,6 +49,8 @@ import torch
 from models import MODEL_NAMES, list_categories
 from models.mvtec import dataset_name
 from pipeline import metrics
+from pipeline.checkpoints import safe_name
+from pipeline.demo_data import make_synthetic_dataset
 from pipeline.evaluate import score_split
 from pipeline.job import JobSpec, config_hash, load_category, train_model
 from pipeline.thresholds import DEFAULT_THRESHOLD_RULE, check_threshold_rule, val_threshold
@@ -65,26 +65,14 @@ DEFAULT_RULES = ("val_max", "val_p99", "val_p95", "val_p90", "val_mean+2std", "v
 DEFAULT_RULES_ALL = list(dict.fromkeys([DEFAULT_THRESHOLD_RULE, *DEFAULT_RULES]))
 
 
-def data_identity(root, category: str) -> str:
-    """Cheap identity of a category's files (relative path, size, mtime): regenerated or edited
-    images (e.g. a new demo dataset written over the old one) must not be served stale scores."""
-    folder = Path(root) / category
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return config_hash({"files": [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
-                                  for p in files]})
-
-
 def cache_file(cache_dir: Path, spec: JobSpec) -> Path:
     """One npz per job, keyed by the job's config without its threshold rule (the rules are applied
-    afterwards) and by the identity of the category's files."""
-    config = spec.config_dict()
-    config.pop("threshold_rule", None)
-    if isinstance(config.get("eval"), dict):
-        config["eval"] = {k: v for k, v in config["eval"].items() if k != "threshold_rule"}
-    config["files"] = data_identity(spec.data_root, spec.category)
-    safe = lambda text: re.sub(r"[^A-Za-z0-9_.-]", "_", str(text))
+    afterwards); the config holds the content fingerprint of the category's files, so regenerated
+    or edited images (e.g. a new demo dataset written over the old one) are never served stale scores."""
+    config = spec.with_fingerprint().config_dict()
+    del config["eval"]["threshold_rule"]
     name = f"{spec.model}-seed{spec.train.seed}-val{spec.val_fraction:g}-{config_hash(config)}.npz"
-    return cache_dir / safe(spec.dataset) / safe(spec.category) / name
+    return cache_dir / safe_name(spec.dataset) / safe_name(spec.category) / name
 
 
 def job_scores(spec: JobSpec, cache_dir: Path, data_cache: dict, *, force: bool, log) -> dict:
@@ -119,22 +107,16 @@ def job_scores(spec: JobSpec, cache_dir: Path, data_cache: dict, *, force: bool,
 def rule_metrics(val: np.ndarray, test: np.ndarray, labels: np.ndarray, rule: str) -> dict:
     """Threshold from val only; F1, precision, recall, and the share of good test images flagged."""
     t = val_threshold(val, rule)
-    y = labels.astype(bool)
-    pred = test > t
-    tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
-    return {"threshold": t,
-            "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
-            "precision": tp / (tp + fp) if tp + fp else 0.0,
-            "recall": tp / (tp + fn) if tp + fn else 0.0,
-            "fpr": fp / max(1, int((~y).sum()))}
+    good = labels == 0
+    return {"threshold": t, **metrics.f1_at_threshold(labels, test, t),
+            "fpr": float((test[good] > t).sum()) / max(1, int(good.sum()))}
 
 
 def job_rows(base: dict, s: dict, rules) -> list[dict]:
     """One row per rule for one job's cached scores ``s``."""
     y = s["labels"]
-    p = float(y.mean())
     base = {**base, "n_val": len(s["val"]), "n_test": len(y), "auroc": metrics.image_auroc(y, s["test"]),
-            "f1_max": metrics.f1_max(y, s["test"]), "floor": 2 * p / (1 + p)}
+            "f1_max": metrics.f1_max(y, s["test"]), "floor": metrics.f1_floor(y)}
     odd = np.r_[s["val"], s["test"].max()]  # + one normal image as odd as the worst test image
     return [{**base, "rule": rule, **rule_metrics(s["val"], s["test"], y, rule),
              "f1_odd": rule_metrics(odd, s["test"], y, rule)["f1"]} for rule in rules]
@@ -150,7 +132,7 @@ def collect(args, log) -> pd.DataFrame:
         demo = Path(args.demo_root)
         if not (demo / "DATASET.json").exists():
             log(f"writing the demo dataset to {demo}")
-            subprocess.run([sys.executable, "-m", "pipeline", "demo-data", "--out", str(demo)], check=True, cwd=REPO)
+            make_synthetic_dataset(demo)
         roots.append(("demo", demo, None))
     train_kw = dict(epochs=args.epochs, batch_size=args.batch_size, num_threads=args.num_threads, progress=False)
     rows, data_cache = [], {}
