@@ -606,12 +606,14 @@ def make_all_figures(df: pd.DataFrame, out_dir, curves: pd.DataFrame | None = No
 
 
 def curves_of_rows(curves: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    """The curves of the runs that the figures plot: when both tables have ``config_hash``,
-    the curves whose (dataset, category, model, config_hash) is a row of ``prepare_results(rows)``
-    (so an older config's curves are not averaged in); else ``curves`` as given."""
-    if "config_hash" not in curves.columns or "config_hash" not in rows.columns or len(curves) == 0:
+    """The curves of the runs that the figures plot: the curves whose (dataset, category, model,
+    hash) is a row of ``prepare_results(rows)``, so an older config's curves are not averaged
+    in. The hash is ``train_hash`` (what ``runs.read_curves`` gives), else ``config_hash``;
+    without one both tables have, ``curves`` as given."""
+    key = next((k for k in ("train_hash", "config_hash") if k in curves.columns and k in rows.columns), None)
+    if key is None or len(curves) == 0:
         return curves
-    keys = ["dataset", "category", "model", "config_hash"]
+    keys = ["dataset", "category", "model", key]
     plotted = prepare_results(rows)[keys].astype(str).drop_duplicates()
     return curves[pd.MultiIndex.from_frame(curves[keys].astype(str)).isin(pd.MultiIndex.from_frame(plotted))]
 

@@ -268,7 +268,7 @@ def figures(df: pd.DataFrame, out_dir, results_csv=None) -> list:
     """The comparison figures of ``df`` and its training curves (``plots.make_all_figures``);
     the curves come from the side files next to ``results_csv`` (default ``df.attrs["results_csv"]``)."""
     csv = results_csv or df.attrs.get("results_csv")
-    curves = runs.read_curves(plots.prepare_results(df), csv) if csv is not None else None
+    curves = runs.read_curves(df, csv) if csv is not None else None  # make_all_figures keeps the plotted ones
     return plots.make_all_figures(df, out_dir, curves=curves)
 
 

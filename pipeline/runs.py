@@ -126,7 +126,8 @@ def save_curves(path, history: dict) -> Path:
 
 def read_curves(rows: pd.DataFrame, csv) -> pd.DataFrame:
     """The training curves of ``rows`` in long format: dataset, category, category_type, model,
-    seed, epoch, train_loss, val_loss and one column per loss term. Rows without a curves file
+    seed, train_hash (the trained model's, which names its curves file), epoch, train_loss,
+    val_loss and one column per loss term. Rows without a curves file
     (older versions) are left out; one curve per trained model even if several rows share it."""
     frames, seen = [], set()
     folder = runs_dir(csv)
@@ -146,8 +147,10 @@ def read_curves(rows: pd.DataFrame, csv) -> pd.DataFrame:
         for col in ("dataset", "category", "category_type", "model"):
             frame[col] = row[col]
         frame["seed"] = int(row["seed"])
+        frame["train_hash"] = train_hash
         frames.append(frame)
-    columns = ["dataset", "category", "category_type", "model", "seed", "epoch", "train_loss", "val_loss"]
+    columns = ["dataset", "category", "category_type", "model", "seed", "train_hash", "epoch", "train_loss",
+               "val_loss"]
     if not frames:
         return pd.DataFrame(columns=columns)
     out = pd.concat(frames, ignore_index=True)

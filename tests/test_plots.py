@@ -493,6 +493,18 @@ def test_training_curves_of_one_epoch_and_one_seed(tmp_path, monkeypatch):
         plots.training_curves(curves.drop(columns="train_loss"), tmp_path / "bad.png")
 
 
+def test_curves_read_from_side_files_are_matched_by_train_hash():
+    """runs.read_curves keys each curve by its train_hash (it has no config_hash): the curves of
+    an older config, still in the CSV, are left out as they are by config_hash (`plots` command)."""
+    df = fake_seeds(2, {"carpet": "texture"}, ("cae", "vae"))
+    df["train_hash"] = "t" + df["config_hash"]
+    curves = fake_curves({"carpet": "texture"}, ("cae", "vae")).drop(columns="config_hash")
+    curves["train_hash"] = "th" + curves["seed"].astype(str)
+    stale = curves.assign(train_hash="old", train_loss=1e6)
+    kept = plots.curves_of_rows(pd.concat([curves, stale], ignore_index=True), df)
+    assert len(kept) == len(curves) and kept["train_loss"].max() < 10
+
+
 def test_make_all_figures_with_and_without_curves(tmp_path, monkeypatch):
     df = fake_seeds(2, {"carpet": "texture", "bottle": "object"}, ("cae", "vae"))
     curves = fake_curves({"carpet": "texture", "bottle": "object"}, ("cae", "vae"))
