@@ -18,7 +18,7 @@ import torch
 from models import ImageSize, build_model, grf, image_hw, size_label
 from models.errors import ConfigError
 
-GRF_KERNELS = ("exponential", "matern32", "gaussian")
+GRF_KERNELS = grf.KERNELS
 GRF_RHOS = (1.0, 2.0, 4.0)  # latent px
 
 

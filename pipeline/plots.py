@@ -141,12 +141,12 @@ def prepare_results(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _flat(config, prefix: str = "") -> dict:
+def _flat(config) -> dict:
     """A config dict as {leaf key: value} (the last key of each path: epochs, latent_dim, score_map ...)."""
     out = {}
     for k, v in config.items():
         if isinstance(v, dict):
-            out.update(_flat(v, prefix))
+            out.update(_flat(v))
         else:
             out[k] = v
     return out
@@ -179,8 +179,9 @@ def _left_out_note(left_out: pd.DataFrame, kept: pd.DataFrame) -> str:
         else:
             diff = "another config"
         groups.setdefault(diff, []).append(row)
+    ordered = sorted(groups.items(), key=lambda g: -len(g[1]))  # the most rows first
     lines = []
-    for diff, rows in sorted(groups.items(), key=lambda g: -len(g[1])):
+    for diff, rows in ordered:
         pairs = list(dict.fromkeys((r["category"], r["model"]) for r in rows))
         where = ", ".join(f"{model_label(m)} on {c}" for c, m in pairs[:3])
         if len(pairs) > 3:
@@ -191,7 +192,7 @@ def _left_out_note(left_out: pd.DataFrame, kept: pd.DataFrame) -> str:
             count += f"; drawn: config_hash {', '.join(dict.fromkeys(hashes.astype(str)))}"
         lines.append(f"{where} ({count}): {diff}")
     if len(lines) > 3:
-        rest = sum(len(r) for _, r in sorted(groups.items(), key=lambda g: -len(g[1]))[3:])
+        rest = sum(len(r) for _, r in ordered[3:])
         lines = lines[:3] + [f"and {rest} more rows of other older configs"]
     return (f"Drawn: the latest config of each (category, model); {len(left_out)} row"
             f"{'s' if len(left_out) > 1 else ''} of older configs left out (older -> drawn):\n" + "\n".join(lines))
@@ -663,7 +664,8 @@ def training_curves(curves: pd.DataFrame, out_path, *, normalize: bool = True) -
     cats, names = _categories(c), _models(c)
     colors = model_colors(names)
     scale = _first_epoch_scale(c) if normalize else None
-    several_seeds = bool((c.groupby(["label", "model"])["seed"].nunique() > 1).any())
+    seed_counts = _curve_seed_counts(c)
+    several_seeds = bool(seed_counts["n_seeds"].max() > 1)
     y_label = "loss (each model's own objective)" + ("\n÷ its epoch-1 train loss" if scale is not None else "")
     n_cols = min(4, len(cats))
     n_rows = math.ceil(len(cats) / n_cols)
@@ -701,7 +703,7 @@ def training_curves(curves: pd.DataFrame, out_path, *, normalize: bool = True) -
         if several_seeds:
             handles.append(Patch(color="0.2", alpha=0.15, label="min–max over seeds"))
         fig.legend(handles=handles, loc="outside right center", frameon=False)
-        how = f"; line = {_seeds_note(_curve_seed_counts(c))}" if several_seeds else ""
+        how = f"; line = {_seeds_note(seed_counts)}" if several_seeds else ""
         units = ("each model's own objective, divided by its epoch-1 train loss" if scale is not None
                  else "each model's own objective")
         fig.suptitle(f"Training curves per category ({dataset_note(c)}{how})\nloss: {units}", fontsize=11)

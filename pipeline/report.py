@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from models import model_label
+from models import model_label, size_label
 from models.errors import CheckpointError, ConfigError, DatasetError
 from models.mvtec import MVTecAD, category_type, dataset_name, image_dimensions, list_categories
 
@@ -141,9 +141,9 @@ def metric_tables(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
     sds = sds.reindex(index=out.index, columns=out.columns)
     text = out.copy().astype(object)
     for col in out.columns:
-        text[col] = [("n/a" if not np.isfinite(m) else f"{m:.3f}" if not np.isfinite(sd) else f"{m:.3f} ± {sd:.3f}")
+        text[col] = [f"{m:.3f} ± {sd:.3f}" if np.isfinite(m) and np.isfinite(sd) else _fmt(m)
                      for m, sd in zip(out[col], sds[col])]
-    text[F1_FLOOR_COLUMN] = [f"{x:.3f}" if np.isfinite(x) else "n/a" for x in floor]
+    text[F1_FLOOR_COLUMN] = [_fmt(x) for x in floor]
     return text
 
 
@@ -354,6 +354,19 @@ def _test_split(data_root, category: str, model):
     return MVTecAD(data_root, category, "test", image_size=c.image_size, in_channels=c.in_channels)
 
 
+def _same_input(trained: dict, category: str) -> dict:
+    """The models of ``trained`` that take the first one's input (size, channels): one test split
+    feeds them all. Models trained at another size (rows of another --image-size or --aspect)
+    are left out, with a line saying so."""
+    first = next(iter(trained.values())).config
+    same = {n: m for n, m in trained.items()
+            if (m.config.image_size, m.config.in_channels) == (first.image_size, first.in_channels)}
+    if len(same) < len(trained):
+        print(f"{category}: {', '.join(n for n in trained if n not in same)} left out of its figures: trained at "
+              f"another input size than {size_label(first.image_size)} px.")
+    return same
+
+
 def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir=DEFAULT_CHECKPOINT_DIR, *, n_good: int = 2,
               n_defect: int = 4) -> list[Path]:
     """``gallery_<category>.png`` in ``out_dir`` for each category of ``rows`` that has checkpoints."""
@@ -364,6 +377,7 @@ def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir=DEFAULT_CHE
         if not trained:
             print(f"no usable checkpoints for {category!r} under {checkpoint_dir}; its gallery is skipped.")
             continue
+        trained = _same_input(trained, category)
         test = _test_split(data_root, category, next(iter(trained.values())))
         ex = examples.gallery_examples(trained, test, n_good=n_good, n_defect=n_defect)
         paths.append(plots.anomaly_gallery(Path(out_dir) / f"gallery_{category}.png", images=ex.images, masks=ex.masks,
@@ -386,11 +400,11 @@ def grf_figures(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir=DEFAULT_C
     d = plots.prepare_results(rows)
     for category in dict.fromkeys(d["category"]):
         trained = load_trained(d[d["model"].isin(["vae", "vae_grf"])], category, checkpoint_dir)
-        if len(trained) == 2:
+        if len(trained) == 2 and len(_same_input(trained, category)) == 2:
             vae, vae_grf = trained["vae"], trained["vae_grf"]
             test = _test_split(data_root, category, vae)
             idx = examples.pick_examples(np.asarray(test.labels), list(test.defect_types), 1, 1)
-            images = test.images[idx].float() / 255.0  # (N, C, S, S)
+            images = test.images[idx].float() / 255.0  # (N, C, H, W)
             note = f"trained on {d['dataset'].iloc[0]}/{category}, test images"
             break
     else:

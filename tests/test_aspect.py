@@ -287,3 +287,19 @@ def test_latent_examples_of_rectangular_models(tmp_path):
     path = plots.vae_vs_grf_figure(tmp_path / "latents.png", images=ex.images, vae_z=ex.vae_z,
                                    vae_decoded=ex.vae_decoded, grf_z=ex.grf_z, grf_decoded=ex.grf_decoded)
     assert path.is_file()
+
+
+def test_figures_of_a_category_whose_models_differ_in_size(tmp_path, capsys):
+    """Rows of two runs at other sizes (CAE kept-aspect, VAE square): the gallery shows the
+    models that share the first one's input and names the other, instead of stopping."""
+    root = wide_root(tmp_path)
+    kw = dict(train=TRAIN, model_overrides=TINY, results_csv=tmp_path / "r.csv", checkpoint_dir=tmp_path / "ck",
+              log=lambda m: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the square run's squash warning
+        run_grid(root, ["strip"], ["cae"], image_size=32, aspect="keep", **kw)
+        run_grid(root, ["strip"], ["vae"], image_size=32, **kw)
+    rows = read_results(tmp_path / "r.csv")
+    paths = report.galleries(rows, root, tmp_path / "figs", tmp_path / "ck", n_good=1, n_defect=1)
+    assert [p.name for p in paths] == ["gallery_strip.png"]
+    assert "vae left out of its figures: trained at another input size than 32x80 px" in capsys.readouterr().out
