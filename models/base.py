@@ -12,6 +12,7 @@ evaluation setting (``scoring.ScoreConfig``), so the same weights can be scored 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 from dataclasses import dataclass
@@ -90,6 +91,20 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module):
+    """The modules in eval mode inside the block; each one's previous mode is restored after it,
+    also when the block raises."""
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, was_training):
+            m.train(mode)
+
+
 class AnomalyModel(nn.Module):
     """Base of the four models: a reconstruction model scored by its residual."""
 
@@ -124,12 +139,8 @@ class AnomalyModel(nn.Module):
         Always computed in eval mode without gradients; the previous mode is restored.
         """
         score = score or scoring.ScoreConfig()
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             x_hat = self.reconstruct(x)
-        finally:
-            self.train(was_training)
         return scoring.anomaly_map(x, x_hat, score_map=score.score_map, score_sigma=score.score_sigma)
 
     @torch.inference_mode()

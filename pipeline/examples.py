@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from models import ImageSize, build_model, grf, image_hw, size_label
+from models.base import eval_mode
 from models.errors import ConfigError
 
 GRF_KERNELS = grf.KERNELS
@@ -83,15 +84,10 @@ def gallery_examples(models_by_name: dict, dataset, *, n_good: int = 2, n_defect
     x = dataset.images[idx].float() / 255.0  # (N, C, H, W) in [0, 1]
     recons, maps = {}, {}
     for name, m in models_by_name.items():
-        was_training = m.training
-        m.eval()
-        try:
-            with torch.inference_mode():
-                xd = x.to(_device(m))
-                recons[name] = m.reconstruct(xd).float().cpu().numpy()  # (N, C, H, W)
-                maps[name] = m.anomaly_map(xd).float().cpu().numpy()  # (N, H, W)
-        finally:
-            m.train(was_training)
+        with eval_mode(m), torch.inference_mode():
+            xd = x.to(_device(m))
+            recons[name] = m.reconstruct(xd).float().cpu().numpy()  # (N, C, H, W)
+            maps[name] = m.anomaly_map(xd).float().cpu().numpy()  # (N, H, W)
     return GalleryExamples(
         category=str(getattr(dataset, "category", "")),
         row_labels=["good" if labels[i] == 0 else str(dataset.defect_types[i]) for i in idx],
@@ -177,23 +173,16 @@ def latent_examples(vae=None, vae_grf=None, images=None, *, n_samples: int = 2, 
     if images is None or len(images) == 0:
         images = _demo_images(2, vae.config.image_size, vae.config.in_channels)
     images = torch.as_tensor(images).float()
-    was = vae.training, vae_grf.training
-    vae.eval()
-    vae_grf.eval()
     gen = torch.Generator().manual_seed(seed)
-    try:
-        with torch.inference_mode():
-            dev_v, dev_g = _device(vae), _device(vae_grf)
-            mu_v, _ = vae.encode(images.to(dev_v))  # (N, D)
-            mu_g, _ = vae_grf.encode(images.to(dev_g))  # (N, C_z, h, w)
-            z_v = torch.randn(n_samples, mu_v.shape[1], generator=gen)  # (n, D) ~ N(0, I)
-            z_g = vae_grf.prior.sample(n_samples, mu_g.shape[1], generator=gen)  # (n, C_z, h, w) ~ GRF
-            z_v = torch.cat([mu_v.float().cpu(), z_v])  # (N + n, D)
-            z_g = torch.cat([mu_g.float().cpu(), z_g.float().cpu()])  # (N + n, C_z, h, w)
-            dec_v = vae.decode(z_v.to(dev_v)).float().cpu()  # (N + n, C, S, S)
-            dec_g = vae_grf.decode(z_g.to(dev_g)).float().cpu()
-    finally:
-        vae.train(was[0])
-        vae_grf.train(was[1])
+    with eval_mode(vae, vae_grf), torch.inference_mode():
+        dev_v, dev_g = _device(vae), _device(vae_grf)
+        mu_v, _ = vae.encode(images.to(dev_v))  # (N, D)
+        mu_g, _ = vae_grf.encode(images.to(dev_g))  # (N, C_z, h, w)
+        z_v = torch.randn(n_samples, mu_v.shape[1], generator=gen)  # (n, D) ~ N(0, I)
+        z_g = vae_grf.prior.sample(n_samples, mu_g.shape[1], generator=gen)  # (n, C_z, h, w) ~ GRF
+        z_v = torch.cat([mu_v.float().cpu(), z_v])  # (N + n, D)
+        z_g = torch.cat([mu_g.float().cpu(), z_g.float().cpu()])  # (N + n, C_z, h, w)
+        dec_v = vae.decode(z_v.to(dev_v)).float().cpu()  # (N + n, C, H, W)
+        dec_g = vae_grf.decode(z_g.to(dev_g)).float().cpu()
     return LatentExamples(images=images.cpu().numpy(), vae_z=z_v.numpy(), vae_decoded=dec_v.numpy(),
                           grf_z=z_g.numpy(), grf_decoded=dec_g.numpy())

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from models.base import eval_mode
 from models.errors import ConfigError, DatasetError, TrainingError
 
 from .augment import AUGMENTATIONS, augment_batch
@@ -187,15 +188,11 @@ def evaluate_loss(model, source: BatchSource, *, batch_size: int, amp: bool = Tr
     """Mean loss over a whole split in eval mode, batched, without gradients."""
     if len(source) == 0:
         return math.nan
-    was_training = model.training
-    model.eval()
     total = torch.zeros((), device=source.device, dtype=torch.float64)
-    try:
+    with eval_mode(model):
         for idx in batch_indices(len(source), batch_size):
             with autocast(source.device, amp):
                 total += model.loss(source.batch(idx))["loss"].double() * idx.numel()
-    finally:
-        model.train(was_training)
     return total.item() / len(source)
 
 
