@@ -38,7 +38,6 @@ from .checkpoints import (
     checkpoint_bytes,
     checkpoint_path,
     load_checkpoint,
-    save_checkpoint,
     write_checkpoint,
 )
 from .evaluate import EvalConfig, Evaluation, evaluate
@@ -243,14 +242,8 @@ def record(spec: JobSpec, data: CategoryData, model: AnomalyModel, history: dict
     """Step 3: the results row of a finished job; saves the model's checkpoint (with the row
     and the training history) under ``checkpoint_dir`` and the side files (per-image scores,
     training curves) under ``runs_dir``, each unless None."""
-    training = training_columns(model, history, peak_memory=peak_memory, data_seconds=data.seconds)
-    row = make_row(spec, data, training, evaluation)
-    if checkpoint_dir is not None:
-        save_checkpoint(spec.checkpoint_path(checkpoint_dir), model, name=spec.model, row=row,
-                        train_config=spec.train, history=history, training=training)
-    if runs_dir is not None:
-        save_side_files(spec, data, evaluation, runs_dir, history=history)
-    return row
+    output = make_output(spec, data, model, history, evaluation, peak_memory=peak_memory)
+    return write_output(spec, data, output, checkpoint_dir=checkpoint_dir, runs_dir=runs_dir)
 
 
 def check_test_split(spec: JobSpec, data: CategoryData) -> None:
@@ -317,19 +310,27 @@ class JobOutput:
     history: dict
 
 
+def make_output(spec: JobSpec, data: CategoryData, model: AnomalyModel, history: dict, evaluation: Evaluation, *,
+                peak_memory: float = float("nan"), kind: str | None = None) -> JobOutput:
+    """The row of a trained and evaluated job and its checkpoint's bytes (with the row and the
+    history), written by nobody yet. ``kind``: the category's type (``make_row``)."""
+    training = training_columns(model, history, peak_memory=peak_memory, data_seconds=data.seconds)
+    row = make_row(spec, data, training, evaluation, kind=kind)
+    ckpt = checkpoint_bytes(model, name=spec.model, row=row, train_config=spec.train, history=history,
+                            training=training)
+    return JobOutput(row=row, checkpoint=ckpt, evaluation=evaluation, history=history)
+
+
 def compute_job(spec: JobSpec, data: CategoryData, *, kind: str | None = None) -> JobOutput:
     """Train and evaluate ``spec`` on ``data`` (its fingerprint filled in) and return what
-    ``record`` would write; writes nothing. ``kind``: the category's type (``make_row``)."""
+    ``record`` would write; writes nothing."""
     model = None
     try:
         model, history, evaluation, peak = train_and_evaluate(spec, data)
-        training = training_columns(model, history, peak_memory=peak, data_seconds=data.seconds)
-        row = make_row(spec, data, training, evaluation, kind=kind)
-        ckpt = checkpoint_bytes(model, name=spec.model, row=row, train_config=spec.train, history=history,
-                                training=training)
+        output = make_output(spec, data, model, history, evaluation, peak_memory=peak, kind=kind)
         # The maps are not written anywhere: do not ship them back to the driver.
-        evaluation = dataclasses.replace(evaluation, test_maps=torch.empty(0))
-        return JobOutput(row=row, checkpoint=ckpt, evaluation=evaluation, history=history)
+        output.evaluation = dataclasses.replace(evaluation, test_maps=torch.empty(0))
+        return output
     finally:
         del model
         release_memory(spec)
@@ -368,6 +369,4 @@ def evaluate_checkpoint(spec: JobSpec, data: CategoryData | None = None, *, chec
         return row
     finally:
         del model
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(spec)
