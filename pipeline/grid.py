@@ -56,7 +56,6 @@ from .results import (
     append_row,
     check_writable,
     read_results,
-    read_text_table,
 )
 from .sizes import DEFAULT_ASPECT, category_size, check_aspect
 from .train import TrainConfig
@@ -203,9 +202,8 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
     for spec in {s.category: s for s in specs}.values():
         if spec.image_size != canonical_size(image_size):  # chosen from the images (aspect="keep")
             log(f"{spec.category}: input {size_label(spec.image_size)} px (height x width), the aspect of its images.")
-    csv = check_writable(results_csv)
+    csv, table = check_writable(results_csv)  # the rows already there, read once
     runs_folder = runs.runs_dir(csv)
-    table = read_text_table(csv) if csv.exists() else pd.DataFrame(columns=list(KEY_COLUMNS))
     done = set(map(tuple, table[list(KEY_COLUMNS)].itertuples(index=False, name=None)))
     keys = [s.key() for s in specs]
     todo = [s for s, k in zip(specs, keys) if force or k not in done]

@@ -34,7 +34,7 @@ import pandas as pd
 
 from models.errors import UserError
 
-from .files import atomic_write
+from .files import atomic_write, make_folder
 
 try:  # POSIX; elsewhere concurrent runs on one CSV are not guarded
     import fcntl
@@ -175,31 +175,24 @@ def _atomic_write_csv(df: pd.DataFrame, csv: Path) -> None:
                            f"{fix} or pass another --results-csv.") from None
 
 
-def check_writable(csv) -> Path:
+def check_writable(csv) -> tuple[Path, pd.DataFrame]:
     """Fail before any training if the results can be neither read nor written; returns the
-    path to write to (``results_path``: a symbolic link's target)."""
+    path to write to (``results_path``: a symbolic link's target) and the table already there
+    (``read_text_table``; no rows if there is no file yet)."""
     csv = results_path(csv)
-    try:
-        csv.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        why = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror
-        raise ResultsError(
-            f"cannot create the results folder {str(csv.parent)!r} ({why}); pass another --results-csv."
-        ) from None
+    make_folder(csv.parent, what="results folder", fix="pass another --results-csv", error=ResultsError)
+    table = pd.DataFrame(columns=list(KEY_COLUMNS))
     if csv.exists():
-        read_text_table(csv)
+        table = read_text_table(csv)
         if not os.access(csv, os.W_OK):
             raise ResultsError(f"results file {str(csv)!r} is read-only; make it writable "
                                "or pass another --results-csv (it was left untouched).")
-    if not os.access(csv.parent, os.W_OK):
-        raise ResultsError(f"the results folder {str(csv.parent)!r} is not writable; make it writable "
-                           "or pass another --results-csv.")
     side = csv.with_name(f"{csv.stem}.runs")  # runs.runs_dir: the per-row side files go there
     if side.exists() and not side.is_dir():
         raise ResultsError(f"{str(side)!r} is a file, but the results' side files (per-image scores, training "
                            "curves) go in a folder of that name next to the CSV; move the file or pass another "
                            "--results-csv.")
-    return csv
+    return csv, table
 
 
 def _remove_orphan_temps(csv: Path) -> None:
@@ -231,11 +224,3 @@ def append_row(csv, row: dict, *, replace: bool = False) -> bool:
         _atomic_write_csv(out, csv)
     return True
 
-
-def finished_keys(csv) -> set[tuple[str, ...]]:
-    """The keys (KEY_COLUMNS, as text) of the rows already in ``csv``; empty if it does not exist."""
-    csv = results_path(csv)
-    if not csv.exists():
-        return set()
-    table = read_text_table(csv)
-    return set(map(tuple, table[list(KEY_COLUMNS)].itertuples(index=False, name=None)))
