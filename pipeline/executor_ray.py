@@ -89,24 +89,24 @@ def run_jobs_on_ray(specs: list[JobSpec], load: Callable[[JobSpec], CategoryData
                     gpus_per_job: float | None = None, cpus_per_job: float = 1, max_concurrent: int | None = None,
                     category_kind: Callable[[JobSpec], str], on_output: Callable[[JobSpec, CategoryData, JobOutput],
                                                                                  None],
-                    on_failure: Callable[[JobSpec, BaseException, str | None], None], job: Callable | None = None,
+                    on_failure: Callable[[JobSpec, BaseException, str | None], None],
                     progress: bool = True) -> None:
     """Run ``specs`` as Ray tasks; ``on_output(spec, data, output)`` for each finished job on the
     driver (in the order they finish), ``on_failure(spec, error, traceback_text)`` for each
     failed one. ``load(spec)`` decodes a category on the driver (it may raise a UserError:
-    that category's jobs fail). Ctrl-C cancels the tasks still outstanding and re-raises.
-    ``job`` is the task's function (``job.compute_job``; tests swap it)."""
-    job = job or compute_job  # looked up now, so that a test can swap it
+    that category's jobs fail). Ctrl-C cancels the tasks still outstanding and re-raises."""
+    job = compute_job  # looked up at call time: tests patch this module's compute_job
     ray, started = connect(address)
     try:
+        resources = ray.cluster_resources()
         if gpus_per_job is None:  # one GPU per job where the cluster has GPUs
-            gpus_per_job = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        check_fits(ray.cluster_resources(), cpus_per_job, gpus_per_job)
+            gpus_per_job = 1 if resources.get("GPU", 0) > 0 else 0
+        check_fits(resources, cpus_per_job, gpus_per_job)
         remote = ray.remote(run_task).options(num_cpus=cpus_per_job, num_gpus=gpus_per_job,
                                               max_retries=MAX_RETRIES)
         # Jobs in flight: by default twice what the cluster runs at once, so that the next jobs
         # are queued without every category being decoded and held up front.
-        limit = max_concurrent or max(1, 2 * slots(ray.cluster_resources(), cpus_per_job, gpus_per_job))
+        limit = max_concurrent or max(1, 2 * slots(resources, cpus_per_job, gpus_per_job))
         queue = list(specs)
         pending: dict = {}  # ObjectRef -> (spec, data)
         refs: dict = {}  # (category, seed) -> (object ref of the data, data) of the category being submitted

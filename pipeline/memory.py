@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import MODELS, ImageSize, canonical_size, image_hw, model_config, size_label
+from models import MODELS, ImageSize, image_hw, model_config, size_label
 from models.errors import ConfigError
 
+from .sizes import kept_size
 from .train import resolve_device
 
 BYTES_PER_PARAMETER = 16  # float32 weight + gradient + AdamW exp_avg + exp_avg_sq
@@ -172,14 +173,9 @@ def _millions(n: int) -> str:
 
 def _smaller_sizes(image_size: ImageSize) -> list[ImageSize]:
     """Sizes below ``image_size`` with its aspect, smallest first: the short side in steps of
-    SIZE_STEP, the long side following it (rounded to SIZE_STEP)."""
+    SIZE_STEP, the long side following it as ``--aspect keep`` would choose it."""
     height, width = image_hw(image_size)
-    short = min(height, width)
-    out = []
-    for s in range(SIZE_STEP, short, SIZE_STEP):
-        long = max(s, SIZE_STEP * round(s * max(height, width) / short / SIZE_STEP))
-        out.append(canonical_size((s, long) if height <= width else (long, s)))
-    return out
+    return [kept_size(width / height, s, SIZE_STEP) for s in range(SIZE_STEP, min(height, width), SIZE_STEP)]
 
 
 def _largest_size(name: str, image_size: ImageSize, batch_size: int, budget: int, **kw) -> ImageSize | None:

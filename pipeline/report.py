@@ -100,7 +100,7 @@ def describe_dataset(root) -> pd.DataFrame:
     headers: the median width x height and the aspect ratios, width:height); what the
     notebook is about to train on. A category whose headers cannot be read shows "?" there
     (its jobs will say which file when the grid runs)."""
-    rows = []
+    rows, dataset = [], dataset_name(root)
     for c in list_categories(root):
         try:
             dims = image_dimensions(root, c)
@@ -113,7 +113,7 @@ def describe_dataset(root) -> pd.DataFrame:
                      "aspect (w:h)": Shapes.of(dims).range_text()}
         elif dims is not None:
             shape["images"] = 0
-        rows.append({"dataset": dataset_name(root), "category": c, "category_type": category_type(root, c), **shape})
+        rows.append({"dataset": dataset, "category": c, "category_type": category_type(root, c), **shape})
     return pd.DataFrame(rows)
 
 
