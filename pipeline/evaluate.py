@@ -35,7 +35,6 @@ METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recal
 # masks read at 256). Metrics at the 128-px training size merge or drop small defect regions
 # (6 of 72 on one demo category) and move AU-PRO by up to 0.07 against the same maps at 256.
 DEFAULT_EVAL_SIZE = 256
-HISTOGRAM_BINS = 512  # per-image pixel histograms kept for the bootstrap (pipeline/stats.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,7 +199,7 @@ def evaluate(model, data, config: EvalConfig | None = None, *, batch_size: int =
         eval_maps = maps_at(test_maps, grid, data.test.original_sizes)
         if isinstance(masks, torch.Tensor):
             masks, eval_maps = masks.numpy(), eval_maps.numpy()
-        edges = stats.histogram_edges(eval_maps, HISTOGRAM_BINS)
+        edges = stats.histogram_edges(eval_maps)  # stats.HISTOGRAM_BINS quantile bins
         pixel_pos, pixel_neg = stats.pixel_histograms(masks, eval_maps, edges)
     row_metrics = compute_metrics(labels, masks, eval_maps, test_scores, val_scores, config.threshold_rule)
     return Evaluation(test_maps, test_scores, val_scores, row_metrics, score_seconds, time.perf_counter() - t0,

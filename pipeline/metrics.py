@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 from scipy import ndimage
-from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import precision_recall_curve, precision_recall_fscore_support, roc_auc_score
 
 # 8-connectivity, as in MVTec's evaluation code: diagonal pixels belong to the same defect.
 _STRUCTURE = np.ones((3, 3), dtype=int)
@@ -91,12 +91,16 @@ def _masks_and_maps(masks, maps) -> tuple[np.ndarray, np.ndarray] | tuple[list, 
     return m > 0, a
 
 
+def _flat(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    """Per-image arrays of any sizes joined into one flat array (an empty one of ``dtype``)."""
+    return np.concatenate([x.ravel() for x in arrays]) if arrays else np.zeros(0, dtype)
+
+
 def _pooled(masks, maps) -> tuple[np.ndarray, np.ndarray]:
     """Every pixel of every image: (labels, scores), flat."""
     m, a = _masks_and_maps(masks, maps)
     if isinstance(m, list):
-        return (np.concatenate([x.ravel() for x in m]) if m else np.zeros(0, bool),
-                np.concatenate([x.ravel() for x in a]) if a else np.zeros(0, np.float32))
+        return _flat(m, bool), _flat(a, np.float32)
     return m.ravel(), a.ravel()
 
 
@@ -112,8 +116,7 @@ def _regions(masks, maps) -> tuple[np.ndarray, int, np.ndarray]:
             labelled, n = ndimage.label(mask, structure=_STRUCTURE)
             ids.append(np.where(labelled > 0, labelled + n_comp, 0).ravel())
             n_comp += n
-        flat = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-        return flat, n_comp, (np.concatenate([x.ravel() for x in a]) if a else np.zeros(0, np.float32))
+        return _flat(ids, np.int64), n_comp, _flat(a, np.float32)
     structure = np.zeros((3, 3, 3), dtype=int)
     structure[1] = _STRUCTURE  # 8-connected in-plane, never across images: (N, H, W) labelled at once
     labelled, n_comp = ndimage.label(m, structure=structure)
@@ -198,7 +201,7 @@ def aupro(masks, maps, fpr_limit: float = 0.3) -> float:
     """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec AD's AU-PRO, in [0, 1])."""
     assert 0 < fpr_limit <= 1, f"fpr_limit must be in (0, 1], got {fpr_limit}"
     m, a = _masks_and_maps(masks, maps)
-    if not _two_classes(_pooled(m, a)[0], "AU-PRO"):
+    if not _two_classes(_flat(m, bool) if isinstance(m, list) else m, "AU-PRO"):  # the labels only, no map copy
         return math.nan
     fpr, pro = pro_curve(m, a, fpr_limit=fpr_limit)
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
@@ -216,13 +219,8 @@ def f1_at_threshold(labels, scores, threshold: float) -> dict[str, float]:
         if not y.any():
             warnings.warn("F1 is undefined (NaN): the test set holds no defective samples.", stacklevel=2)
         return nan
-    pred = s > threshold
-    kw = {"zero_division": 0}
-    return {
-        "f1": float(f1_score(y, pred, **kw)),
-        "precision": float(precision_score(y, pred, **kw)),
-        "recall": float(recall_score(y, pred, **kw)),
-    }
+    precision, recall, f1, _ = precision_recall_fscore_support(y, s > threshold, average="binary", zero_division=0)
+    return {"f1": float(f1), "precision": float(precision), "recall": float(recall)}
 
 
 def f1_floor(labels) -> float:

@@ -86,9 +86,8 @@ def save_scores(path, *, labels, test_scores, val_scores, pixel_pos=None, pixel_
 def load_scores(path) -> RunScores:
     """A row's per-image test data as ``stats.RunScores``."""
     with np.load(path, allow_pickle=False) as z:
-        return RunScores(labels=z["labels"].astype(np.int64), scores=z["test_scores"].astype(np.float64),
-                         pixel_pos=z["pixel_pos"].astype(np.int64) if "pixel_pos" in z else None,
-                         pixel_neg=z["pixel_neg"].astype(np.int64) if "pixel_neg" in z else None)
+        return RunScores(labels=z["labels"], scores=z["test_scores"], pixel_pos=z.get("pixel_pos"),
+                         pixel_neg=z.get("pixel_neg"))  # RunScores makes them int64 / float64
 
 
 def read_runs(rows: pd.DataFrame, csv) -> tuple[dict, list[str]]:

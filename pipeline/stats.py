@@ -70,6 +70,7 @@ import numpy as np
 import pandas as pd
 
 METRICS = ("image_auroc", "pixel_auroc")
+HISTOGRAM_BINS = 512  # quantile bins of the per-image pixel histograms kept for the bootstrap
 
 
 # --- compact per-image pixel summaries ------------------------------------------------------------
@@ -82,7 +83,7 @@ def _as_image_list(arrays) -> list[np.ndarray]:
     return [np.asarray(a) for a in arrays]
 
 
-def histogram_edges(maps, n_bins: int = 512) -> np.ndarray:
+def histogram_edges(maps, n_bins: int = HISTOGRAM_BINS) -> np.ndarray:
     """Bin edges (K+1,), float64, edges[0] = -inf, edges[-1] = +inf, strictly increasing, K <= n_bins.
 
     Bin k holds the values v with edges[k] <= v < edges[k+1]. The cuts are at the pooled
@@ -193,7 +194,7 @@ class RunScores:
             )
 
     @classmethod
-    def from_maps(cls, labels, scores, masks, maps, n_bins: int = 512) -> RunScores:
+    def from_maps(cls, labels, scores, masks, maps, n_bins: int = HISTOGRAM_BINS) -> RunScores:
         """From full maps and masks ((N, H, W) or lists of 2-D arrays): histograms at the maps' own quantiles."""
         pos, neg = pixel_histograms(masks, maps, histogram_edges(maps, n_bins))
         return cls(labels, scores, pos, neg)
@@ -236,10 +237,16 @@ class AurocForm:
     """
 
     matrix: np.ndarray
-    rows: np.ndarray
-    cols: np.ndarray
     pos_units: np.ndarray
     neg_units: np.ndarray
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.flatnonzero(self.pos_units > 0)  # the images with positives
+
+    @property
+    def cols(self) -> np.ndarray:
+        return np.flatnonzero(self.neg_units > 0)  # the images with negatives
 
 
 def image_auroc_form(labels, scores) -> AurocForm:
@@ -249,7 +256,7 @@ def image_auroc_form(labels, scores) -> AurocForm:
     rows, cols = np.flatnonzero(y), np.flatnonzero(~y)
     pos, neg = s[rows][:, None], s[cols][None, :]
     matrix = (pos > neg) + 0.5 * (pos == neg)  # (P, Q)
-    return AurocForm(matrix, rows, cols, y.astype(np.float64), (~y).astype(np.float64))
+    return AurocForm(matrix, y.astype(np.float64), (~y).astype(np.float64))
 
 
 def pixel_auroc_form(pos_counts, neg_counts) -> AurocForm:
@@ -259,7 +266,7 @@ def pixel_auroc_form(pos_counts, neg_counts) -> AurocForm:
     pos_units, neg_units = pos.sum(axis=1), neg.sum(axis=1)  # (N,) pixels per image
     rows, cols = np.flatnonzero(pos_units > 0), np.flatnonzero(neg_units > 0)
     neg_below_plus_half = np.cumsum(neg[cols], axis=1) - neg[cols] / 2  # N_j,<k + neg_jk / 2, (Q, K)
-    return AurocForm(pos[rows] @ neg_below_plus_half.T, rows, cols, pos_units, neg_units)  # matrix (P, Q)
+    return AurocForm(pos[rows] @ neg_below_plus_half.T, pos_units, neg_units)  # matrix (P, Q)
 
 
 def auroc_form(run: RunScores, metric: str) -> AurocForm:
@@ -322,11 +329,6 @@ def weighted_pixel_auroc(pos_counts, neg_counts, weights) -> np.ndarray:
     return weighted_aurocs([pixel_auroc_form(pos_counts, neg_counts)], weights)[:, 0]
 
 
-def weighted_auroc(run: RunScores, metric: str, weights) -> np.ndarray:
-    """``metric`` ("image_auroc" / "pixel_auroc") of ``run`` per row of weights (B, N), (B,)."""
-    return weighted_aurocs([auroc_form(run, metric)], weights)[:, 0]
-
-
 def stratified_counts(labels, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Resampling counts (B, N), int32: each row draws the good and the defective images
     separately with replacement, as many as there are of each, so both classes stay present."""
@@ -334,8 +336,14 @@ def stratified_counts(labels, n_boot: int, rng: np.random.Generator) -> np.ndarr
     n = y.size
     draws = [idx[rng.integers(0, idx.size, size=(n_boot, idx.size))] for idx in (np.flatnonzero(~y), np.flatnonzero(y))]
     drawn = np.concatenate(draws, axis=1)  # (B, N) image indices
-    flat = (np.arange(n_boot)[:, None] * n + drawn).ravel()  # replicate b's image i -> b * N + i
-    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.int32)
+    return _draw_counts(drawn, n).astype(np.int32)
+
+
+def _draw_counts(drawn: np.ndarray, n: int) -> np.ndarray:
+    """(B, n): how often each of n items appears in each row of ``drawn`` (B, M) item indices."""
+    n_boot = drawn.shape[0]
+    flat = (np.arange(n_boot)[:, None] * n + drawn).ravel()  # replicate b's item i -> b * n + i
+    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n)
 
 
 def _stable_hash(x: Any) -> int:
@@ -444,8 +452,7 @@ def _why_undefined(a: dict, b: dict, category, seeds: list, metric: str) -> str 
 def _seed_counts(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(B, S) float: how often each seed is drawn in each replicate (S draws with replacement)."""
     drawn = rng.integers(0, n_seeds, size=(n_boot, n_seeds))  # (B, S) seed indices
-    flat = (np.arange(n_boot)[:, None] * n_seeds + drawn).ravel()
-    return np.bincount(flat, minlength=n_boot * n_seeds).reshape(n_boot, n_seeds).astype(np.float64)
+    return _draw_counts(drawn, n_seeds).astype(np.float64)
 
 
 def _paired_bootstrap(a: dict, b: dict, metric: str, level: float, cache: _ReplicateCache) -> BootstrapResult:
