@@ -224,16 +224,37 @@ def test_disk_cache_reuse_and_invalidation(tiny_mvtec, tmp_path, monkeypatch):
             models.MVTecAD(tiny_mvtec, "widget", "test", image_size=8, cache_dir=cache, memory_cache=False)
     assert torch.equal(first.images, again.images) and torch.equal(first.masks, again.masks)
 
-    # A changed file (new mtime) is decoded again; the others come from the cache.
+    # A changed file is decoded again; the others come from the cache, a touched one (new mtime) too.
     root = make_tiny_mvtec(tmp_path / "data", categories=("widget",), n_train=3)
     models.MVTecAD(root, "widget", image_size=16, cache_dir=cache, memory_cache=False)
-    changed = root / "widget" / "train" / "good" / "002.png"
-    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    changed, touched = (root / "widget" / "train" / "good" / name for name in ("002.png", "001.png"))
+    with open(changed, "ab") as f:
+        f.write(b"\0")
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
     seen = []
     real = mvtec._decode_image
     monkeypatch.setattr(mvtec, "_decode_image", lambda path, *a: seen.append(path) or real(path, *a))
     models.MVTecAD(root, "widget", image_size=16, cache_dir=cache, memory_cache=False)
     assert seen == [changed]
+
+
+@pytest.mark.parametrize("memory_cache", [False, True])
+def test_a_file_replaced_by_another_of_the_same_size_and_mtime_is_decoded_again(tmp_path, memory_cache):
+    """Issue 20, item 5: the caches are keyed by the file's content, not by (path, size, mtime)."""
+    folder = _good_folder(tmp_path)
+    for i, value in enumerate((10, 20, 30)):
+        Image.new("RGB", (8, 8), (value,) * 3).save(folder / f"{i}.bmp")  # BMP: same size whatever the pixels
+    cache = tmp_path / "cache"
+    first = models.MVTecAD(tmp_path, "odd", image_size=8, val_fraction=0.0, cache_dir=cache, memory_cache=memory_cache)
+    assert first.images[1].unique().tolist() == [20]
+    replaced = folder / "1.bmp"
+    st = replaced.stat()
+    Image.new("RGB", (8, 8), (200,) * 3).save(replaced)
+    os.utime(replaced, ns=(st.st_atime_ns, st.st_mtime_ns))  # as `cp -p` or an unpacked archive leaves it
+    assert (replaced.stat().st_size, replaced.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    again = models.MVTecAD(tmp_path, "odd", image_size=8, val_fraction=0.0, cache_dir=cache, memory_cache=memory_cache)
+    assert again.images[1].unique().tolist() == [200]
+    assert again.images[0].unique().tolist() == [10]
 
 
 def test_memory_cache_shares_decodes(tiny_mvtec, monkeypatch):

@@ -303,8 +303,8 @@ def test_good_test_folder_under_another_name_is_refused(tmp_path, name):
 
 def test_links_work_and_a_broken_link_is_named(tmp_path):
     _, ref = _reference(tmp_path)
-    elsewhere = make_tiny_mvtec(tmp_path / "store", categories=("widget",))
     root = tmp_path / "linked"
+    elsewhere = make_tiny_mvtec(root / "store", categories=("widget",))  # elsewhere in the data root
     (root / "widget").mkdir(parents=True)
     for part in ("train", "ground_truth"):  # linked folders
         (root / "widget" / part).symlink_to(elsewhere / "widget" / part, target_is_directory=True)
@@ -314,6 +314,12 @@ def test_links_work_and_a_broken_link_is_named(tmp_path):
         link.symlink_to(f)
     ds, _ = _load(root)
     assert len(ds) == 6 and (ds.masks == ref.masks).all()
+    # A category, or the whole data root, linked from elsewhere is read where it lies.
+    (tmp_path / "root_link").symlink_to(elsewhere, target_is_directory=True)
+    (tmp_path / "cat_links").mkdir()
+    (tmp_path / "cat_links" / "widget").symlink_to(elsewhere / "widget", target_is_directory=True)
+    for other in (tmp_path / "root_link", tmp_path / "cat_links"):
+        assert (_load(other)[0].masks == ref.masks).all()
     dangling = root / "widget" / "test" / "hole" / "002.png"
     dangling.symlink_to(tmp_path / "moved_away.png")
     dataset_error(lambda: models.MVTecAD(root, "widget", "test", image_size=32), str(dangling), "broken",
@@ -352,3 +358,159 @@ def test_empty_masks_are_counted_once_and_a_thin_defect_lost_by_resizing_is_not_
     said = [m for m in caught if "empty" in m]
     assert len(said) == 1 and "1 of the 4 masks" in said[0] and str(files[0]) in said[0], caught
     assert ds.masks_at(32)[ds.mask_paths.index(files[1])].sum() == 1
+
+
+# --------------------------------------------------------------------------- issue 20
+
+
+def _halves(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The left and right halves (bool) of each defect square of a 0/255 mask."""
+    ys, xs = np.nonzero(a)
+    mid = (xs.min() + xs.max() + 1) // 2
+    left = (a > 0) & (np.arange(a.shape[1])[None, :] < mid)
+    return left, (a > 0) & ~left
+
+
+def _two_colours(a):  # a red and a dark-blue defect
+    left, right = _halves(a)
+    rgb = np.zeros((*a.shape, 3), np.uint8)
+    rgb[left] = (255, 0, 0)
+    rgb[right] = (0, 0, 80)
+    return Image.fromarray(rgb)
+
+
+def _classes(a, dtype=np.uint8):  # class indices 0 / 1 / 3
+    left, right = _halves(a)
+    return Image.fromarray((left * 1 + right * 3).astype(dtype))
+
+
+def _palette(a):  # palette indices 1 and 2, both drawn black: the index marks, not the colour
+    im = _classes(a)
+    p = Image.frombytes("P", im.size, np.where(np.asarray(im) == 3, 2, np.asarray(im)).astype(np.uint8).tobytes())
+    p.putpalette([0, 0, 0] * 256)
+    return p
+
+
+def _alpha_only(mode):
+    def encode(a):
+        colour = np.zeros((*a.shape, len(mode) - 1), np.uint8) + (255 if mode == "RGBA" else 0)
+        return Image.fromarray(np.dstack([colour, a]).astype(np.uint8), mode)
+    return encode
+
+
+MASK_ENCODINGS = {
+    "rgb_red_and_dark_blue": _two_colours,
+    "class_indices_0_1_3": _classes,
+    "class_indices_16bit_0_1_3": lambda a: _classes(a, np.uint16),
+    "palette_indices_drawn_black": _palette,
+    "la_marked_in_alpha_only": _alpha_only("LA"),
+    "rgba_white_marked_in_alpha_only": _alpha_only("RGBA"),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(MASK_ENCODINGS))
+def test_any_non_zero_pixel_of_any_channel_is_a_defect(tmp_path, encoding):
+    """Issue 20, item 6: colour channels, class indices, palette indices and alpha all mark defects."""
+    _, ref = _reference(tmp_path)
+    root = make_tiny_mvtec(tmp_path / encoding, categories=("widget",))
+    _rewrite_masks(root, MASK_ENCODINGS[encoding])
+    ds, caught = _load(root)
+    assert ds.has_masks and (ds.masks == ref.masks).all(), (encoding, ds.masks.sum(), ref.masks.sum())
+    assert not any("empty" in m or "inverted" in m for m in caught), caught
+    assert (ds.masks_at(64) == ref.masks_at(64)).all()
+
+
+def test_transparent_pixels_of_a_mask_are_normal_whatever_their_colour(tmp_path):
+    _, ref = _reference(tmp_path)
+    root = make_tiny_mvtec(tmp_path / "rgba", categories=("widget",))
+
+    def red_on_clear_white(a):  # the background white but fully transparent
+        rgba = np.full((*a.shape, 4), (255, 255, 255, 0), np.uint8)
+        rgba[a > 0] = (255, 0, 0, 255)
+        return Image.fromarray(rgba, "RGBA")
+
+    _rewrite_masks(root, red_on_clear_white)
+    assert (_load(root)[0].masks == ref.masks).all()
+
+
+def test_images_in_every_format_pillow_reads_are_used(tmp_path):
+    """Issue 20, item 7 (and the minor .gif one): .webp, .gif, .ppm, .tga, ... in train/good and
+    test/<defect> are read, the fingerprint lists them, and a file in an image format Pillow
+    cannot read is named in a warning instead of being left out silently."""
+    from pipeline.fingerprint import data_fingerprint
+
+    root = make_tiny_mvtec(tmp_path, categories=("widget",), n_train=3, defects=("hole",), n_per_defect=1)
+    cat = root / "widget"
+    src = Image.open(cat / "train/good/000.png").convert("RGB")
+    formats = [ext for ext in (".webp", ".gif", ".ppm", ".tga", ".jp2", ".qoi") if ext in mvtec.IMAGE_EXTENSIONS]
+    assert {".webp", ".gif", ".ppm"} <= set(formats)
+    for i, ext in enumerate(formats):
+        src.save(cat / "train/good" / f"1{i:02d}{ext}")
+    hole = Image.open(cat / "test/hole/000.png").convert("RGB")
+    (cat / "test/hole/000.png").unlink()
+    hole.save(cat / "test/hole/000.gif")  # the only defect image: it used to leave "no defective samples"
+    (cat / "train/good/photo.heic").write_bytes(b"\0\0\0\x18ftypheic")  # an image, but no Pillow plugin reads it
+    (cat / "train/good/notes.txt").write_text("not an image: ignored without a word")
+    train, caught = _load(root, split="train", val_fraction=0.0)
+    assert len(train) == 3 + len(formats), train.paths
+    said = [m for m in caught if "skipped" in m]
+    assert len(said) == 1 and "photo.heic" in said[0] and "1 in train/good" in said[0] and "notes.txt" not in said[0]
+    test, _ = _load(root)
+    assert test.labels.tolist() == [0, 0, 1] and test.has_masks and test.masks[2].sum() > 0
+    files = set(data_fingerprint(root, "widget").files)
+    assert {f"train/good/1{i:02d}{ext}" for i, ext in enumerate(formats)} | {"test/hole/000.gif"} <= files
+    assert "train/good/photo.heic" not in files
+
+
+def test_test_images_that_are_copies_of_training_or_other_label_images_are_said_once(tmp_path, monkeypatch):
+    """Issue 20, item 8: a leak (a test image byte-identical to a training image) and one image
+    under two labels (test/good and test/<defect>): one warning each, naming the count and the
+    first pair, from the hashes the data fingerprint computed (no file is read twice)."""
+    from models import filehash
+    from pipeline.fingerprint import data_fingerprint
+
+    root = make_tiny_mvtec(tmp_path, categories=("widget",))
+    cat = root / "widget"
+    shutil.copy(cat / "train/good/003.png", cat / "test/good/007.png")
+    shutil.copy(cat / "train/good/005.png", cat / "test/hole/009.png")
+    shutil.copy(cat / "test/scratch/001.png", cat / "test/good/008.png")
+    data_fingerprint(root, "widget")
+    reads = []
+    with monkeypatch.context() as m:
+        m.setattr(filehash, "hash_file", lambda path: reads.append(path))
+        ds, caught = _load(root)
+    assert reads == []  # every hash came from the fingerprint's memo
+    leak = [m for m in caught if "byte-identical to training images" in m]
+    assert len(leak) == 1 and leak[0].startswith("2 test image(s) of widget")
+    assert "test/good/007.png = train/good/003.png" in leak[0] and "remove them" in leak[0]
+    both = [m for m in caught if "also in test/good" in m]
+    assert len(both) == 1 and both[0].startswith("1 defective test image(s) of widget")
+    assert "test/scratch/001.png = test/good/008.png" in both[0]
+    clean = make_tiny_mvtec(tmp_path / "clean", categories=("widget",))
+    assert not [m for m in _load(clean)[1] if "byte-identical" in m or "also in test/good" in m]
+
+
+def test_link_loops_name_the_link_and_fail_only_their_category(tmp_path, capsys, monkeypatch):
+    """Issue 20, minor: a train/good link that loops is a sentence about the link (not "unknown
+    category"), and a stray looping link in one category fails that category only."""
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() replaces it
+    root = make_tiny_mvtec(tmp_path / "data", categories=("fine", "looped", "stray"), n_train=4,
+                           gray_categories=(), defects=("hole",), n_per_defect=1)
+    good = root / "looped" / "train" / "good"
+    shutil.rmtree(good)
+    good.symlink_to("good")  # itself
+    (root / "stray" / "test" / "hole" / "001.png").symlink_to("001.png")
+    (root / "stray" / "train" / "good" / "loop").symlink_to("loop")  # not an image name: ignored
+    assert models.list_categories(root) == ["fine", "looped", "stray"]
+    dataset_error(lambda: models.MVTecAD(root, "looped", "train"), str(good), "loops", "fix or remove the link")
+    csv = tmp_path / "r.csv"
+    code = main(["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--image-size", "32",
+                 "--batch-size", "4", "--eval-size", "32", "--results-csv", str(csv), "--checkpoint-dir",
+                 str(tmp_path / "ck"), "--no-progress", "--num-threads", "1",
+                 "--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert pd.read_csv(csv)["category"].tolist() == ["fine"]
+    assert "unknown categor" not in err and "Traceback" not in err
+    assert f"{good} is a symbolic link that loops" in err
+    assert f"{root / 'stray' / 'test' / 'hole' / '001.png'} is a symbolic link that loops" in err

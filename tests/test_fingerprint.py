@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+import warnings
+from pathlib import Path
 
 import pytest
 
+import models
 from helpers import make_tiny_mvtec
+from models import filehash
 from models.errors import DatasetError
 from pipeline import fingerprint
 from pipeline.fingerprint import compare, data_fingerprint, describe_change
@@ -108,20 +113,75 @@ def test_same_names_with_other_images_differ(tmp_path):
 
 def test_symlinked_files_count_with_their_target_content(root, tmp_path):
     widget = root / "widget"
-    target = tmp_path / "outside.png"
+    target = root / "shared" / "linked_target.png"  # elsewhere in the data root: links there are read
+    target.parent.mkdir()
     shutil.copy(widget / "train/good/000.png", target)
     (widget / "train/good/linked.png").symlink_to(target)
-    (widget / "train/good/dangling.png").symlink_to(tmp_path / "missing.png")  # the loader ignores it too
     (widget / "train/good/loop").symlink_to(widget / "train")  # a folder loop must not walk forever
     (widget / "test/also_good").symlink_to(widget / "test/good")  # the loader reads it as a defect type
     fp = data_fingerprint(root, "widget")
     assert fp.files["train/good/linked.png"] == fp.files["train/good/000.png"]
-    assert "train/good/dangling.png" not in fp.files
     assert fp.files["test/also_good/000.png"] == fp.files["test/good/000.png"]
     assert not [rel for rel in fp.files if "/loop/" in rel]  # a folder above: not walked again
     with open(target, "ab") as f:
         f.write(b"\0")
     assert data_fingerprint(root, "widget").files["train/good/linked.png"] != fp.files["train/good/000.png"]
+
+
+def test_links_the_loader_refuses_are_never_read_and_count_by_their_sentence(root, tmp_path, monkeypatch):
+    """A mask linked to a file outside the data root (the issue's /etc/shadow), a broken and a
+    looping link: none is read or hashed; each counts by the loader's sentence, so the grid can
+    fingerprint the category and only loading it fails, naming the link."""
+    widget = root / "widget"
+    secret = tmp_path / "etc" / "shadow"
+    secret.parent.mkdir()
+    secret.write_text("root:$6$secret")
+    mask = widget / MASK
+    mask.unlink()
+    mask.symlink_to(secret)
+    (widget / "train/good/dangling.png").symlink_to(tmp_path / "missing.png")
+    (widget / "test/hole/loop.png").symlink_to("loop.png")  # itself
+    reads = _count_reads(monkeypatch)
+    fp = data_fingerprint(root, "widget")
+    assert not [p for p in reads if Path(p).is_symlink()]  # the secret, the dangling and the loop were never read
+    assert {MASK, "train/good/dangling.png", "test/hole/loop.png"} <= set(fp.files)
+    dataset_words = {"train": ("dangling.png", "broken"), "test": ("loop.png", "loops")}
+    for split, words in dataset_words.items():
+        with pytest.raises(DatasetError, match=words[1]) as error:
+            models.MVTecAD(root, "widget", split, image_size=16)
+        assert words[0] in str(error.value)
+    (widget / "test/hole/loop.png").unlink()
+    with pytest.raises(DatasetError) as error:
+        models.MVTecAD(root, "widget", "test", image_size=16)
+    assert str(error.value) == (f"{mask} leads to {secret}, outside the data root {root}; only files under the data "
+                                "root are read: copy it into the data root (links within the data root work).")
+
+
+def test_the_fingerprint_hashes_exactly_the_files_the_loader_reads_and_walks_nothing_else(root, tmp_path):
+    """Issue 20, item 14: a link in a category's folders to a big tree (or to /proc) the loader
+    never reads is not walked; unused masks, nested folders and other files are not listed."""
+    widget = root / "widget"
+    big = tmp_path / "big_tree"
+    for i in range(200):
+        (big / f"d{i % 10}" / f"e{i}").mkdir(parents=True)
+        shutil.copy(widget / "train/good/000.png", big / f"d{i % 10}" / f"e{i}" / "x.png")
+    (widget / "ground_truth" / "big_link").symlink_to(big, target_is_directory=True)
+    if Path("/proc/self").is_dir():
+        (widget / "ground_truth" / "proc_link").symlink_to("/proc", target_is_directory=True)
+    (widget / "test/scratch/nested").mkdir()
+    shutil.copy(widget / "train/good/000.png", widget / "test/scratch/nested/000.png")  # the loader reads no subfolder
+    shutil.copy(widget / MASK, widget / "ground_truth/scratch/007_mask.png")  # a mask of no image
+    (widget / "ground_truth/good").mkdir()
+    shutil.copy(widget / MASK, widget / "ground_truth/good/000_mask.png")
+    start = time.perf_counter()
+    fp = data_fingerprint(root, "widget")
+    assert time.perf_counter() - start < 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        splits = [models.MVTecAD(root, "widget", s, image_size=16) for s in ("train", "val", "test")]
+    read = {p for ds in splits for p in ds.paths} | {str(m) for m in splits[2].mask_paths if m is not None}
+    assert set(fp.files) == {Path(p).relative_to(widget).as_posix() for p in read}
+    assert fp.n_files == 8 + 2 + 2 * 2 + 2 * 2
 
 
 def test_describe_change_is_one_sentence_with_counts_and_the_first_path():
@@ -139,8 +199,8 @@ def test_describe_change_is_one_sentence_with_counts_and_the_first_path():
 
 def _count_reads(monkeypatch) -> list:
     reads = []
-    real = fingerprint.hash_file
-    monkeypatch.setattr(fingerprint, "hash_file", lambda path: reads.append(path) or real(path))
+    real = filehash.hash_file
+    monkeypatch.setattr(filehash, "hash_file", lambda path: reads.append(path) or real(path))
     return reads
 
 
@@ -159,14 +219,14 @@ def test_the_memo_reads_each_file_once_and_rereads_a_changed_one(root, monkeypat
 
 
 def test_an_unreadable_file_is_a_dataset_error_naming_it(root, monkeypatch):
-    real = fingerprint.hash_file
+    real = filehash.hash_file
 
     def refuse_the_mask(path):  # what open() raises for a chmod 000 file when not root
         if str(path).endswith(MASK):
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(fingerprint, "hash_file", refuse_the_mask)
+    monkeypatch.setattr(filehash, "hash_file", refuse_the_mask)
     with pytest.raises(DatasetError) as error:
         data_fingerprint(root, "widget")
     assert str(error.value) == (
