@@ -21,13 +21,17 @@ import torch
 from models import MODEL_NAMES, MODELS, model_config
 from models.errors import CheckpointError, ConfigError
 
-from .files import atomic_write, make_folder
+from .files import atomic_write, make_folder, plain_name
 from .train import TrainConfig
 
 CHECKPOINT_FORMAT = 1
 # Model-config keys of checkpoints written before the scoring rule became an evaluation setting.
 LEGACY_SCORING_KEYS = ("score_map", "score_sigma", "score_reduce", "score_topk")
 DEFAULT_CHECKPOINT_DIR = "checkpoints"  # git-ignored
+# The largest record of plain data (config, row, loss history: a few kB) a checkpoint may declare,
+# and the slack over the model's own tensor bytes, before anything is unpacked.
+MAX_PLAIN_DATA_BYTES = 64 << 20
+TENSOR_SLACK_BYTES = 1 << 20
 
 
 def _plain(value):
@@ -119,11 +123,56 @@ def _damage(path: Path, error: Exception) -> str | None:
     return None
 
 
-def read_checkpoint(path) -> dict:
-    """The checkpoint's payload, checked; plain data only (never unpickles code)."""
+def _amount(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def tensor_bytes(model) -> int:
+    """The bytes of the tensors ``model`` saves (its state dict): what its checkpoint's weight records hold."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def check_declared_sizes(path, *, expected_tensor_bytes: int | None = None) -> None:
+    """Refuse a checkpoint whose zip records declare more data than it can hold, before anything is
+    unpacked (``torch.load`` allocates what a record declares). ``torch.save`` stores its records
+    as they are, so a record declared larger than its stored bytes would inflate (a 3 MB file to
+    3 GiB); and a model's tensors are ``expected_tensor_bytes`` (``tensor_bytes``), when known. A
+    file that is not a readable zip is left to ``torch.load``, which says what it is."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            records = z.infolist()
+        size = path.stat().st_size
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return
+    declared = sum(r.file_size for r in records)
+    fix = "delete it and run that job again with --force to retrain it"
+    if any(r.file_size > r.compress_size for r in records) or sum(r.compress_size for r in records) > size:
+        raise CheckpointError(
+            f"refused to load {str(path)!r}: its zip records declare {_amount(declared)} uncompressed in a file of "
+            f"{_amount(size)}, but torch.save stores its records as they are, so this file was not written by this "
+            f"package and unpacking it could exhaust memory; {fix}."
+        )
+    tensors = sum(r.file_size for r in records if "/data/" in r.filename)
+    plain = declared - tensors
+    too_many = expected_tensor_bytes is not None and tensors > 2 * expected_tensor_bytes + TENSOR_SLACK_BYTES
+    if too_many or plain > MAX_PLAIN_DATA_BYTES:
+        what = (f"{_amount(tensors)} of tensors, far more than the {_amount(expected_tensor_bytes)} of the model it "
+                "should hold" if too_many else f"{_amount(plain)} of plain data (a checkpoint holds a few kB)")
+        raise CheckpointError(f"refused to load {str(path)!r}: its zip records declare {what}, so it was not written "
+                              f"for this job and unpacking it could exhaust memory; {fix}.")
+
+
+def read_checkpoint(path, *, expected_tensor_bytes: int | None = None) -> dict:
+    """The checkpoint's payload, checked; plain data only (never unpickles code), and never more
+    data than the file holds or than ``expected_tensor_bytes`` (``check_declared_sizes``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path.")
+    check_declared_sizes(path, expected_tensor_bytes=expected_tensor_bytes)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure here means "not a checkpoint we can load"
@@ -160,8 +209,15 @@ def read_checkpoint(path) -> dict:
 def load_checkpoint(path, *, model: str | None = None, config=None, device="cpu"):
     """Rebuild the model stored in ``path``; ``model``/``config`` (name, dict or ModelConfig)
     are what the caller expects, and a checkpoint of anything else is refused with the reason.
-    The checkpoint's payload is kept as ``m.checkpoint`` (row, train_config)."""
-    payload = read_checkpoint(path)
+    The checkpoint's payload is kept as ``m.checkpoint`` (row, train_config). A file declaring far
+    more tensor data than that model holds is refused before it is unpacked."""
+    expected = None  # the model the caller expects, built once: its size bounds the file, then it takes the weights
+    if model in MODELS and config is not None:
+        try:
+            expected = MODELS[model](config if hasattr(config, "to_dict") else model_config(model, **dict(config)))
+        except (ConfigError, TypeError):  # said below, as a config that differs from the stored one
+            pass
+    payload = read_checkpoint(path, expected_tensor_bytes=None if expected is None else tensor_bytes(expected))
     name, stored = payload["model"], dict(payload["config"])
     for key in LEGACY_SCORING_KEYS:  # version-1 checkpoints kept the scoring rule in the model config
         stored.pop(key, None)
@@ -178,8 +234,7 @@ def load_checkpoint(path, *, model: str | None = None, config=None, device="cpu"
             detail = ", ".join(f"{k}={have.get(k)!r} (expected {want.get(k)!r})" for k in diff[:4])
             raise CheckpointError(f"{where} was trained with a different {name} config: {detail}.")
     try:
-        cfg = model_config(name, **stored)
-        m = MODELS[name](cfg)
+        m = expected if expected is not None else MODELS[name](model_config(name, **stored))
         m.load_state_dict(payload["state_dict"])
     except (ConfigError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -193,12 +248,9 @@ def make_checkpoint_dir(folder) -> Path:
     return make_folder(folder, what="checkpoint folder", fix="pass another --checkpoint-dir", error=CheckpointError)
 
 
-def safe_name(name: str) -> str:
-    """``name`` as a file-system-safe folder name (letters, digits, ``-_.``; others become ``_``)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "_"
-
-
 def checkpoint_path(checkpoint_dir, *, dataset: str, category: str, model: str, train_hash: str) -> Path:
     """Where the model trained by (dataset, category, model, train_hash) is kept (``JobSpec.train_hash``;
-    rows of version 1 named it by their config_hash)."""
-    return Path(checkpoint_dir).expanduser() / safe_name(dataset) / safe_name(category) / f"{model}-{train_hash}.pt"
+    rows of version 1 named it by their config_hash). Each part is a plain name (``files.plain_name``),
+    so the path stays inside ``checkpoint_dir`` whatever the names (they may come from a CSV or a marker)."""
+    folder = Path(checkpoint_dir).expanduser() / plain_name(dataset) / plain_name(category)
+    return folder / f"{plain_name(f'{model}-{train_hash}')}.pt"

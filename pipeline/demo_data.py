@@ -31,6 +31,8 @@ from scipy import ndimage
 
 from models.errors import DatasetError
 
+from .files import is_plain_name
+
 DEFAULT_DIR = "data/demo"  # where the CLI and the notebook write it when no dataset is found (git-ignored)
 DEFAULT_DATA_ROOT = "mvtec_anomaly_detection"  # where MVTec AD is looked for when no data root is named
 VERSION = 1  # bump when the generator changes: an existing demo folder is then rewritten
@@ -41,6 +43,7 @@ DEFECTS = {
 }
 MARKER_FILE = "DATASET.json"
 PNG_OPTIONS = {"compress_level": 1, "optimize": False}  # fixed: same bytes for the same pixels
+MAX_MARKER_COUNT = 100_000  # images per kind a marker may list: a crafted count must not build a huge list
 
 
 # --------------------------------------------------------------------------- primitives
@@ -313,19 +316,33 @@ def choose_data_root(named) -> Path | None:
     return default if os.path.lexists(default) else None
 
 
+def _marker_names(marker) -> list:
+    """The category and defect names a demo marker lists (whatever they are: it is read from the
+    folder, so a name may be ``../x`` or an absolute path); [] if the marker does not list them."""
+    try:
+        return [name for c in marker["categories"] for name in (c, *marker["defects"][c])]
+    except (KeyError, TypeError, AttributeError):
+        return []
+
+
 def _demo_files(marker) -> set[str] | None:
     """The files (paths relative to the root, with "/") a run of this generator with ``marker``
-    wrote; None if the marker does not say. The only files a rewrite of the demo may delete."""
+    wrote; None if the marker does not say, or names anything but plain names. The only files a
+    rewrite of the demo may delete."""
+    if not all(is_plain_name(name) for name in _marker_names(marker)):
+        return None
     try:
-        counts = marker["counts"]
+        counts = {k: int(marker["counts"][k]) for k in ("train", "test_good", "per_defect")}
+        if max(counts.values()) > MAX_MARKER_COUNT:
+            return None
         files = {MARKER_FILE}
         for c in marker["categories"]:
-            files |= {f"{c}/train/good/{i:03d}.png" for i in range(int(counts["train"]))}
-            files |= {f"{c}/test/good/{i:03d}.png" for i in range(int(counts["test_good"]))}
+            files |= {f"{c}/train/good/{i:03d}.png" for i in range(counts["train"])}
+            files |= {f"{c}/test/good/{i:03d}.png" for i in range(counts["test_good"])}
             for d in marker["defects"][c]:
-                files |= {f"{c}/test/{d}/{i:03d}.png" for i in range(int(counts["per_defect"]))}
-                files |= {f"{c}/ground_truth/{d}/{i:03d}_mask.png" for i in range(int(counts["per_defect"]))}
-    except (KeyError, TypeError, ValueError, AttributeError):
+                files |= {f"{c}/test/{d}/{i:03d}.png" for i in range(counts["per_defect"])}
+                files |= {f"{c}/ground_truth/{d}/{i:03d}_mask.png" for i in range(counts["per_defect"])}
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         return None
     return files
 
@@ -351,9 +368,14 @@ def _foreign_entries(folder: Path, ours: set[str]) -> list[str]:
 
 
 def _remove_demo(folder: Path, ours: set[str]) -> None:
-    """Delete the generator's files in ``folder``, then the folders left empty; never anything else."""
+    """Delete the generator's files in ``folder``, then the folders left empty; never anything else:
+    a file is deleted only if the folder holding it is where ``f`` says, inside ``folder`` (no
+    symbolic link on the way, whenever it appeared)."""
+    real = os.path.realpath(folder)
     for f in ours:
-        (folder / f).unlink(missing_ok=True)
+        path = folder / f
+        if os.path.realpath(path.parent) == os.path.join(real, *Path(f).parent.parts):
+            path.unlink(missing_ok=True)  # a link itself is removed, never what it points to
     for dirpath, _, _ in sorted(os.walk(folder), key=lambda w: -len(Path(w[0]).parts)):
         try:
             os.rmdir(dirpath)
@@ -361,6 +383,28 @@ def _remove_demo(folder: Path, ours: set[str]) -> None:
             pass
     if folder.exists():
         warnings.warn(f"kept {folder}: it holds files the demo generator did not write.", stacklevel=3)
+
+
+def _write_demo(tmp: Path, marker: dict, *, seed: int, image_size: int, workers: int | None) -> None:
+    """Every image and mask of ``marker``'s categories, then the marker itself, into the new folder ``tmp``."""
+    counts = marker["counts"]
+    jobs = []
+    for c in marker["categories"]:
+        ci = list(CATEGORIES).index(c)
+        split_dirs = [("train", "good", counts["train"]), ("test", "good", counts["test_good"])]
+        split_dirs += [("test", d, counts["per_defect"]) for d in DEFECTS[CATEGORIES[c]]]
+        for split_i, (split, sub, n) in enumerate(split_dirs):
+            folder = tmp / c / split / sub
+            folder.mkdir(parents=True)
+            defect = None if sub == "good" else sub
+            if defect:
+                (tmp / c / "ground_truth" / sub).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                mask = tmp / c / "ground_truth" / sub / f"{i:03d}_mask.png" if defect else None
+                jobs.append((seed, c, ci, split_i, split_i, i, image_size, folder / f"{i:03d}.png", mask, defect))
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        list(pool.map(_make_one, jobs))  # numpy FFTs and zlib release the GIL
+    (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
 def make_synthetic_dataset(
@@ -382,8 +426,10 @@ def make_synthetic_dataset(
     exact dataset (same DATASET.json), nothing is written; a different demo (another seed or
     generator version) is replaced, but only if the folder holds nothing the generator did
     not write: a folder with anything else (a user's category, notes) is refused with a
-    sentence naming it, and nothing is deleted. Files are written to a temporary sibling
-    folder renamed at the end, so an interrupted run never leaves a half dataset behind. A
+    sentence naming it, and nothing is deleted; so is a marker naming anything but plain
+    names (it is read from the folder: ``../x`` must never lead a deletion outside it). Files
+    are written to a temporary sibling folder renamed at the end, and removed on any error or
+    Ctrl-C, so an interrupted run leaves neither a half dataset nor a hidden folder behind. A
     symbolic link ``out_dir`` stays a link: the dataset is written where it points.
     """
     given = Path(out_dir).expanduser()
@@ -413,6 +459,13 @@ def make_synthetic_dataset(
             raise DatasetError(
                 f"{out} exists and is not a demo dataset; pass a new or empty folder to write the demo dataset."
             )
+        unsafe = [name for name in _marker_names(old) if not is_plain_name(name)] if is_demo else []
+        if unsafe:
+            raise DatasetError(
+                f"refused to rewrite {out}: its {MARKER_FILE} names {unsafe[0]!r} as a demo category or defect, "
+                f"which is not a plain folder name (it could reach outside {out}); nothing was deleted: delete that "
+                f"{MARKER_FILE} if the folder is yours, or write the demo to another folder."
+            )
         ours = (_demo_files(old) if is_demo else None) or set()
         foreign = _foreign_entries(out, ours)
         if foreign:
@@ -423,25 +476,13 @@ def make_synthetic_dataset(
                 f"nothing was deleted: move those out of {out}, or write the demo to another folder."
             )
 
-    jobs = []
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    for c in names:
-        ci = list(CATEGORIES).index(c)
-        split_dirs = [("train", "good", n_train), ("test", "good", n_test_good)]
-        split_dirs += [("test", d, n_per_defect) for d in DEFECTS[CATEGORIES[c]]]
-        for split_i, (split, sub, n) in enumerate(split_dirs):
-            folder = tmp / c / split / sub
-            folder.mkdir(parents=True)
-            defect = None if sub == "good" else sub
-            if defect:
-                (tmp / c / "ground_truth" / sub).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                mask = tmp / c / "ground_truth" / sub / f"{i:03d}_mask.png" if defect else None
-                jobs.append((seed, c, ci, split_i, split_i, i, image_size, folder / f"{i:03d}.png", mask, defect))
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        list(pool.map(_make_one, jobs))  # numpy FFTs and zlib release the GIL
-    (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    try:
+        _write_demo(tmp, marker, seed=seed, image_size=image_size, workers=workers)
+    except BaseException:  # also Ctrl-C: no hidden half dataset is left beside ``out``
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():  # an older demo (checked above: only files the generator wrote), or an empty folder
         # Moved aside, not deleted in place: the new dataset takes its name at once, and only
         # the generator's own files are then deleted from the old one.

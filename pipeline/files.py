@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+MAX_NAME_BYTES = 200  # a plain name's UTF-8 length: well under the 255 bytes file systems allow per name
 
 
 def current_umask() -> int:
@@ -49,3 +52,40 @@ def make_folder(folder, *, what: str, fix: str, error: type[Exception] = OSError
     if not os.access(folder, os.W_OK):
         raise error(f"the {what} {str(folder)!r} is not writable; make it writable or {fix}.")
     return folder
+
+
+def plain_name(name) -> str:
+    """``name`` (a dataset, category or model name, which may come from a folder, a marker file or
+    a CSV cell) as one plain file or folder name that stays inside the folder it is joined to.
+
+    Letters, digits and ``-_.`` are kept and anything else (``/``, ``\\``, NUL, spaces, bytes that
+    are not UTF-8) becomes ``_``, so ordinary names are unchanged (``demo``, ``wïdget 1`` ->
+    ``wïdget_1``). A name that would still be special or hidden (empty, ``.``, ``..``, ``.x``) or
+    too long gets a short hash of the exact name instead of its leading dots (or its tail), so
+    it stays distinct. Names that differ only in the characters replaced by ``_`` share a
+    folder, which is harmless: every file in these folders is named by a hash of its job."""
+    text = str(name)
+    kept = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    if kept and not kept.startswith(".") and len(kept.encode()) <= MAX_NAME_BYTES:
+        return kept
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    stem = kept.lstrip(".").encode()[: MAX_NAME_BYTES - 9].decode(errors="ignore")  # room for "-" and the digest
+    return f"{stem}-{digest}" if stem else digest
+
+
+def is_plain_name(name) -> bool:
+    """True if ``name`` is a string that ``plain_name`` keeps as it is: one name that cannot
+    leave its folder (no ``/``, ``\\``, NUL, ``..``; not hidden)."""
+    return isinstance(name, str) and plain_name(name) == name
+
+
+def shown_name(name) -> str:
+    """``name`` as text for a message: each byte that is not UTF-8 as ``\\xNN`` (Python keeps
+    such bytes of a file name as surrogate escapes, which no CSV or JSON can hold)."""
+    return str(name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def undecodable_names(names) -> list[str]:
+    """The names among ``names`` that were bytes which are not UTF-8 (e.g. Latin-1 names from a
+    zip made on Windows), as ``shown_name`` writes them."""
+    return [shown_name(name) for name in names if shown_name(name) != name]

@@ -1,6 +1,8 @@
 """A user's files and folders that are careless or unusual but legitimate (issue 13): names
 pandas reads as missing, a results CSV that is a symbolic link, a mistyped data root, a demo
-folder holding the user's own files, a cache path that is a file, a damaged checkpoint.
+folder holding the user's own files, a cache path that is a file, a damaged checkpoint; and
+hostile or odd ones (issue 20): a crafted demo marker, dataset names that are paths, a
+checkpoint that inflates, folder names that are not UTF-8.
 
 Each test reproduces the case as a user meets it: real files in tmp_path, the command line
 run in-process (`main([...])`: exit status, stderr), or the functions the notebook's cells
@@ -10,17 +12,20 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+import models
 import pipeline.__main__
 from helpers import make_tiny_mvtec
 from models.errors import CheckpointError, ConfigError, DatasetError
-from pipeline import demo_data, grid, plots, report, runs
+from models.mvtec import dataset_name
+from pipeline import checkpoints, demo_data, grid, plots, report, runs
 from pipeline.__main__ import main
-from pipeline.checkpoints import load_checkpoint
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.results import TEXT_COLUMNS, ResultsError, read_results
 from pipeline.train import TrainConfig
 
@@ -299,3 +304,173 @@ def test_truncated_checkpoint_is_skipped_by_the_figures_with_a_note(root, tmp_pa
     # What the message says works: --force retrains that job, and its checkpoint loads again.
     assert main(run_args(root, csv, tmp_path, "--force", models=("vae",))) == 0
     assert load_checkpoint(vae_pt, model="vae") is not None
+
+
+# ------------------------------------------------------------------ issue 20, item 2: names read from a demo marker
+
+
+def files_outside(tmp_path: Path, folder: Path) -> dict[str, bytes]:
+    """Every file under tmp_path that is not under ``folder``, with its bytes."""
+    return {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in tmp_path.rglob("*")
+            if p.is_file() and folder not in p.parents}
+
+
+def users_files(tmp_path: Path) -> None:
+    """The user's files that the traversal spellings below would reach from the demo folder."""
+    for rel in ("victim/widget/train/good/000.png", "victim/widget/test/good/000.png", "victim/widget/000.png",
+                "victim/widget/000_mask.png", "train/good/000.png", "test/good/000.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"the user's " + rel.encode())
+
+
+def crafted_marker(category: str = "weave", defect: str = "scratch") -> dict:
+    """A demo marker (an older version, so it is rewritten) naming ``category`` and ``defect``."""
+    return {"name": "demo", "version": 0, "seed": 0, "image_size": 32, "categories": {category: "texture"},
+            "defects": {category: [defect]}, "counts": {"train": 1, "test_good": 1, "per_defect": 1}}
+
+
+@pytest.mark.parametrize("category, defect", [
+    ("../victim/widget", "scratch"), ("..", "scratch"), ("ABSOLUTE/victim/widget", "scratch"),
+    ("weave/../../victim/widget", "scratch"), ("..\\victim\\widget", "scratch"), ("wid\x00get", "scratch"),
+    ("weave", "../../../victim/widget"), (".hidden", "scratch"),
+], ids=["dotdot", "parent", "absolute", "inner-dotdot", "backslash", "nul", "defect", "hidden"])
+def test_a_crafted_demo_marker_never_deletes_outside_its_folder(tmp_path, capsys, monkeypatch, category, defect):
+    category = category.replace("ABSOLUTE", str(tmp_path))
+    users_files(tmp_path)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / demo_data.MARKER_FILE).write_text(json.dumps(crafted_marker(category, defect)))
+    before = files_outside(tmp_path, demo)
+    real = demo_data.make_synthetic_dataset
+    monkeypatch.setattr(pipeline.__main__, "make_synthetic_dataset",
+                        lambda out, seed=0: real(out, seed, **TINY_DEMO))
+
+    assert main(["demo-data", "--out", str(demo)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    unsafe = defect if category == "weave" else category
+    assert "not a plain" in line and repr(unsafe) in line and "nothing was deleted" in line, line
+    assert files_outside(tmp_path, demo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["demo", "victim", "train", "test"])  # no temp folder
+    with pytest.raises(DatasetError, match="not a plain"):  # the default run and the notebook call this
+        demo_data.make_synthetic_dataset(demo, **TINY_DEMO)
+    assert files_outside(tmp_path, demo) == before
+
+
+def test_a_demo_category_that_is_a_link_is_never_followed(tmp_path, capsys):
+    """A link in the demo folder is refused as a foreign entry; and the deletion itself never
+    reaches through a link that appears after that check."""
+    users_files(tmp_path)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / demo_data.MARKER_FILE).write_text(json.dumps(crafted_marker("widget")))
+    (demo / "widget").symlink_to(tmp_path / "victim" / "widget", target_is_directory=True)
+    before = files_outside(tmp_path, demo)
+    with pytest.raises(DatasetError, match="widget/"):
+        demo_data.make_synthetic_dataset(demo, **TINY_DEMO)
+    demo_data._remove_demo(demo, demo_data._demo_files(crafted_marker("widget")))
+    assert files_outside(tmp_path, demo) == before and (demo / "widget").is_symlink()
+
+
+def test_ctrl_c_while_writing_the_demo_leaves_no_temp_folder(tmp_path, monkeypatch):
+    def interrupted(job):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(demo_data, "_make_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo_data.make_synthetic_dataset(tmp_path / "demo", **TINY_DEMO)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ issue 20, item 3: paths built from data names
+
+
+def test_a_dataset_marker_named_dotdot_is_refused_and_nothing_is_written_outside(tmp_path, capsys):
+    data = make_tiny_mvtec(tmp_path / "work" / "data", categories=("widget",), n_train=4, n_test_good=1,
+                           n_per_defect=1)
+    work = tmp_path / "work"
+    for name in ("..", "../..", "a/../../b", ".", "a\\b"):
+        (data / "DATASET.json").write_text(json.dumps({"name": name}))
+        before = tree(tmp_path)
+        assert main(run_args(data, work / "out" / "r.csv", work / "out")) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "DATASET.json" in line and repr(name) in line and "plain name" in line, line
+        assert tree(tmp_path) == before
+    (data / "DATASET.json").write_text(json.dumps({"name": ""}))  # no name: the folder's, as without a marker
+    assert dataset_name(data) == "data"
+
+
+# ------------------------------------------------------------------ issue 20, item 4: a checkpoint that inflates
+
+
+def inflating_checkpoint(tmp_path: Path, *, stored: bool) -> tuple[Path, object]:
+    """A checkpoint of a tiny CAE whose first weight record is replaced by zeros (16 MiB deflated,
+    a small file that inflates; or 4 MiB stored, far beyond the model)."""
+    model = models.build_model("cae", image_size=32, **TINY["cae"])
+    good = save_checkpoint(tmp_path / "good.pt", model, name="cae")
+    crafted = tmp_path / "crafted.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(crafted, "w") as out:
+        for info in src.infolist():
+            if info.filename.endswith("/data/0"):
+                record = zipfile.ZipInfo(info.filename)
+                record.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+                with out.open(record, "w", force_zip64=True) as f:
+                    for _ in range(4 if stored else 16):
+                        f.write(bytes(1 << 20))
+            else:
+                out.writestr(info, src.read(info))
+    return crafted, model.config
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["deflated", "stored"])
+def test_a_checkpoint_that_declares_far_more_than_its_model_is_refused_before_unpacking(tmp_path, monkeypatch,
+                                                                                       stored):
+    crafted, config = inflating_checkpoint(tmp_path, stored=stored)
+    loads = []
+    monkeypatch.setattr(checkpoints.torch, "load", lambda *a, **k: loads.append(a) or {})
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(crafted, model="cae", config=config)
+    message = str(e.value)
+    assert str(crafted) in message and "MiB" in message and "--force" in message, message
+    assert not loads  # refused from the zip's directory alone: nothing was unpacked
+    if not stored:  # a record that inflates is refused even when the caller expects no config
+        with pytest.raises(CheckpointError, match="uncompressed"):
+            load_checkpoint(crafted, model="cae")
+        assert not loads
+
+
+# ------------------------------------------------------------------ issue 20, item 9: the dataset's name
+
+
+def test_the_dataset_name_does_not_depend_on_which_categories_are_present(tmp_path):
+    tiny = dict(n_train=1, n_test_good=1, defects=())
+    mine = make_tiny_mvtec(tmp_path / "my_parts", categories=("screw", "bottle"), **tiny)
+    assert dataset_name(mine) == "my_parts"  # MVTec AD's category names, but the user's own data
+    make_tiny_mvtec(mine, categories=("widget",), **tiny)
+    assert dataset_name(mine) == "my_parts"  # a new category renames nothing: no job retrains for it
+    for folder in ("mvtec_anomaly_detection", "MVTec-AD"):  # MVTec AD as its archive or README names it
+        mv = make_tiny_mvtec(tmp_path / folder, categories=("screw",), **tiny)
+        assert dataset_name(mv) == "mvtec_ad"
+        make_tiny_mvtec(mv, categories=("widget",), **tiny)
+        assert dataset_name(mv) == "mvtec_ad"
+    (mine / "DATASET.json").write_text(json.dumps({"name": "parts v2"}))  # a name of one's own
+    assert dataset_name(mine) == "parts v2"
+    assert dataset_name(demo_data.make_synthetic_dataset(tmp_path / "d", **TINY_DEMO)) == "demo"
+
+
+# ------------------------------------------------------------------ issue 20, item 16: names that are not UTF-8
+
+
+@pytest.mark.parametrize("where", ["category", "data root"])
+def test_a_folder_name_that_is_not_utf8_is_refused_before_training(tmp_path, capsys, where):
+    latin1 = os.fsdecode(b"caf\xe9")  # as a zip made on Windows unpacks: a surrogate escape in Python
+    if where == "category":
+        data = make_tiny_mvtec(tmp_path / "data", categories=("widget", latin1), n_train=4, n_test_good=1,
+                               n_per_defect=1)
+        cats = ("widget", latin1)
+    else:
+        data = make_tiny_mvtec(tmp_path / latin1, categories=("widget",), n_train=4, n_test_good=1, n_per_defect=1)
+        cats = ("widget",)
+    csv = tmp_path / "r.csv"
+    assert main(run_args(data, csv, tmp_path, categories=cats)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "caf\\xe9" in line and "UTF-8" in line and "rename" in line, line
+    assert not csv.exists() and not list(tmp_path.rglob("*.pt"))  # nothing trained

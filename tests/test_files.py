@@ -1,11 +1,16 @@
-"""pipeline.files.atomic_write: the all-or-nothing write under the results CSV and the checkpoints."""
+"""pipeline.files: the all-or-nothing write under the results CSV and the checkpoints, and the plain names
+of the files and folders built from data."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from pipeline.files import atomic_write, current_umask
+from pipeline import runs
+from pipeline.checkpoints import checkpoint_path
+from pipeline.files import atomic_write, current_umask, is_plain_name, plain_name
+from pipeline.results import read_results
 
 
 def test_atomic_write_replaces_the_file_whole_with_the_usual_permissions(tmp_path):
@@ -28,3 +33,47 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp_file(tmp_path, er
         f.write(b"half of the new")
         raise error("disk full")
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["model.pt"]
+
+
+# ------------------------------------------------------------------ plain names (issue 20, item 3)
+
+HOSTILE = ["..", ".", "", ".hidden", "...", "a/b", "/etc/passwd", "../../x", "a\\b", "nul\x00l", "x" * 300,
+           "é" * 300, os.fsdecode(b"caf\xe9"), "a/../../../b", "\n"]
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=range(len(HOSTILE)))
+def test_every_path_built_from_data_names_stays_one_plain_name_inside_its_folder(tmp_path, name):
+    made = [
+        checkpoint_path(tmp_path, dataset=name, category=name, model=name, train_hash=name),
+        runs.scores_path(tmp_path, dataset=name, category=name, model=name, config_hash=name),
+        runs.curves_path(tmp_path, dataset=name, category=name, model=name, train_hash=name),
+        runs.manifest_path(tmp_path, dataset=name, category=name, fingerprint=name),
+    ]
+    for path in made:
+        parts = path.relative_to(tmp_path).parts
+        assert len(parts) == 3, parts  # <dataset>/<category>/<file>, each one plain name
+        assert is_plain_name(parts[0]) and is_plain_name(parts[1]), parts
+        assert not parts[2].startswith(".") and not set("/\\\0") & set(parts[2]) and len(parts[2].encode()) <= 255
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        assert tmp_path.resolve() in path.resolve().parents
+
+
+def test_plain_names_keep_ordinary_names_and_keep_changed_ones_apart():
+    for name in ("demo", "hexnut", "missing_piece", "vae_grf", "bottle.v2", "wïdget", "-rf"):
+        assert plain_name(name) == name and is_plain_name(name)
+    assert plain_name("wïdget 1") == "wïdget_1"  # as before: the folders of existing runs are found again
+    changed = ["..", ".", "", ".hidden", "hidden", "x" * 300, "x" * 299 + "y"]
+    assert len({plain_name(n) for n in changed}) == len(changed)
+    assert not any(is_plain_name(n) for n in ("..", "a/b", "nul\x00l", "", ".x", 3))
+
+
+def test_the_committed_rows_find_their_side_files_by_these_names():
+    """The committed demo's side files keep their paths (the names are ordinary)."""
+    repo = Path(__file__).resolve().parents[1]
+    rows = read_results(repo / "evaluation_results_all_models.csv")
+    folder = runs.runs_dir(repo / "evaluation_results_all_models.csv")
+    for row in rows.to_dict("records"):
+        where = dict(dataset=row["dataset"], category=row["category"], model=row["model"])
+        assert runs.scores_path(folder, **where, config_hash=row["config_hash"]).is_file()
+        assert runs.curves_path(folder, **where, train_hash=row["train_hash"]).is_file()
