@@ -51,8 +51,11 @@ CURVES_FIGURE = "training_curves.png"
 # Averaged over seeds by aggregate_seeds (f1_floor: F1 of calling every test image defective).
 AGGREGATED_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "f1_max", "f1_floor")
 FLOOR_LABEL = "F1 of calling every image defective"
+AUROC_METRICS = ("image_auroc", "pixel_auroc")  # the two panels of the ROC AUC figures
 # prepare_results' attrs key of the footnote that says which rows of older configs were left out.
 LEFT_OUT_ATTR = "left_out_note"
+# results_table's attrs key of the footnote that says which categories its mean rows leave out.
+MEANS_NOTE_ATTR = "means_note"
 CURVE_COLUMNS = ("dataset", "category", "model", "epoch", "train_loss")
 DPI = 130
 GALLERY_DPI = 100  # galleries are mostly photographs: 100 dpi keeps them ~1 MB and still sharp
@@ -204,9 +207,9 @@ def left_out_note(d: pd.DataFrame) -> str:
     return d.attrs.get(LEFT_OUT_ATTR, "")
 
 
-def _footnote(fig, d: pd.DataFrame) -> None:
-    """The left-out note (``left_out_note``) under the figure, if any."""
-    note = left_out_note(d)
+def _footnote(fig, d: pd.DataFrame, extra: str = "") -> None:
+    """The left-out note (``left_out_note``) and ``extra`` (e.g. ``means_note``) under the figure, if any."""
+    note = "\n".join(n for n in (left_out_note(d), extra) if n)
     if note:
         fig.supxlabel(note, x=0.01, ha="left", fontsize=7.5, color="0.3", gid="left-out-note")
 
@@ -253,27 +256,33 @@ def aggregate_seeds(df: pd.DataFrame, metrics=AGGREGATED_METRICS) -> pd.DataFram
     """One row per (dataset, category, model) of the plotted rows (``prepare_results``), in display order.
 
     Columns: dataset, category, category_type, label, model, ``n_seeds`` (rows averaged),
-    then per metric ``<metric>`` (mean over seeds) and ``<metric>_sd`` (sample sd, ddof=1:
-    NaN with one seed). NaN values are skipped (a seed where the metric is undefined); a
-    metric the table lacks (``f1_floor`` in an older CSV) comes out NaN.
+    then per metric ``<metric>`` (mean over seeds), ``<metric>_sd`` (sample sd, ddof=1:
+    NaN with one seed) and ``<metric>_n`` (the seeds with a value: what the mean is over).
+    NaN values are skipped (a seed where the metric is undefined, or a cell that is not a
+    number); a metric the table lacks (``f1_floor`` in an older CSV) comes out NaN.
     """
     d = prepare_results(df)
     keys = ["dataset", "category", "category_type", "label", "model"]
     values = d.reindex(columns=list(metrics)).apply(pd.to_numeric, errors="coerce")
     grouped = values.groupby([d[k] for k in keys], sort=False)
-    means, sds = grouped.mean(), grouped.std(ddof=1)
+    means, sds, counts = grouped.mean(), grouped.std(ddof=1), grouped.count()
     out = pd.DataFrame({"n_seeds": grouped.size()})
     for m in metrics:
         out[m] = means[m]
         out[f"{m}_sd"] = sds[m]
+        out[f"{m}_n"] = counts[m]
     return out.reset_index()
 
 
-def _seeds_note(agg: pd.DataFrame) -> str:
-    """'mean of N seeds' ('of N-M seeds' when they differ) for an aggregated table; '' with one seed."""
-    low, high = int(agg["n_seeds"].min()), int(agg["n_seeds"].max())
-    if high <= 1:
+def _seeds_note(agg: pd.DataFrame, metrics=()) -> str:
+    """'mean of N seeds' ('of N-M seeds' when they differ) for an aggregated table; '' with one seed.
+    With ``metrics``, N counts the seeds that have a value of them (``<metric>_n``), so a seed
+    whose cell is missing is not counted as averaged; cells without any value (n/a) are not counted."""
+    counts = agg[[f"{m}_n" for m in metrics]].to_numpy().ravel() if metrics else agg["n_seeds"].to_numpy()
+    counts = counts[counts > 0]
+    if counts.size == 0 or counts.max() <= 1:
         return ""
+    low, high = int(counts.min()), int(counts.max())
     return f"mean of {low} seeds" if low == high else f"mean of {low}–{high} seeds"
 
 
@@ -314,8 +323,9 @@ def _mark_type_groups(ax, cats: list[tuple[str, str]], *, axis: str = "x", label
 
 
 def _seed_offsets(n: int, width: float) -> np.ndarray:
-    """x offsets of n seed dots within one bar: spread over its middle, so that equal values stay apart."""
-    return np.zeros(1) if n <= 1 else np.linspace(-0.3, 0.3, n) * width
+    """x offsets of n seed dots within one bar: spread over its middle, so that equal values stay apart
+    (none for a bar whose seeds have no value: a category without defective test images)."""
+    return np.zeros(n) if n <= 1 else np.linspace(-0.3, 0.3, n) * width
 
 
 def _grouped_bars(ax, agg, per_seed, metric, cats, names, colors, *, oracle: str | None = None,
@@ -388,9 +398,9 @@ def _bar_width(n_cats: int, n_models: int) -> float:
     return float(np.clip(2.5 + 0.22 * n_cats * max(n_models, 2), 7.0, 22.0))
 
 
-def _bars_note(agg: pd.DataFrame) -> str:
-    """How to read the bars, for a title: '' with one seed."""
-    seeds = _seeds_note(agg)
+def _bars_note(agg: pd.DataFrame, metrics) -> str:
+    """How to read the bars of ``metrics``, for a title: '' with one seed."""
+    seeds = _seeds_note(agg, metrics)
     return f"\nbars: {seeds}, error bar = sd, dots = seeds" if seeds else ""
 
 
@@ -414,7 +424,7 @@ def f1_score_comparison(df: pd.DataFrame, out_path) -> Path:
         oracle = "f1_max" if "f1_max" in d.columns else None
         _grouped_bars(ax, agg, d, "f1", cats, names, colors, oracle=oracle, floor="f1_floor")
         ax.set_xlabel("category")
-        ax.set_title(f"F1 per category and model ({dataset_note(d)}){_bars_note(agg)}")
+        ax.set_title(f"F1 per category and model ({dataset_note(d)}){_bars_note(agg, ['f1'])}")
         _bar_legend(fig, ax, names)
         _footnote(fig, d)
     return _save(fig, out_path)
@@ -432,7 +442,7 @@ def roc_auc_comparison(df: pd.DataFrame, out_path) -> Path:
             ax.set_title(f"{METRIC_LABELS[metric]} (dotted line: chance)", fontsize=10)
         axes[0].tick_params(labelbottom=False)
         axes[1].set_xlabel("category")
-        fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)}){_bars_note(agg)}")
+        fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)}){_bars_note(agg, AUROC_METRICS)}")
         _bar_legend(fig, axes[0], names)
         _footnote(fig, d)
     return _save(fig, out_path)
@@ -444,15 +454,52 @@ def _category_table(rows: pd.DataFrame, column: str, cats, names) -> pd.DataFram
         index=[lab for lab, _ in cats], columns=names).astype(float)
 
 
-def _type_means(table: pd.DataFrame, cats) -> pd.DataFrame:
+def comparable(table: pd.DataFrame) -> pd.Series:
+    """The rows (categories) of a category x model table where every model has a value: a mean
+    that ranks models is over these only, or a model whose job failed on a hard category would
+    rank above one that is better on every category both have."""
+    return table.notna().all(axis=1)
+
+
+def missing_values_note(table: pd.DataFrame, means: str = "Mean rows") -> str:
+    """The footnote of a category x model table's ``means``: which categories they leave out
+    because some model has no value there (a failed job, a cell that is not a number); '' if none.
+    Categories where no model has a value (e.g. no defective test images) leave out every model
+    alike, so they need no word."""
+    partial = table[~comparable(table) & table.notna().any(axis=1)]
+    if partial.empty:
+        return ""
+    where = [f"{category} (no value for {', '.join(model_label(m) for m in row.index[row.isna()])})"
+             for category, row in partial.iterrows()]
+    more = f" and {len(where) - 4} more" if len(where) > 4 else ""
+    return (f"{means}: over the categories where every model has a value; left out: "
+            + ", ".join(where[:4]) + more + ".")
+
+
+def means_note(table: pd.DataFrame) -> str:
+    """The footnote of a ``results_table`` (``missing_values_note`` of its categories); '' if none."""
+    return table.attrs.get(MEANS_NOTE_ATTR, "")
+
+
+def combine_notes(notes: dict[str, str]) -> str:
+    """One footnote from several tables' notes (label -> note): said once when they agree, else one line each."""
+    distinct = list(dict.fromkeys(n for n in notes.values() if n))
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else ""
+    return "\n".join(f"{label}: {note}" for label, note in notes.items() if note)
+
+
+def _type_means(table: pd.DataFrame, cats, shared: pd.Series) -> pd.DataFrame:
     """The rows "texture mean" and "object mean" (when both kinds are present) and "overall
-    mean" of a category x model table: means over its categories, NaN cells skipped."""
+    mean" of a category x model table: means over its ``shared`` categories (``comparable``:
+    where every model has a value), so every model's mean covers the same ones."""
     types = pd.Series([t for _, t in cats], index=table.index)
+    shared = shared.reindex(table.index, fill_value=False)
     rows = []
     for t in ("texture", "object"):
         if (types == t).any() and (types != t).any():
-            rows.append(table[(types == t).to_numpy()].mean().to_frame(f"{t} mean").T)
-    rows.append(table.mean().to_frame("overall mean").T)
+            rows.append(table[((types == t) & shared).to_numpy()].mean().to_frame(f"{t} mean").T)
+    rows.append(table[shared.to_numpy()].mean().to_frame("overall mean").T)
     return pd.concat(rows)
 
 
@@ -460,28 +507,32 @@ def results_table(df: pd.DataFrame, metric: str = "image_auroc", stat: str = "me
     """Category x model table of ``metric`` over seeds, with texture / object / overall mean rows.
 
     ``stat="mean"``: each cell the mean over seeds (``aggregate_seeds``), each mean row the
-    mean of the cells above it (over categories, NaN cells skipped). ``stat="sd"``: each
-    cell the sd over seeds (ddof=1, NaN with one seed), each mean row the sd over seeds of
-    that seed's mean over the categories, i.e. how much the mean row itself moves with the
-    seed. Index: the categories (ordered textures, objects, custom), then "texture mean" and
-    "object mean" when both types are present, then "overall mean". Columns: display names
-    of the models.
+    mean of the cells above it over the categories where every model has a value
+    (``comparable``): means that rank models cover the same categories; the ones left out
+    are named in ``means_note(table)``. ``stat="sd"``: each cell the sd over seeds (ddof=1,
+    NaN with one seed), each mean row the sd over seeds of that seed's mean over the same
+    categories, i.e. how much the mean row itself moves with the seed. Index: the categories
+    (ordered textures, objects, custom), then "texture mean" and "object mean" when both
+    types are present, then "overall mean". Columns: display names of the models.
     """
     if stat not in ("mean", "sd"):
         raise ValueError(f"stat must be 'mean' or 'sd', not {stat!r}")
     d = prepare_results(df)
     agg = aggregate_seeds(d, metrics=(metric,))
     cats, names = _categories(d), _models(d)
+    mean_table = _category_table(agg, metric, cats, names)
+    shared = comparable(mean_table)
     if stat == "mean":
-        table = _category_table(agg, metric, cats, names)
-        means = _type_means(table, cats)
+        table = mean_table
+        means = _type_means(table, cats, shared)
     else:
         table = _category_table(agg, f"{metric}_sd", cats, names)
         d[metric] = pd.to_numeric(d[metric], errors="coerce")
-        per_seed = [_type_means(_category_table(rows, metric, cats, names), cats)
+        per_seed = [_type_means(_category_table(rows, metric, cats, names), cats, shared)
                     for _, rows in d.groupby("seed", sort=True, dropna=False)]
         means = pd.concat(per_seed).groupby(level=0, sort=False).std(ddof=1)
     out = pd.concat([table, means])
+    out.attrs[MEANS_NOTE_ATTR] = missing_values_note(mean_table)
     out.columns = [model_label(m) for m in out.columns]
     out.index.name = "category"
     name = METRIC_LABELS.get(metric, metric)
@@ -498,7 +549,8 @@ def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
     """
     d = prepare_results(df)
     cats = _categories(d)
-    seeds = _seeds_note(aggregate_seeds(d, metrics=()))
+    seeds = _seeds_note(aggregate_seeds(d, metrics=AUROC_METRICS), AUROC_METRICS)
+    notes = {}
     with _style():
         n_rows = len(cats) + 3
         n_models = len(_models(d))
@@ -506,6 +558,7 @@ def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
         axes = fig.subplots(1, 2, sharey=True)
         for k, (ax, metric) in enumerate(zip(axes, ("image_auroc", "pixel_auroc"))):
             table = results_table(d, metric)
+            notes[METRIC_LABELS[metric]] = means_note(table)
             _seaborn().heatmap(table, ax=ax, annot=True, fmt=".2f", vmin=0, vmax=1, center=0.5, cmap="RdYlGn",
                         linewidths=0.5, linecolor="white", cbar=k == 1, annot_kws={"fontsize": 8},
                         cbar_kws={"label": "AUROC (0.5 = chance)", "shrink": 0.8})
@@ -521,7 +574,7 @@ def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
             ax.tick_params(axis="x", rotation=0)
             ax.tick_params(axis="y", rotation=0)
         fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)}" + (f"; {seeds}" if seeds else "") + ")")
-        _footnote(fig, d)
+        _footnote(fig, d, combine_notes(notes))
     return _save(fig, out_path)
 
 
@@ -531,16 +584,18 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
     category's value is its mean over seeds."""
     rows = prepare_results(df)
     d = aggregate_seeds(rows)
-    seeds = _seeds_note(d)
+    metrics = ("image_auroc", "pixel_auroc", "aupro", "f1")
+    seeds = _seeds_note(d, metrics)
     names = _models(d)
     colors = model_colors(names)
     labels = [model_label(m) for m in names]
     markers = {"texture": "o", "object": "^", "custom": "s"}
     rng = np.random.default_rng(0)  # jitter only; fixed so the PNG is reproducible
+    notes = {}  # the mean lines' footnotes
     with _style():
         fig = _new_figure(max(8.0, 3.0 + 1.6 * len(names)), 7.5)
         axes = fig.subplots(2, 2).ravel()
-        for ax, metric in zip(axes, ("image_auroc", "pixel_auroc", "aupro", "f1")):
+        for ax, metric in zip(axes, metrics):
             sub = d[["model", "category_type", metric]].dropna()
             if sub.empty:
                 ax.text(0.5, 0.5, "not computable\n(no ground-truth masks)", ha="center", va="center",
@@ -551,8 +606,11 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
                             order=labels, hue_order=labels, palette=[colors[m] for m in names], ax=ax,
                             showfliers=False, width=0.55, legend=False, boxprops={"alpha": 0.55})
             else:  # a box of 1-3 points would suggest a spread that is not there: show the mean instead
+                table = _category_table(d, metric, _categories(d), names)
+                notes[METRIC_LABELS[metric]] = missing_values_note(table, "Mean lines")
+                means = table[comparable(table).to_numpy()].mean()  # over the same categories for every model
                 for i, m in enumerate(names):
-                    mean = sub.loc[sub["model"] == m, metric].mean()
+                    mean = means[m]
                     ax.hlines(mean, i - 0.28, i + 0.28, color=colors[m], lw=3, label="mean" if i == 0 else None)
                 ax.set_xticks(range(len(labels)), labels)
                 ax.set_xlim(-0.6, len(labels) - 0.4)
@@ -575,14 +633,14 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
                 if n not in entries:
                     handles.append(h)
                     entries.append(n)
-        note = left_out_note(rows)
+        note = "\n".join(n for n in (left_out_note(rows), combine_notes(notes)) if n)
         if handles:  # the footnote goes above the legend's entries: a figure label there would overlap them
             legend = fig.legend(handles, [n if n == "mean" else f"{n} category" for n in entries],
                                 loc="outside lower center", ncols=len(entries), frameon=False, title=note or None,
                                 title_fontsize=7.5, alignment="left")
             legend.get_title().set(color="0.3", gid="left-out-note")
         else:
-            _footnote(fig, rows)
+            _footnote(fig, rows, combine_notes(notes))
         per_category = f"; each category: {seeds}" if seeds else ""
         fig.suptitle(f"Metrics across categories, per model ({dataset_note(d)}{per_category})")
     return _save(fig, out_path)

@@ -27,6 +27,8 @@ import glob
 import math
 import os
 import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,12 @@ EXTRA_COLUMNS = (
 TEXT_COLUMNS = ("dataset", "category", "category_type", "model", "threshold_rule", "score", "image_size", "eval_size",
                 "data_fingerprint", "train_hash", "config_hash", "device", "torch_version", "finished_at",
                 "config_json")
+# Numbers read back with a check: a metric outside [0, 1] (95 for 0.95) or a seed that is not a
+# whole number would be a wrong number in every table; such a cell is read as missing, with a warning.
+UNIT_INTERVAL_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "f1_max", "f1_floor")
+WHOLE_NUMBER_COLUMNS = ("seed",)
+# Columns a table of this version cannot be read without (the key columns, and the seed that tells rows apart).
+REQUIRED_COLUMNS = (*KEY_COLUMNS, "seed")
 
 
 class ResultsError(UserError, ValueError):
@@ -107,6 +115,16 @@ def read_text_table(csv: Path) -> pd.DataFrame:
     missing = [c for c in KEY_COLUMNS if c not in df.columns]
     if missing:
         raise _unreadable(csv, f"it has no {', '.join(missing)} column, so it is not a results table of this version")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:  # the key columns are there: a column renamed or deleted by hand, never an older version
+        unknown = [c for c in df.columns if c not in COLUMNS + EXTRA_COLUMNS]
+        found = (f" {', '.join(map(repr, unknown[:3]))} {'are not columns' if len(unknown) > 1 else 'is not a column'}"
+                 " of this version" if unknown else "")
+        raise ResultsError(
+            f"results file {str(csv)!r} has no {', '.join(missing)} column (renamed or deleted by hand?{found}); "
+            f"name that column {' / '.join(missing)} again in its header row, or restore it from a copy "
+            "(the file was left untouched)."
+        )
     return df
 
 
@@ -124,7 +142,9 @@ def read_results(csv=DEFAULT_RESULTS_CSV, *, missing_ok: bool = False) -> pd.Dat
     """The results table with typed columns; every contract column is present (NaN where an
     older file lacks it) and no column of the file is dropped. Text columns hold the exact
     text written (an empty cell is NaN): pandas' default missing-value strings (NA, None,
-    null, nan, n/a, ...) are legitimate names of a category, dataset or root folder."""
+    null, nan, n/a, ...) are legitimate names of a category, dataset or root folder. A
+    numeric cell that is not a usable number (edited by hand: '0,95', 'n/a'; a metric outside
+    [0, 1]; a seed that is not a whole number) is NaN, said in one warning naming each cell."""
     csv = results_path(csv)
     if not csv.exists():
         if missing_ok:
@@ -137,10 +157,49 @@ def read_results(csv=DEFAULT_RESULTS_CSV, *, missing_ok: bool = False) -> pd.Dat
     for c in TEXT_COLUMNS:
         if c in df.columns:  # the numbers parse as before; only the text cells are taken verbatim
             df[c] = text[c].where(text[c] != "", np.nan).astype(object)
+    _check_numbers(df, text, csv)
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = np.nan
     return df[_ordered_columns(df.columns)]
+
+
+def _not_a_number(cells: pd.Series, column: str) -> pd.Series:
+    """Why each written cell of a numeric ``column`` is not a usable number ('' where it is, or is empty)."""
+    written = cells.str.strip() != ""
+    values = pd.to_numeric(cells.str.strip(), errors="coerce")  # 'nan' and pandas' 'n/a', 'NA' ... are NaN too
+    why = pd.Series("", index=cells.index)
+    why[written & values.isna()] = "not a number"
+    if column in UNIT_INTERVAL_COLUMNS:
+        why[written & ((values < 0) | (values > 1))] = "outside [0, 1]"
+    if column in WHOLE_NUMBER_COLUMNS:
+        why[written & values.notna() & ((values % 1 != 0) | (values < 0))] = "not a whole number"
+    return why
+
+
+def _check_numbers(df: pd.DataFrame, text: pd.DataFrame, csv: Path) -> None:
+    """Numeric cells edited by hand into text ('0,95', 'n/a') or out of their range ('95') are read
+    as missing in ``df``, said in one warning naming each cell: a silent NaN would leave the
+    figures saying "mean of 2 seeds" over one seed's value."""
+    bad = []
+    for column in [c for c in (*COLUMNS, *EXTRA_COLUMNS) if c in df.columns and c not in TEXT_COLUMNS]:
+        why = _not_a_number(text[column], column)
+        rows = why.index[why != ""]
+        if len(rows):
+            df[column] = pd.to_numeric(text[column].where(why == "").str.strip().replace("", np.nan))
+            bad += [(i, column, why[i]) for i in rows]
+    if not bad:
+        return
+    bad.sort()  # in the file's row order
+    cells = [f"{text.at[i, 'category']} / {text.at[i, 'model']} / seed {text.at[i, 'seed'] or '?'}: "
+             f"{column} {text.at[i, column]!r} ({why})" for i, column, why in bad[:5]]
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    warnings.warn(
+        f"results file {str(csv)!r}: {len(bad)} cell{'s are' if len(bad) > 1 else ' is'} not a usable number "
+        f"({'; '.join(cells)}{more}); read as missing, so left out of the means (a row without a seed is also "
+        f"left out of the per-seed side files): write a number with a decimal point (0.95), or leave the cell empty.",
+        stacklevel=3,
+    )
 
 
 @contextlib.contextmanager
@@ -175,24 +234,30 @@ def _atomic_write_csv(df: pd.DataFrame, csv: Path) -> None:
                            f"{fix} or pass another --results-csv.") from None
 
 
-def check_writable(csv) -> tuple[Path, pd.DataFrame]:
-    """Fail before any training if the results can be neither read nor written; returns the
-    path to write to (``results_path``: a symbolic link's target) and the table already there
-    (``read_text_table``; no rows if there is no file yet)."""
+def open_results(csv) -> tuple[Path, pd.DataFrame]:
+    """The path to write to (``results_path``: a symbolic link's target) and the rows already
+    there (``read_text_table``; no rows if there is no file yet). Reads only: a finished grid on
+    a read-only share just reports its rows."""
+    csv = results_path(csv)
+    table = read_text_table(csv) if csv.exists() else pd.DataFrame(columns=list(KEY_COLUMNS))
+    return csv, table
+
+
+def check_writable(csv) -> None:
+    """Fail before any training if the rows or their side files could not be written: the
+    results folder (created), the CSV, and the side-file folder ``<csv stem>.runs`` (created;
+    a read-only one would otherwise be found only after every job had trained)."""
     csv = results_path(csv)
     make_folder(csv.parent, what="results folder", fix="pass another --results-csv", error=ResultsError)
-    table = pd.DataFrame(columns=list(KEY_COLUMNS))
-    if csv.exists():
-        table = read_text_table(csv)
-        if not os.access(csv, os.W_OK):
-            raise ResultsError(f"results file {str(csv)!r} is read-only; make it writable "
-                               "or pass another --results-csv (it was left untouched).")
+    if csv.exists() and not os.access(csv, os.W_OK):
+        raise ResultsError(f"results file {str(csv)!r} is read-only; make it writable "
+                           "or pass another --results-csv (it was left untouched).")
     side = csv.with_name(f"{csv.stem}.runs")  # runs.runs_dir: the per-row side files go there
     if side.exists() and not side.is_dir():
         raise ResultsError(f"{str(side)!r} is a file, but the results' side files (per-image scores, training "
                            "curves) go in a folder of that name next to the CSV; move the file or pass another "
                            "--results-csv.")
-    return csv, table
+    make_folder(side, what="side-file folder", fix="pass another --results-csv", error=ResultsError)
 
 
 def _remove_orphan_temps(csv: Path) -> None:
@@ -206,9 +271,13 @@ def _remove_orphan_temps(csv: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def append_row(csv, row: dict, *, replace: bool = False) -> bool:
+def append_row(csv, row: dict, *, replace: bool = False, write_files: Callable[[], object] | None = None) -> bool:
     """Add ``row`` to the CSV atomically, under the lock; False if its key is already there
-    (written meanwhile by another run) and ``replace`` is off. Other rows keep their exact text."""
+    (written meanwhile by another run) and ``replace`` is off. Other rows keep their exact text.
+
+    ``write_files``: writes the files the row refers to (checkpoint, side files). It is called
+    under the lock once the row is known to be kept, just before the CSV is written, so a run
+    whose row is not kept never replaces the files of the row that is."""
     csv = results_path(csv)
     with _locked(csv):
         _remove_orphan_temps(csv)
@@ -217,6 +286,8 @@ def append_row(csv, row: dict, *, replace: bool = False) -> bool:
         present = (table[list(KEY_COLUMNS)] == key).all(axis=1) if len(table) else pd.Series([], dtype=bool)
         if present.any() and not replace:
             return False
+        if write_files is not None:
+            write_files()
         new = pd.DataFrame([{k: cell_text(v) for k, v in row.items()}], dtype=str)
         columns = _ordered_columns(table.columns, new.columns)
         out = pd.concat([table.loc[~present].reindex(columns=columns, fill_value=""),

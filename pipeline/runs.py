@@ -13,23 +13,29 @@ category, holding:
 
 They travel with the CSV (the committed results include them), so the notebook's summary
 and figures work on a machine without the checkpoints. Each is written atomically before
-its row is appended: a row in the CSV implies its side files exist (unless deleted by hand;
-readers then skip that row and say so). Deleting the folder loses only the bootstrap and
-the curves of the rows already written.
+its row is appended, under the CSV's lock and only if the row is kept (``job.write_output``):
+a row in the CSV implies its side files exist, unless deleted by hand or refused by the disk
+(the run then said so); readers skip such a row and say so, and a damaged file (cut short,
+overwritten: ``DamagedSideFile`` says why) alike. Deleting the folder loses only
+the bootstrap and the curves of the rows already written.
 """
 from __future__ import annotations
 
 import io
 import json
 import math
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .checkpoints import safe_name
-from .files import atomic_write
-from .results import results_path
+from models.errors import UserError
+
+from .files import atomic_write, plain_name
+from .results import ResultsError, results_path
 from .stats import RunScores
 
 
@@ -41,25 +47,34 @@ def runs_dir(csv) -> Path:
 
 
 def _folder(runs: Path, dataset: str, category: str) -> Path:
-    return Path(runs) / safe_name(dataset) / safe_name(category)
+    """The side-file folder of a category. The names may come from a CSV's cells or a marker file:
+    every part is a plain name (``files.plain_name``), so each path stays inside ``runs``."""
+    return Path(runs) / plain_name(dataset) / plain_name(category)
 
 
 def scores_path(runs, *, dataset: str, category: str, model: str, config_hash: str) -> Path:
-    return _folder(runs, dataset, category) / f"{model}-{config_hash}.scores.npz"
+    return _folder(runs, dataset, category) / f"{plain_name(f'{model}-{config_hash}')}.scores.npz"
 
 
 def curves_path(runs, *, dataset: str, category: str, model: str, train_hash: str) -> Path:
-    return _folder(runs, dataset, category) / f"{model}-{train_hash}.curves.json"
+    return _folder(runs, dataset, category) / f"{plain_name(f'{model}-{train_hash}')}.curves.json"
 
 
 def manifest_path(runs, *, dataset: str, category: str, fingerprint: str) -> Path:
-    return _folder(runs, dataset, category) / f"data-{fingerprint}.json"
+    return _folder(runs, dataset, category) / f"{plain_name(f'data-{fingerprint}')}.json"
 
 
-def _write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        f.write(data)
+def _write_bytes(path: Path, data: bytes, *, what: str) -> Path:
+    """Write ``data`` to ``path`` atomically; a refusal of the file system (disk full, quota,
+    read-only) is a ``ResultsError`` naming the file (``what`` it is) and what to do."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "wb") as f:
+            f.write(data)
+    except OSError as e:  # atomic_write removed its temporary file: no half file is left
+        fix = "make the folder writable" if isinstance(e, PermissionError) else "free disk space"
+        raise ResultsError(f"cannot write the {what} {str(path)!r} ({e.strerror or e}); {fix} or pass another "
+                           "--results-csv.") from None
     return path
 
 
@@ -80,28 +95,69 @@ def save_scores(path, *, labels, test_scores, val_scores, pixel_pos=None, pixel_
         arrays["pixel_neg"] = np.asarray(pixel_neg, dtype=np.uint32)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    return _write_bytes(Path(path), buf.getvalue())
+    return _write_bytes(Path(path), buf.getvalue(), what="per-image scores")
+
+
+class DamagedSideFile(UserError, ValueError):
+    """A side file that is not what its writer wrote: cut short, empty, overwritten, other keys or shapes."""
+
+
+# What a damaged file can raise while read (np.load: BadZipFile, EOFError, ValueError for pickles
+# and bad headers, KeyError for missing members, zlib.error for corrupt ones; json: ValueError).
+READ_ERRORS = (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def load_scores(path) -> RunScores:
-    """A row's per-image test data as ``stats.RunScores``."""
-    with np.load(path, allow_pickle=False) as z:
-        return RunScores(labels=z["labels"], scores=z["test_scores"], pixel_pos=z.get("pixel_pos"),
-                         pixel_neg=z.get("pixel_neg"))  # RunScores makes them int64 / float64
+    """A row's per-image test data as ``stats.RunScores``; ``DamagedSideFile`` (saying why) for a file
+    that is not what ``save_scores`` wrote, whatever is wrong with it."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a lone .npy array
+            raise ValueError("not an npz archive")
+        with archive:
+            arrays = {k: archive[k] for k in ("labels", "test_scores", "pixel_pos", "pixel_neg") if k in archive}
+        lacks = [k for k in ("labels", "test_scores") if k not in arrays]
+        if lacks:
+            raise ValueError(f"it lacks {' and '.join(lacks)}")
+        return RunScores(labels=arrays["labels"], scores=arrays["test_scores"], pixel_pos=arrays.get("pixel_pos"),
+                         pixel_neg=arrays.get("pixel_neg"))  # checks the shapes; makes them int64 / float64
+    except READ_ERRORS as e:
+        raise _damaged(path, e) from None
+
+
+def _damaged(path, e: Exception) -> DamagedSideFile:
+    """The note that leaves a side file out: its name and the read error in a few words."""
+    if isinstance(e, PermissionError):
+        return DamagedSideFile(f"{Path(path).name} cannot be read (permission denied)")
+    text = str(e).strip().splitlines()[0].split(". ")[0][:120] if str(e).strip() else ""
+    why = text or {"EOFError": "the file is empty or cut short"}.get(type(e).__name__, type(e).__name__)
+    return DamagedSideFile(f"{Path(path).name} is damaged: {why}")
+
+
+def _seed(row) -> int | None:
+    """A row's seed, or None where its cell held no whole number (``results.read_results`` warned)."""
+    seed = pd.to_numeric(row.get("seed"), errors="coerce")
+    return int(seed) if pd.notna(seed) else None
 
 
 def read_runs(rows: pd.DataFrame, csv) -> tuple[dict, list[str]]:
-    """{(model, category, seed): RunScores} of the ``rows`` whose side file exists, and the
-    descriptions of the rows that have none (rows of an older version, or a deleted folder)."""
+    """{(model, category, seed): RunScores} of the ``rows`` whose side file exists and can be read,
+    and the descriptions of the rows left out: without a side file (rows of an older version, or a
+    deleted folder), with a damaged one (why), or without a seed."""
     runs, missing = {}, []
     folder = runs_dir(csv)
     for _, row in rows.iterrows():
+        seed = _seed(row)
         path = scores_path(folder, dataset=row["dataset"], category=row["category"], model=row["model"],
                            config_hash=row["config_hash"])
-        if path.is_file():
-            runs[(row["model"], row["category"], int(row["seed"]))] = load_scores(path)
-        else:
-            missing.append(f"{row['model']} on {row['category']} (seed {row['seed']})")
+        what = f"{row['model']} on {row['category']} (seed {'?' if seed is None else seed}"
+        if seed is None or not path.is_file():
+            missing.append(what + ")")
+            continue
+        try:
+            runs[(row["model"], row["category"], seed)] = load_scores(path)
+        except DamagedSideFile as e:
+            missing.append(f"{what}; {e})")
     return runs, missing
 
 
@@ -120,7 +176,7 @@ def save_curves(path, history: dict) -> Path:
         "val_loss": _finite_or_none(history["val_loss"]),
         "terms": {k: _finite_or_none(v) for k, v in history.get("term_curves", {}).items() if k != "loss"},
     }
-    return _write_bytes(Path(path), json.dumps(curves, indent=1).encode())
+    return _write_bytes(Path(path), json.dumps(curves, indent=1).encode(), what="training curves")
 
 
 def read_curves(rows: pd.DataFrame, csv) -> pd.DataFrame:
@@ -137,15 +193,19 @@ def read_curves(rows: pd.DataFrame, csv) -> pd.DataFrame:
         seen.add((row["model"], train_hash))
         path = curves_path(folder, dataset=row["dataset"], category=row["category"], model=row["model"],
                            train_hash=train_hash)
-        if not path.is_file():
+        seed = _seed(row)
+        if seed is None or not path.is_file():
             continue
-        c = json.loads(path.read_text())
-        frame = pd.DataFrame({"epoch": c["epoch"], "train_loss": c["train_loss"], "val_loss": c["val_loss"],
-                              **c.get("terms", {})}).astype(float)
-        frame["epoch"] = frame["epoch"].astype(int)
+        try:
+            frame = load_curves(path)
+        except DamagedSideFile as e:
+            warnings.warn(f"training curves of {row['model']} on {row['category']} (seed {seed}) left out of the "
+                          f"figure: {e}; delete it, or run that job again with --force to write it anew.",
+                          stacklevel=2)
+            continue
         for col in ("dataset", "category", "category_type", "model"):
             frame[col] = row[col]
-        frame["seed"] = int(row["seed"])
+        frame["seed"] = seed
         frame["train_hash"] = train_hash
         frames.append(frame)
     columns = ["dataset", "category", "category_type", "model", "seed", "train_hash", "epoch", "train_loss",
@@ -156,18 +216,41 @@ def read_curves(rows: pd.DataFrame, csv) -> pd.DataFrame:
     return out[columns + [c for c in out.columns if c not in columns]]
 
 
+def load_curves(path) -> pd.DataFrame:
+    """One curves file as a table: epoch, train_loss, val_loss and one column per loss term;
+    ``DamagedSideFile`` (saying why) for a file that is not what ``save_curves`` wrote."""
+    try:
+        curves = json.loads(Path(path).read_bytes())
+        if not isinstance(curves, dict) or not isinstance(curves.get("terms", {}), dict):
+            raise ValueError("not the curves' JSON object")
+        lacks = [k for k in ("epoch", "train_loss", "val_loss") if k not in curves]
+        if lacks:
+            raise ValueError(f"it lacks {', '.join(lacks)}")
+        columns = {k: curves[k] for k in ("epoch", "train_loss", "val_loss")} | curves.get("terms", {})
+        if not all(isinstance(v, list) for v in columns.values()) or len({len(v) for v in columns.values()}) > 1:
+            raise ValueError("its per-epoch lists differ in length")
+        frame = pd.DataFrame(columns).astype(float)
+        if not (frame["epoch"] % 1 == 0).all():
+            raise ValueError("its epochs are not whole numbers")
+    except READ_ERRORS as e:
+        raise _damaged(path, e) from None
+    frame["epoch"] = frame["epoch"].astype(int)
+    return frame
+
+
 # ------------------------------------------------------------------ data manifests
 
 
 def save_manifest(path, files: dict) -> Path:
     """A category's {relative path: content hash} (``fingerprint.DataFingerprint.files``)."""
-    return _write_bytes(Path(path), json.dumps(files, indent=0, sort_keys=True).encode())
+    return _write_bytes(Path(path), json.dumps(files, indent=0, sort_keys=True).encode(), what="data manifest")
 
 
 def load_manifest(path) -> dict | None:
     """The saved manifest, or None if there is none (or it is unreadable: it only improves a message)."""
     try:
-        files = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        files = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):  # also garbage bytes (UnicodeDecodeError)
         return None
-    return files if isinstance(files, dict) else None
+    plain = isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+    return files if plain else None  # {relative path: content hash}, or another file's JSON

@@ -179,19 +179,26 @@ class RunScores:
     pixel_neg: np.ndarray | None = None
 
     def __post_init__(self):
-        self.labels = (np.asarray(self.labels).ravel() != 0).astype(np.int64)
+        # ValueErrors, not asserts: the arrays are often read from a side file that may be damaged
+        # (runs.load_scores), and a check must not vanish under python -O.
+        labels = np.asarray(self.labels)
+        if labels.dtype.kind not in "biuf":
+            raise ValueError(f"labels must be numbers, not {labels.dtype}")
+        self.labels = (labels.ravel() != 0).astype(np.int64)
         self.scores = np.asarray(self.scores, np.float64).ravel()
-        assert self.labels.shape == self.scores.shape, f"{self.labels.size} labels but {self.scores.size} scores"
+        if self.labels.shape != self.scores.shape:
+            raise ValueError(f"{self.labels.size} labels but {self.scores.size} scores")
         if not np.isfinite(self.scores).all():
             raise ValueError("image scores contain NaN or infinite values; the model's output is not usable.")
-        assert (self.pixel_pos is None) == (self.pixel_neg is None), "give both pixel histograms or neither"
+        if (self.pixel_pos is None) != (self.pixel_neg is None):
+            raise ValueError("give both pixel histograms or neither")
         if self.pixel_pos is not None:
             self.pixel_pos = np.asarray(self.pixel_pos, np.int64)
             self.pixel_neg = np.asarray(self.pixel_neg, np.int64)
             n = self.labels.size
-            assert self.pixel_pos.shape == self.pixel_neg.shape and self.pixel_pos.shape[0] == n, (
-                f"pixel histograms {self.pixel_pos.shape} / {self.pixel_neg.shape} for {n} images"
-            )
+            if not (self.pixel_pos.ndim == 2 and self.pixel_pos.shape == self.pixel_neg.shape
+                    and self.pixel_pos.shape[0] == n and (self.pixel_pos >= 0).all() and (self.pixel_neg >= 0).all()):
+                raise ValueError(f"pixel histograms {self.pixel_pos.shape} / {self.pixel_neg.shape} for {n} images")
 
     @classmethod
     def from_maps(cls, labels, scores, masks, maps, n_bins: int = HISTOGRAM_BINS) -> RunScores:

@@ -410,9 +410,9 @@ def test_bar_figures_show_each_seed_and_the_sd(tmp_path, monkeypatch):
             bars = _by_gid(ax, f"bars:{name}")
             assert [b.get_height() for b in bars] == pytest.approx(rows[metric].tolist())  # the means
             (errorbars,) = _by_gid(ax, f"sd:{name}")
-            spans = [(seg[0][1], seg[1][1]) for seg in errorbars.get_segments()]
-            expected = [(m - s, m + s) for m, s in zip(rows[metric], rows[f"{metric}_sd"])]
-            assert spans == pytest.approx(expected)
+            spans = [y for seg in errorbars.get_segments() for y in (seg[0][1], seg[1][1])]  # (low, high) per bar
+            expected = [y for m, s in zip(rows[metric], rows[f"{metric}_sd"]) for y in (m - s, m + s)]
+            assert spans == pytest.approx(expected)  # flat: pytest >= 9 refuses nested approx
             (dots,) = _by_gid(ax, f"seeds:{name}")
             seeds = [df.loc[(df["model"] == name) & (df["category"] == cat) & (df["seed"] == seed), metric].item()
                      for cat in ("carpet", "bottle") for seed in range(3)]
@@ -517,3 +517,92 @@ def test_make_all_figures_with_and_without_curves(tmp_path, monkeypatch):
     assert top < 10  # the stale curves were left out
     # Without curves, or with none of the plotted runs: the four figures only.
     assert [p.name for p in plots.make_all_figures(df, tmp_path / "stale", stale)] == list(plots.FIGURE_NAMES)
+
+
+# Issue 20, item 15: every figure and table survives metrics that are NaN (a category without
+# defective test images has every label-based metric NaN, docs/faults.md), with any number of seeds.
+
+
+def _rows_with_nan_metrics(n_seeds: int, where: str) -> pd.DataFrame:
+    """fake_seeds whose metrics are NaN in 'bottle' (a category without defective test images)
+    or in every category; the F1 floor is NaN there too, as evaluate writes it."""
+    df = fake_seeds(n_seeds, {"carpet": "texture", "bottle": "object", "widget": "custom"}, ("cae", "vae"))
+    df["f1_floor"] = 0.5
+    rows = df["category"] == "bottle" if where == "one category" else df["category"].notna()
+    df.loc[rows, list(plots.AGGREGATED_METRICS)] = np.nan
+    return df
+
+
+@pytest.mark.parametrize(("where", "n_seeds"), [("one category", 2), ("every category", 1), ("every category", 2)])
+def test_every_figure_and_table_survives_nan_metrics(tmp_path, monkeypatch, n_seeds, where):
+    df = _rows_with_nan_metrics(n_seeds, where)
+    curves = fake_curves({"carpet": "texture", "bottle": "object", "widget": "custom"}, ("cae", "vae"),
+                         seeds=range(n_seeds), no_val=("carpet", "bottle", "widget"))
+    curves.loc[curves["category"] == "bottle", "train_loss"] = np.nan
+    save = plots._save  # drawn in full, saved small: the test is about drawing, not pixels
+    monkeypatch.setattr(plots, "_save", lambda fig, out_path, **kw: save(fig, out_path, dpi=30))
+    figures = _capture_figures(monkeypatch)
+    paths = report.figures(df, tmp_path, results_csv=tmp_path / "none.csv")  # plots.make_all_figures, no curves
+    assert [p.name for p in paths] == list(plots.FIGURE_NAMES)
+    assert plots.training_curves(curves, tmp_path / plots.CURVES_FIGURE).is_file()
+    (f1_ax,) = figures[0].axes
+    bars = [bar for name in ("cae", "vae") for bar in _by_gid(f1_ax, f"bars:{name}")]
+    assert len(bars) == (4 if where == "one category" else 0)  # carpet and widget, two models each
+    assert sum(t.get_text() == "n/a" for t in f1_ax.texts) == (2 if where == "one category" else 6)
+    if n_seeds > 1 and where == "one category":
+        dots = sum(len(d.get_offsets()) for name in ("cae", "vae") for d in _by_gid(f1_ax, f"seeds:{name}"))
+        assert dots == 2 * 2 * n_seeds  # no dot where a seed has no value
+    table = report.metric_tables(df)
+    assert table.loc["bottle"].map(lambda v: v == "n/a" or (isinstance(v, float) and np.isnan(v))).all()
+    assert "Best model per category type" in report.summary(df)
+
+
+# Issue 20, item 11: a model whose job failed on the hardest category must not rank above a
+# model that is better on every category both have.
+
+
+def _one_model_lacks_the_hardest_category() -> pd.DataFrame:
+    """CAE beats VAE on carpet and grid; VAE's job on screw (where CAE is weakest) failed: no row."""
+    values = {("carpet", "cae"): 0.95, ("grid", "cae"): 0.9, ("screw", "cae"): 0.6,
+              ("carpet", "vae"): 0.9, ("grid", "vae"): 0.85}
+    df = fake_results({"carpet": "texture", "grid": "texture", "screw": "object"}, ("cae", "vae"))
+    df = df[[(c, m) in values for c, m in zip(df["category"], df["model"])]].copy()
+    df["image_auroc"] = [values[c, m] for c, m in zip(df["category"], df["model"])]
+    return df
+
+
+def test_means_that_rank_models_cover_the_categories_every_model_has(tmp_path, monkeypatch):
+    df = _one_model_lacks_the_hardest_category()
+    table = plots.results_table(df, "image_auroc")
+    # Over carpet and grid, the categories both have (was: CAE 0.817 over three, VAE 0.875 over two).
+    assert table.loc["overall mean", "CAE"] == pytest.approx(0.925)
+    assert table.loc["overall mean", "VAE"] == pytest.approx(0.875)
+    assert np.isnan(table.loc["object mean", "CAE"])  # no object category that both models have
+    note = plots.means_note(table)
+    assert "every model has a value" in note and "screw (no value for VAE)" in note
+    assert plots.means_note(plots.results_table(fake_results(), "image_auroc")) == ""  # nothing left out
+    figures = _capture_figures(monkeypatch)
+    plots.roc_auc_heatmap(df, tmp_path / "heatmap.png")
+    assert "screw (no value for VAE)" in figures[-1].get_supxlabel()
+    plots.metrics_distribution(df, tmp_path / "distribution.png")  # its mean lines (fewer than 4 categories)
+    assert "screw (no value for VAE)" in figures[-1].legends[0].get_title().get_text()
+    tables = report.metric_tables(df)
+    assert tables.loc["overall mean", ("Image AUROC", "CAE")] == pytest.approx(0.925)
+    assert "screw (no value for VAE)" in repr(tables) and "screw (no value for VAE)" in tables._repr_html_()
+    text = report.summary(df)
+    assert "| all | CAE (0.925)" in text and "| texture | CAE (0.925)" in text
+    assert "screw (no value for VAE)" in text
+
+
+def test_gallery_of_a_category_without_defects_or_with_flat_maps(tmp_path):
+    """The gallery of a category without defective test images: empty masks (no outline) and,
+    for one model, maps that are zero everywhere (its colour scale must still be valid)."""
+    rng = np.random.default_rng(0)
+    n, size = 2, 16
+    recons = {m: rng.random((n, 3, size, size), dtype=np.float32) for m in ("cae", "vae")}
+    maps = {"cae": np.zeros((n, size, size), np.float32), "vae": rng.random((n, size, size), dtype=np.float32)}
+    out = plots.anomaly_gallery(tmp_path / "gallery.png", images=rng.random((n, 3, size, size)),
+                                masks=np.zeros((n, size, size)), row_labels=["good"] * n, reconstructions=recons,
+                                maps=maps, category="no_defects")
+    assert out.stat().st_size > 5_000
+    assert examples.pick_examples(np.zeros(4, int), ["good"] * 4, n_good=2, n_defect=4) == [0, 3]
