@@ -2,13 +2,15 @@
 
 Exit status: 0 success; 1 some jobs failed (the others' rows are written); 2 a bad
 argument, dataset or file (one sentence on stderr, no traceback); 130 interrupted (every
-finished row is kept; the same command resumes).
+finished row is kept; the same command resumes), 143 / 129 the same for SIGTERM / SIGHUP.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +26,7 @@ from .checkpoints import DEFAULT_CHECKPOINT_DIR
 from .demo_data import make_synthetic_dataset
 from .evaluate import DEFAULT_EVAL_SIZE, EvalConfig, parse_eval_size
 from .grid import EXECUTORS, run_grid
+from .report import few_val_note
 from .results import DEFAULT_RESULTS_CSV, read_results
 from .sizes import ASPECTS, DEFAULT_ASPECT, parse_image_size
 from .thresholds import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
@@ -76,6 +79,9 @@ def _print_table(df) -> None:
     cols = [c for c in TABLE_COLUMNS if c in df.columns]
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    few_val = few_val_note(df)
+    if few_val:
+        print(f"\nnote: {few_val}")
 
 
 def cmd_run(args) -> int:
@@ -102,8 +108,13 @@ def cmd_run(args) -> int:
         print(f"\n{len(failures)} job(s) failed:", file=sys.stderr)
         for f in failures:
             print(f"  {f['model']} on {f['category']}: {f['error']}", file=sys.stderr)
-        return 1
-    return 0
+    unwritten = df.attrs.get("unwritten", [])
+    if unwritten:  # the rows are in the CSV; what is missing must not pass unnoticed (exit 1)
+        print(f"\n{len(unwritten)} row(s) were kept without a file that could not be written (their numbers are "
+              "right; to write it, rerun those jobs with --force once there is room):", file=sys.stderr)
+        for f in unwritten:
+            print(f"  {f['model']} on {f['category']}: {f['error']}", file=sys.stderr)
+    return 1 if failures or unwritten else 0
 
 
 def cmd_plots(args) -> int:
@@ -138,8 +149,11 @@ def build_parser():
     r.add_argument("--data-root", metavar="DIR",
                    help=f"dataset in MVTec AD layout (default: $MVTEC_ROOT or ./{DEFAULT_DATA_ROOT}; "
                         f"if that is missing, the demo dataset in {DEMO_DIR})")
-    r.add_argument("--categories", nargs="+", metavar="C", help="categories to run (default: all under the root)")
-    r.add_argument("--models", nargs="+", metavar="M", help=f"models to run (default: all: {' '.join(MODEL_NAMES)})")
+    # List options accumulate: "--models cae --models vae" runs both (argparse's default keeps the last one only).
+    r.add_argument("--categories", nargs="+", action="extend", metavar="C",
+                   help="categories to run (default: all under the root)")
+    r.add_argument("--models", nargs="+", action="extend", metavar="M",
+                   help=f"models to run (default: all: {' '.join(MODEL_NAMES)})")
     r.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"training epochs (default {d.epochs})")
     r.add_argument("--image-size", default=str(DEFAULT_IMAGE_SIZE), metavar="S|HxW",
                    help=f"input size in px: S for S x S, or HxW (height x width, e.g. 96x240); every image is "
@@ -153,7 +167,7 @@ def build_parser():
     r.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
     seed = r.add_mutually_exclusive_group()
     seed.add_argument("--seed", type=int, default=d.seed, metavar="K", help=f"seed of everything (default {d.seed})")
-    seed.add_argument("--seeds", type=int, nargs="+", metavar="K",
+    seed.add_argument("--seeds", type=int, nargs="+", action="extend", metavar="K",
                       help="several seeds: one row per seed (e.g. --seeds 0 1 2); tables show mean +- sd")
     r.add_argument("--results-csv", default=DEFAULT_RESULTS_CSV, metavar="FILE",
                    help=f"results table and cache (default {DEFAULT_RESULTS_CSV})")
@@ -210,12 +224,46 @@ def build_parser():
     return p
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command is, so that it ends as Ctrl-C does (every
+    finished row kept, temporary files removed, Ray tasks cancelled)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def sigterm_and_sighup_as_ctrl_c():
+    """While the command runs, SIGTERM (a scheduler's stop, `kill`) and SIGHUP (the terminal
+    closed) raise ``Stopped``; by default they would end the process without a word. A signal
+    that is ignored (nohup) stays ignored; the previous handlers are put back afterwards."""
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)  # no SIGHUP on Windows
+        try:
+            if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, _stop)
+        except ValueError:  # not the main thread: signals cannot be handled here
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv=None) -> int:
     # Warnings are for people: one line each, without source lines.
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with sigterm_and_sighup_as_ctrl_c():
+            return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -225,11 +273,13 @@ def main(argv=None) -> int:
               "and the free disk space.",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         csv = getattr(args, "results_csv", None)
         kept = f"; finished rows are kept in {csv}, run the same command to resume" if args.command == "run" else ""
-        print(f"\ninterrupted{kept}.", file=sys.stderr)
-        return 130
+        signum = e.signum if isinstance(e, Stopped) else None
+        what = "interrupted" if signum is None else f"stopped by {signal.Signals(signum).name}"
+        print(f"\n{what}{kept}.", file=sys.stderr)
+        return 130 if signum is None else 128 + signum  # the shell's status of a process ended by that signal
 
 
 if __name__ == "__main__":

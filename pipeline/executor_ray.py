@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -34,9 +35,14 @@ def connect(address: str | None):
     check_reachable(address)
     if ray.is_initialized():  # a caller (a notebook, a test) already connected: use that
         return ray, False
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
+        # ray.init makes SIGTERM exit at once; the command line's handler ends the run as Ctrl-C
+        # does (the tasks cancelled, one message), so it is put back.
+        if callable(sigterm) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
     except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError ... depending on the address
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(f"cannot connect to the Ray cluster at {address!r} ({why}); start it with "

@@ -6,8 +6,9 @@ yet in the CSV, category-major so that a category is decoded once for all its mo
 whose trained model is already recorded (a row with its ``train_hash`` in the CSV, and its
 checkpoint on disk) is only re-evaluated, from the checkpoint: a new scoring rule,
 evaluation size or threshold never retrains. Each row is appended as soon as its job ends
-(``results.append_row``), after its side files (``runs.py``); a failing job is reported in
-one line and the grid goes on.
+(``results.append_row``), its checkpoint and side files (``runs.py``) written just before it
+under the CSV's lock, only if the row is kept; a failing job is reported in one line and the
+grid goes on.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import dataclasses
 import gc
 import json
 import math
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -32,12 +34,12 @@ from models import (
     size_multiple,
 )
 from models.errors import CheckpointError, ConfigError, DatasetError, UserError
-from models.mvtec import DEFAULT_VAL_FRACTION, category_type, dataset_name
+from models.mvtec import DEFAULT_VAL_FRACTION, MASK_VERSION, category_type, dataset_name
 
 from . import memory, runs
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, make_checkpoint_dir
 from .evaluate import EvalConfig
-from .files import make_folder
+from .files import make_folder, shown_name, undecodable_names
 from .fingerprint import data_fingerprint, describe_change
 from .job import (
     HASH_VERSION,
@@ -45,16 +47,18 @@ from .job import (
     JobOutput,
     JobSpec,
     check_test_split,
-    evaluate_checkpoint,
+    compute_from_checkpoint,
+    compute_job,
     load_category,
-    run_job,
     write_output,
 )
 from .results import (
     DEFAULT_RESULTS_CSV,
     KEY_COLUMNS,
+    ResultsError,
     append_row,
     check_writable,
+    open_results,
     read_results,
 )
 from .sizes import DEFAULT_ASPECT, category_size, check_aspect
@@ -83,6 +87,9 @@ def make_specs(data_root, categories=None, models=None, *, image_size: ImageSize
     for name in [*names, *(m for m in overrides if m not in names)]:
         if name not in MODEL_NAMES:
             raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}.")
+        if not isinstance(overrides.get(name, {}), dict):
+            raise ConfigError(f"the overrides of {name} must be a dict of its settings (e.g. {{{name!r}: "
+                              f"{{'latent_dim': 64}}}}), got {overrides[name]!r}.")
         for key in ("image_size", "in_channels"):
             if key in overrides.get(name, {}):
                 raise ConfigError(f"{name}.{key} cannot be overridden per model; the grid sets {key} for all models "
@@ -96,6 +103,13 @@ def make_specs(data_root, categories=None, models=None, *, image_size: ImageSize
         raise ConfigError("no seeds given; pass at least one (e.g. --seeds 0 1 2).")
     eval_config = eval_config or EvalConfig()
     dataset = dataset_name(data_root)
+    # Names from bytes that are not UTF-8 cannot go into the CSV: said now, not after training.
+    bad = [f"the category folder '{c}' in '{shown_name(data_root)}'" for c in undecodable_names(cats)]
+    if undecodable_names([dataset]):
+        bad.append(f"the data root folder '{shown_name(Path(data_root).resolve())}', which names the dataset,")
+    if bad:
+        raise DatasetError(f"{bad[0]} has a name that is not UTF-8 text (as a zip made on Windows may unpack it), "
+                           "which the results cannot hold; rename that folder.")
     step = size_multiple(names, overrides)  # one H x W fits every model of the grid
     sizes = {c: category_size(data_root, c, image_size, aspect=aspect, step=step) for c in cats}
     rectangles = [c for c in cats if not isinstance(sizes[c], int)]
@@ -133,18 +147,21 @@ def _fmt(x) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
-def _version(config_json: str) -> int | None:
+def _version(config_json: str, key: str = "hash_version") -> int | None:
     try:
-        return json.loads(config_json).get("hash_version")
+        return json.loads(config_json).get(key)
     except (TypeError, ValueError, AttributeError):
         return None
 
 
 def explain_reruns(table: pd.DataFrame, specs: list[JobSpec], runs_folder: Path, log) -> None:
-    """Say once why jobs that look done run again: rows of an older version (other keys), or a
-    category whose files changed since its rows were written (naming how many files differ)."""
+    """Say once why jobs that look done run again: rows of an older version (other keys), rows
+    evaluated with masks read by an older rule, a category whose rows are under another dataset
+    name, or a category whose files changed since its rows were written (naming how many files
+    differ)."""
     if table.empty or not specs:
         return
+    explain_renamed(table, specs, log)
     ours = {(s.dataset, s.category, s.model) for s in specs}
     same_job = pd.Series([(d, c, m) in ours for d, c, m in zip(table["dataset"], table["category"], table["model"])],
                          index=table.index)
@@ -154,9 +171,15 @@ def explain_reruns(table: pd.DataFrame, specs: list[JobSpec], runs_folder: Path,
         log(f"{len(old)} row(s) of these jobs were written by an older version, whose keys did not include the "
             "data's fingerprint and the evaluation settings; the jobs run again under the new keys (the old rows "
             "are kept).")
-    if "data_fingerprint" not in table:
+    if "data_fingerprint" not in table or "config_json" not in table:
         return
     current = table[same_job & (versions == HASH_VERSION)]
+    mask_versions = current["config_json"].map(lambda text: _version(text, "mask_version"))
+    if len(older_masks := current[mask_versions != MASK_VERSION]):
+        log(f"{len(older_masks)} row(s) of these jobs were evaluated with masks read by an older rule (a colour "
+            "mask read as grey, which lost dark colours and class indices; now any non-zero value of any channel is "
+            "a defect); they are evaluated again, from their checkpoints where those are kept (the old rows are "
+            "kept).")
     for spec in {s.category: s for s in specs}.values():
         rows = current[(current["dataset"] == spec.dataset) & (current["category"] == spec.category)]
         stale = rows[rows["data_fingerprint"] != spec.data_fingerprint]
@@ -173,6 +196,22 @@ def explain_reruns(table: pd.DataFrame, specs: list[JobSpec], runs_folder: Path,
             log(f"{change.rstrip('.')}; its jobs run again.")
 
 
+def explain_renamed(table: pd.DataFrame, specs: list[JobSpec], log) -> None:
+    """Say when a category's files are in the CSV under another dataset name only: the rows of an
+    earlier version, which named a root of MVTec AD's category names ``mvtec_ad`` whatever its
+    folder, or of the same folder renamed; its jobs run again under the new name."""
+    if "data_fingerprint" not in table:
+        return
+    for spec in {s.category: s for s in specs}.values():
+        same_data = table[(table["category"] == spec.category) & (table["data_fingerprint"] == spec.data_fingerprint)]
+        others = sorted(set(same_data["dataset"]) - {spec.dataset})
+        if others and not (same_data["dataset"] == spec.dataset).any():
+            log(f"the rows of {spec.category!r} with these files are in the CSV under the dataset name "
+                f"{others[0]!r}, but this data root is named {spec.dataset!r} (a dataset is named after its folder, "
+                "or its DATASET.json, never after which categories it holds); its jobs run again under the new name "
+                "(the old rows are kept).")
+
+
 def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize = DEFAULT_IMAGE_SIZE,
              aspect: str = DEFAULT_ASPECT, train: TrainConfig | None = None, seeds=None,
              model_overrides: dict | None = None, eval_config: EvalConfig | None = None,
@@ -186,7 +225,8 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
     checkpoint exists) is evaluated from the checkpoint without training; ``force`` retrains
     and replaces rows, and without the CSV every job trains (checkpoints never decide alone).
     Returns the grid's rows (cached and new) as a DataFrame in grid order; ``df.attrs`` holds
-    ``failures`` (list of {category, model, seed, error}), ``ran``, ``trained``,
+    ``failures`` (list of {category, model, seed, error}), ``unwritten`` (the same for rows kept
+    without a file that could not be written, e.g. on a full disk), ``ran``, ``trained``,
     ``evaluated``, ``skipped`` and ``results_csv``. A failing job is reported in one line and
     the grid goes on; Ctrl-C stops it with every finished row kept.
 
@@ -202,7 +242,7 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
     for spec in {s.category: s for s in specs}.values():
         if spec.image_size != canonical_size(image_size):  # chosen from the images (aspect="keep")
             log(f"{spec.category}: input {size_label(spec.image_size)} px (height x width), the aspect of its images.")
-    csv, table = check_writable(results_csv)  # the rows already there, read once
+    csv, table = open_results(results_csv)  # the rows already there, read once
     runs_folder = runs.runs_dir(csv)
     done = set(map(tuple, table[list(KEY_COLUMNS)].itertuples(index=False, name=None)))
     keys = [s.key() for s in specs]
@@ -214,14 +254,23 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
     n_eval = len(from_checkpoint)
     to_train = [s for s in todo if id(s) not in from_checkpoint]
     memory.check_jobs(to_train)  # too large to train: exit 2 before any data
+    memory.check_evaluation(todo)  # an --eval-size whose pixel metrics cannot fit: the same
     log(f"{len(specs)} job(s): {len(specs) - len(todo)} already in {csv}, {len(todo) - n_eval} to train"
         + (f", {n_eval} to evaluate from their checkpoints" if n_eval else "") + ".")
+    if todo:  # something will be written: every folder it goes to, before any training (exit 2, not N failed jobs)
+        check_writable(csv)
+        for spec in {s.category: s for s in todo}.values():
+            make_folder(runs.manifest_path(runs_folder, dataset=spec.dataset, category=spec.category,
+                                           fingerprint=spec.data_fingerprint).parent,
+                        what="side-file folder", fix="pass another --results-csv", error=ResultsError)
     if todo and checkpoint_dir is not None:
-        make_checkpoint_dir(checkpoint_dir)  # before any training: a bad --checkpoint-dir is exit 2, not N failed jobs
+        make_checkpoint_dir(checkpoint_dir)
+        for spec in {s.category: s for s in to_train}.values():
+            make_checkpoint_dir(spec.checkpoint_path(checkpoint_dir).parent)
     if todo and cache_dir is not None:  # the same for --cache-dir, which models.mvtec only writes after decoding
         make_folder(cache_dir, what="image cache folder", fix="pass another --cache-dir, or none", error=ConfigError)
     if not force:
-        explain_reruns(table, to_train, runs_folder, log)
+        explain_reruns(table, todo, runs_folder, log)
     for spec in {s.category: s for s in todo}.values():  # what the data was, for a later "files differ" message
         path = runs.manifest_path(runs_folder, dataset=spec.dataset, category=spec.category,
                                   fingerprint=spec.data_fingerprint)
@@ -229,6 +278,7 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
             runs.save_manifest(path, data_fingerprint(spec.data_root, spec.category).files)
 
     failures: list[dict] = []
+    unwritten: list[dict] = []
     n_trained = 0
     n_done = 0
     many_seeds = len({x.train.seed for x in specs}) > 1
@@ -245,16 +295,33 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
         failures.append(failure)
         log(f"{at}: FAILED: {error}")
 
-    def finish(at: str, row: dict) -> None:
-        written = append_row(csv, row, replace=force)
-        note = "" if written else " (another run wrote this row meanwhile; kept theirs)"
+    def finish(spec: JobSpec, at: str, data: CategoryData, output: JobOutput, took: str) -> None:
+        """Append the job's row; its checkpoint and side files are written under the CSV's lock
+        once the row is known to be kept (another run of the same job may have written its row
+        meanwhile: its files then stay as they are, matching that row)."""
+        errors: list[str] = []
+
+        def write_files() -> None:
+            errors.extend(write_output(spec, data, output, checkpoint_dir=checkpoint_dir, runs_dir=runs_folder))
+
+        row = output.row
+        kept = append_row(csv, row, replace=force, write_files=write_files)
+        note = "" if kept else " (another run wrote this row meanwhile; kept theirs)"
         log(f"{at}: image AUROC {_fmt(row['image_auroc'])}, pixel AUROC {_fmt(row['pixel_auroc'])}, "
-            f"AU-PRO {_fmt(row['aupro'])}, F1 {_fmt(row['f1'])} (floor {_fmt(row['f1_floor'])}), "
-            f"trained in {float(row['train_seconds']):.1f} s{note}")
+            f"AU-PRO {_fmt(row['aupro'])}, F1 {_fmt(row['f1'])} (floor {_fmt(row['f1_floor'])}), {took}{note}")
+        for error in errors:
+            log(f"{at}: {error}")
+            unwritten.append({"category": spec.category, "model": spec.model, "seed": spec.train.seed,
+                              "error": error})
+
+    def trained_in(output: JobOutput) -> str:
+        return f"trained in {float(output.row['train_seconds']):.1f} s"
 
     def load(spec: JobSpec) -> CategoryData:
-        return load_category(data_root, spec.category, image_size=spec.image_size, in_channels=spec.in_channels,
+        data = load_category(data_root, spec.category, image_size=spec.image_size, in_channels=spec.in_channels,
                              seed=spec.train.seed, val_fraction=spec.val_fraction, cache_dir=cache_dir)
+        check_test_split(spec, data)
+        return data
 
     local = todo if executor == "local" else [s for s in todo if id(s) in from_checkpoint]
     remote = [] if executor == "local" else to_train
@@ -265,14 +332,8 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
         def on_output(spec: JobSpec, data: CategoryData, output: JobOutput) -> None:
             nonlocal n_done, n_trained
             n_done += 1
-            at = where(spec, n_done)
-            try:
-                row = write_output(spec, data, output, checkpoint_dir=checkpoint_dir, runs_dir=runs_folder)
-            except UserError as e:
-                fail(spec, at, e, None)
-                return
             n_trained += 1
-            finish(at, row)
+            finish(spec, where(spec, n_done), data, output, trained_in(output))
 
         def on_failure(spec: JobSpec, e: BaseException, tb: str | None) -> None:
             nonlocal n_done
@@ -280,12 +341,7 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
             fail(spec, where(spec, n_done), e, tb)
 
         log(f"sending {len(remote)} job(s) to Ray ...")
-        def load_checked(spec: JobSpec) -> CategoryData:
-            data = load(spec)
-            check_test_split(spec, data)  # run_job checks it in the local loop
-            return data
-
-        run_jobs_on_ray(remote, load_checked, address=address, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+        run_jobs_on_ray(remote, load, address=address, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
                         max_concurrent=max_concurrent_jobs,
                         category_kind=lambda s: category_type(s.data_root, s.category),
                         on_output=on_output, on_failure=on_failure, progress=train.progress if train else True)
@@ -305,17 +361,20 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
                     data_error = str(e)
             if data_error is not None:
                 raise DatasetError(data_error)
-            row = None
+            output = None
             if id(spec) in from_checkpoint:
                 path = spec.checkpoint_path(checkpoint_dir)
                 log(f"{at}: evaluating from checkpoint {path} ...")
+                start = time.perf_counter()
                 try:
-                    row = evaluate_checkpoint(spec, data, checkpoint_dir=checkpoint_dir, runs_dir=runs_folder)
+                    output = compute_from_checkpoint(spec, data, checkpoint_dir=checkpoint_dir)
+                    took = f"re-evaluated from checkpoint in {time.perf_counter() - start:.1f} s"
                 except CheckpointError as e:
                     log(f"{at}: cannot use its checkpoint ({e}); training instead.")
-            if row is None:
+            if output is None:
                 log(f"{at} ...")
-                row = run_job(spec, data, checkpoint_dir=checkpoint_dir, runs_dir=runs_folder)
+                output = compute_job(spec, data)
+                took = trained_in(output)
                 n_trained += 1
         except UserError as e:
             fail(spec, at, e, None)
@@ -325,7 +384,8 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
             del e
             gc.collect()
             continue
-        finish(at, row)
+        finish(spec, at, data, output, took)
+        output = None
     data = None
     gc.collect()
 
@@ -336,7 +396,7 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
     out = table.loc[mask].copy()
     out["_order"] = [index[k] for k, m in zip(table_keys, mask) if m]
     out = out.sort_values("_order").drop(columns="_order").reset_index(drop=True)
-    out.attrs.update(failures=failures, ran=len(todo) - len(failures), trained=n_trained,
+    out.attrs.update(failures=failures, unwritten=unwritten, ran=len(todo) - len(failures), trained=n_trained,
                      evaluated=len(todo) - len(failures) - n_trained, skipped=len(specs) - len(todo),
                      results_csv=str(csv))
     return out

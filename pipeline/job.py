@@ -6,11 +6,13 @@ A job is three steps, each a function with one job::
     evaluation = evaluate.evaluate(model, data, spec.eval_config, ...)   # maps, scores, metrics
     row = record(spec, data, model, history, evaluation, ...)   # the row; saves the checkpoint
 
-``run_job`` chains them (the grid calls it once per job); ``evaluate_checkpoint`` is the
-same job without training, from the checkpoint of an earlier run (a new scoring rule,
-evaluation size or threshold). ``JobSpec`` says everything that defines a job: its
-``train_hash`` names the checkpoint (what changes the weights), its ``config_hash`` the row
-(that plus the evaluation settings); docs/design.md, "The cache key".
+``run_job`` chains them; ``evaluate_checkpoint`` is the same job without training, from the
+checkpoint of an earlier run (a new scoring rule, evaluation size or threshold). The grid
+uses their halves that write nothing (``compute_job``, ``compute_from_checkpoint``: a
+``JobOutput``) and writes each output with ``write_output`` only once its row is kept.
+``JobSpec`` says everything that defines a job: its ``train_hash`` names the checkpoint
+(what changes the weights), its ``config_hash`` the row (that plus the evaluation
+settings); docs/design.md, "The cache key".
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import json
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,8 +32,8 @@ from pathlib import Path
 import torch
 
 from models import DEFAULT_IMAGE_SIZE, MODELS, AnomalyModel, ImageSize, ModelConfig, model_config, size_label
-from models.errors import DatasetError
-from models.mvtec import DECODE_VERSION, DEFAULT_VAL_FRACTION, MVTecAD, category_type
+from models.errors import DatasetError, UserError
+from models.mvtec import DECODE_VERSION, DEFAULT_VAL_FRACTION, MASK_VERSION, MVTecAD, category_type
 
 from . import runs
 from .checkpoints import (
@@ -101,7 +104,8 @@ class JobSpec:
 
     def config_dict(self) -> dict:
         """Everything that changes the row: the training and the evaluation (hashed into ``config_hash``)."""
-        return {**self.train_dict(), "eval": json.loads(json.dumps(self.eval_config.to_dict()))}
+        return {**self.train_dict(), "eval": json.loads(json.dumps(self.eval_config.to_dict())),
+                "mask_version": MASK_VERSION}  # how the masks are read: evaluation only, never the checkpoint
 
     def train_hash(self) -> str:
         """Names the checkpoint: equal for two jobs that differ only in how they are evaluated."""
@@ -223,27 +227,38 @@ def make_row(spec: JobSpec, data: CategoryData, training: dict, evaluation: Eval
     }
 
 
-def save_side_files(spec: JobSpec, data: CategoryData, evaluation: Evaluation, runs_dir, *,
-                    history: dict | None = None) -> None:
-    """The row's per-image scores (and the training curves, for a trained model) under ``runs_dir``."""
+def side_file_writes(spec: JobSpec, data: CategoryData, evaluation: Evaluation, runs_dir, *,
+                     history: dict | None = None, trained: bool = True) -> list[tuple[str, Path, Callable[[], object]]]:
+    """The row's side files under ``runs_dir`` as (what, path, write) triples, written by
+    ``write_output``: the per-image scores, and the training curves when ``history`` is given
+    (for a model not ``trained`` here, only if its training left none)."""
     root = Path(data.test.root) / spec.category
     where = dict(dataset=spec.dataset, category=spec.category, model=spec.model)
-    runs.save_scores(runs.scores_path(runs_dir, **where, config_hash=spec.config_hash()),
-                     labels=data.test.labels.numpy(), test_scores=evaluation.test_scores.numpy(),
-                     val_scores=evaluation.val_scores.numpy(), pixel_pos=evaluation.pixel_pos,
-                     pixel_neg=evaluation.pixel_neg,
-                     test_paths=[Path(p).relative_to(root).as_posix() for p in data.test.paths])
-    if history is not None:
-        runs.save_curves(runs.curves_path(runs_dir, **where, train_hash=spec.train_hash()), history)
+    scores = runs.scores_path(runs_dir, **where, config_hash=spec.config_hash())
+    writes = [("per-image scores", scores, lambda: runs.save_scores(
+        scores, labels=data.test.labels.numpy(), test_scores=evaluation.test_scores.numpy(),
+        val_scores=evaluation.val_scores.numpy(), pixel_pos=evaluation.pixel_pos, pixel_neg=evaluation.pixel_neg,
+        test_paths=[Path(p).relative_to(root).as_posix() for p in data.test.paths]))]
+    curves = runs.curves_path(runs_dir, **where, train_hash=spec.train_hash())
+    if history is not None and (trained or not curves.is_file()):  # a re-evaluation's history is its training's
+        writes.append(("training curves", curves, lambda: runs.save_curves(curves, history)))
+    return writes
+
+
+def warn_unwritten(errors: list[str]) -> None:
+    for error in errors:
+        warnings.warn(error, stacklevel=3)
 
 
 def record(spec: JobSpec, data: CategoryData, model: AnomalyModel, history: dict, evaluation: Evaluation, *,
            checkpoint_dir=DEFAULT_CHECKPOINT_DIR, runs_dir=None, peak_memory: float = float("nan")) -> dict:
     """Step 3: the results row of a finished job; saves the model's checkpoint (with the row
     and the training history) under ``checkpoint_dir`` and the side files (per-image scores,
-    training curves) under ``runs_dir``, each unless None."""
+    training curves) under ``runs_dir``, each unless None. A file that cannot be written is a
+    warning (``write_output``): the row is returned all the same."""
     output = make_output(spec, data, model, history, evaluation, peak_memory=peak_memory)
-    return write_output(spec, data, output, checkpoint_dir=checkpoint_dir, runs_dir=runs_dir)
+    warn_unwritten(write_output(spec, data, output, checkpoint_dir=checkpoint_dir, runs_dir=runs_dir))
+    return output.row
 
 
 def check_test_split(spec: JobSpec, data: CategoryData) -> None:
@@ -300,12 +315,12 @@ def train_and_evaluate(spec: JobSpec, data: CategoryData, *, on_epoch: Callable[
 
 @dataclass
 class JobOutput:
-    """What a job produced, before anything is written (a Ray task returns it to the driver,
-    which writes it with ``write_output``): the row, the checkpoint file's bytes and the side
-    files' data."""
+    """What a job produced, before anything is written (a Ray task returns it to the driver;
+    the grid writes it with ``write_output`` once its row is kept): the row, the checkpoint
+    file's bytes (None for a job re-evaluated from its checkpoint) and the side files' data."""
 
     row: dict
-    checkpoint: bytes
+    checkpoint: bytes | None
     evaluation: Evaluation
     history: dict
 
@@ -328,45 +343,83 @@ def compute_job(spec: JobSpec, data: CategoryData, *, kind: str | None = None) -
     try:
         model, history, evaluation, peak = train_and_evaluate(spec, data)
         output = make_output(spec, data, model, history, evaluation, peak_memory=peak, kind=kind)
-        # The maps are not written anywhere: do not ship them back to the driver.
-        output.evaluation = dataclasses.replace(evaluation, test_maps=torch.empty(0))
+        output.evaluation = without_maps(evaluation)
         return output
     finally:
         del model
         release_memory(spec)
 
 
+def without_maps(evaluation: Evaluation) -> Evaluation:
+    """The maps are not written anywhere: do not keep them (nor ship them back to the driver)."""
+    return dataclasses.replace(evaluation, test_maps=torch.empty(0))
+
+
 def write_output(spec: JobSpec, data: CategoryData, output: JobOutput, *, checkpoint_dir=DEFAULT_CHECKPOINT_DIR,
-                 runs_dir=None) -> dict:
-    """Write a ``compute_job`` output as ``record`` would (checkpoint, side files); returns the row."""
-    if checkpoint_dir is not None:
-        write_checkpoint(spec.checkpoint_path(checkpoint_dir), output.checkpoint)
+                 runs_dir=None) -> list[str]:
+    """Write the files behind ``output.row``: its checkpoint (unless None: re-evaluated) under
+    ``checkpoint_dir`` and its side files under ``runs_dir``, each unless None. Returns one
+    sentence per file the file system refused (disk full, quota, read-only): that file is left
+    out and the others are written, since the row's numbers are right and worth keeping
+    without it (``write_or_clear``)."""
+    writes = []
+    if checkpoint_dir is not None and output.checkpoint is not None:
+        path = spec.checkpoint_path(checkpoint_dir)
+        writes.append(("checkpoint", path, lambda: write_checkpoint(path, output.checkpoint)))
     if runs_dir is not None:
-        save_side_files(spec, data, output.evaluation, runs_dir, history=output.history)
-    return output.row
+        writes += side_file_writes(spec, data, output.evaluation, runs_dir, history=output.history,
+                                   trained=output.checkpoint is not None)
+    errors = [write_or_clear(what, path, write) for what, path, write in writes]
+    return [e for e in errors if e is not None]
 
 
-def evaluate_checkpoint(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=DEFAULT_CHECKPOINT_DIR,
-                        runs_dir=None, cache_dir=None) -> dict:
-    """The row of ``spec`` from the checkpoint its training saved (``spec.checkpoint_path``),
-    evaluated under ``spec.eval_config`` without training: the training columns come from the
-    checkpoint. ``CheckpointError`` if it is missing, damaged or of another config."""
-    spec.validate()
-    spec = spec.with_fingerprint()
-    device = resolve_device(spec.train.device)
-    data = _load(spec, data, cache_dir)
+def write_or_clear(what: str, path: Path, write: Callable[[], object]) -> str | None:
+    """Run ``write``, which writes ``path``; None if it did. If it is refused (a ``UserError``
+    naming the file; no half file is left), a file already at ``path`` is removed, because it
+    belongs to another training or row (one replaced by ``--force``) and would pass for this
+    one's; returns the sentence to show."""
+    try:
+        write()
+        return None
+    except UserError as e:
+        error = e
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as gone:
+        raise type(error)(f"{str(error).rstrip('.')}, and the older file there, of another row, cannot be removed "
+                          f"({gone.strerror}) either; remove it by hand.") from None
+    return f"kept the row without its {what}: {error}"
+
+
+def compute_from_checkpoint(spec: JobSpec, data: CategoryData, *, checkpoint_dir=DEFAULT_CHECKPOINT_DIR
+                            ) -> JobOutput:
+    """``spec`` (its fingerprint filled in) evaluated on ``data`` from the checkpoint its
+    training saved, without training; writes nothing (``evaluate_checkpoint`` does). The
+    training columns and history come from the checkpoint. ``CheckpointError`` if it is
+    missing, damaged or of another config."""
     model = load_checkpoint(spec.checkpoint_path(checkpoint_dir), model=spec.model, config=spec.model_config(),
-                            device=device)
+                            device=resolve_device(spec.train.device))
     try:
         stored = model.checkpoint
         training = stored.get("training") or {k: (stored.get("row") or {}).get(k) for k in TRAINING_COLUMNS}
         batch_size = int(training.get("batch_size") or spec.train.batch_size)
         evaluation = evaluate(model, data, spec.eval_config, batch_size=batch_size, amp=spec.train.amp,
                               desc=spec.describe())
-        row = make_row(spec, data, dict(training), evaluation)
-        if runs_dir is not None:
-            save_side_files(spec, data, evaluation, runs_dir, history=stored.get("history"))
-        return row
+        return JobOutput(row=make_row(spec, data, dict(training), evaluation), checkpoint=None,
+                         evaluation=without_maps(evaluation), history=stored.get("history"))
     finally:
         del model
         release_memory(spec)
+
+
+def evaluate_checkpoint(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=DEFAULT_CHECKPOINT_DIR,
+                        runs_dir=None, cache_dir=None) -> dict:
+    """The row of ``spec`` from the checkpoint its training saved (``spec.checkpoint_path``),
+    evaluated under ``spec.eval_config`` without training (``compute_from_checkpoint``), its
+    side files written under ``runs_dir`` (a file that cannot be is a warning)."""
+    spec.validate()
+    spec = spec.with_fingerprint()
+    data = _load(spec, data, cache_dir)
+    output = compute_from_checkpoint(spec, data, checkpoint_dir=checkpoint_dir)
+    warn_unwritten(write_output(spec, data, output, checkpoint_dir=checkpoint_dir, runs_dir=runs_dir))
+    return output.row

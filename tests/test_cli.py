@@ -129,7 +129,7 @@ def test_failed_job_exits_1_and_ctrl_c_exits_130_keeping_rows(root, tmp_path, ca
     assert list(pipeline.results.read_results(csv)["model"]) == ["cae"]
 
     monkeypatch.undo()
-    real = pipeline.grid.run_job
+    real = pipeline.grid.compute_job
     calls = []
 
     def interrupted_second(*a, **k):
@@ -138,7 +138,7 @@ def test_failed_job_exits_1_and_ctrl_c_exits_130_keeping_rows(root, tmp_path, ca
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(pipeline.grid, "run_job", interrupted_second)
+    monkeypatch.setattr(pipeline.grid, "compute_job", interrupted_second)
     csv.unlink()
     assert main(run_args(root, csv, tmp_path, "--models", "cae", "vae")) == 130
     assert "interrupted; finished rows are kept" in capsys.readouterr().err
@@ -169,7 +169,7 @@ def test_help_and_plots(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pipeline.plots, "make_all_figures",
                         lambda df, out, curves=None: seen.update(df=df, out=out) or [out / "x.png"])
     csv = tmp_path / "r.csv"
-    pd.DataFrame({c: ["x"] for c in pipeline.results.KEY_COLUMNS}).to_csv(csv, index=False)
+    pd.DataFrame({**{c: ["x"] for c in pipeline.results.KEY_COLUMNS}, "seed": [0]}).to_csv(csv, index=False)
     assert main(["plots", "--results-csv", str(csv), "--out", str(tmp_path / "figs")]) == 0
     assert len(seen["df"]) == 1 and seen["out"] == tmp_path / "figs"
     assert main(["plots", "--results-csv", str(tmp_path / "none.csv")]) == 2

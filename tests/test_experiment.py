@@ -73,7 +73,7 @@ def test_grid_writes_four_complete_rows(shared):
 def test_rerun_trains_nothing_and_leaves_csv_byte_identical(shared, monkeypatch):
     root, csv, _, tmp = shared
     before, mtime = csv.read_bytes(), csv.stat().st_mtime_ns
-    monkeypatch.setattr(pipeline.grid, "run_job", lambda *a, **k: pytest.fail("a cached job was retrained"))
+    monkeypatch.setattr(pipeline.grid, "compute_job", lambda *a, **k: pytest.fail("a cached job was retrained"))
     df = grid(root, csv, tmp)
     assert df.attrs["ran"] == 0 and df.attrs["skipped"] == 4 and len(df) == 4
     assert csv.read_bytes() == before and csv.stat().st_mtime_ns == mtime

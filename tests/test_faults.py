@@ -8,6 +8,8 @@ two runs at once, a file-size limit on writes).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import signal
@@ -25,16 +27,18 @@ import torch
 from PIL import Image
 
 import models
+import pipeline.checkpoints
 import pipeline.evaluate
 import pipeline.grid
 import pipeline.job
 import pipeline.results
+import pipeline.runs
 from helpers import SLOW_EPOCHS_CLI, make_tiny_mvtec
 from models import mvtec
 from models.errors import CheckpointError, DatasetError
 from pipeline.__main__ import main
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
-from pipeline.results import ResultsError, append_row, read_results
+from pipeline.results import KEY_COLUMNS, ResultsError, append_row, read_results
 from pipeline.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,14 +79,16 @@ def spawn(args, *, env=None, code=None, epoch_sleep: float = 0):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "pipeline", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=_default_signals)
 
 
-def _default_sigint():
-    """Give the child the default SIGINT disposition. A test run started in the background of a
-    non-interactive shell (CI, nohup) inherits SIGINT *ignored*, and Python then installs no
-    KeyboardInterrupt handler, so a real Ctrl-C would never reach the code under test."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _default_signals():
+    """Give the child the default SIGINT, SIGTERM and SIGHUP dispositions. A test run started in
+    the background of a non-interactive shell (CI, nohup) inherits SIGINT (and under nohup SIGHUP)
+    *ignored*, and Python then installs no KeyboardInterrupt handler, so a real Ctrl-C would never
+    reach the code under test."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def fake_row(**kw) -> dict:
@@ -283,8 +289,13 @@ def test_training_that_diverges_in_its_last_step_fails_that_job_only(root, tmp_p
 # ============================================================================ results
 
 
-def test_ctrl_c_in_a_real_run_exits_130_and_keeps_finished_rows(root, tmp_path):
-    """A real SIGINT while a job trains: exit 130 with one line, the CSV's earlier rows byte-identical."""
+@pytest.mark.parametrize("sig, status, said", [
+    (signal.SIGINT, 130, "interrupted; finished rows are kept in"),  # Ctrl-C
+    (signal.SIGTERM, 143, "stopped by SIGTERM; finished rows are kept in"),  # a scheduler's stop, `kill`
+], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_in_a_real_run_ends_it_with_one_line_and_keeps_finished_rows(root, tmp_path, sig, status, said):
+    """A real SIGINT or SIGTERM while a job trains: its exit status with one line, the CSV's
+    earlier rows byte-identical."""
     csv = tmp_path / "r.csv"
     append_row(csv, fake_row())  # a row finished by an earlier run
     before = csv.read_bytes()
@@ -295,12 +306,12 @@ def test_ctrl_c_in_a_real_run_exits_130_and_keeps_finished_rows(root, tmp_path):
                 break
         else:
             pytest.fail(f"the job never started: {proc.stderr.read()}")
-        proc.send_signal(signal.SIGINT)  # while the job trains (it sleeps 2 s after its epoch)
+        proc.send_signal(sig)  # while the job trains (it sleeps 2 s after its epoch)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
-    assert "interrupted; finished rows are kept in" in err and "Traceback" not in err
+    assert proc.returncode == status, err
+    assert said in err and "Traceback" not in err
     assert csv.read_bytes() == before and not list(tmp_path.glob(".r.csv.*.tmp"))
 
 
@@ -393,11 +404,15 @@ FSIZE_HARNESS = textwrap.dedent("""
     from pipeline.__main__ import main
     from models.errors import UserError
     from pipeline.checkpoints import save_checkpoint
+    from pipeline.job import JobOutput
 
     def fake_job(spec, data=None, **kw):  # a finished job whose row is larger than the limit allows
-        return {**dict(zip(pipeline.results.KEY_COLUMNS, spec.key())), "image_auroc": 0.5, "config_json": "x" * 5000}
+        row = {**dict(zip(pipeline.results.KEY_COLUMNS, spec.key())), "image_auroc": 0.5, "train_seconds": 1.0,
+               "config_json": "x" * 5000}
+        return JobOutput(row=row, checkpoint=None, evaluation=None, history=None)
 
-    pipeline.grid.run_job = fake_job
+    pipeline.grid.compute_job = fake_job
+    pipeline.grid.write_output = lambda *a, **k: []  # no side files: the CSV write is what fails
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
@@ -527,3 +542,154 @@ def test_checkpoint_refusals_beyond_the_basics(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"different cae config: image_size=32 \(expected 64\)"):
         load_checkpoint(good, config=models.model_config("cae", image_size=64, **TINY["cae"]))
+
+
+# ============================================================================ runs that share files (issue 20)
+
+
+def other_runs_files(spec, csv, checkpoint_dir) -> dict:
+    """Play another run of the same job that finished first: it wrote its checkpoint, side files
+    and row. Returns {path: bytes} of its files, which must be left as they are."""
+    folder = pipeline.runs.runs_dir(csv)
+    where = dict(dataset=spec.dataset, category=spec.category, model=spec.model)
+    files = {spec.checkpoint_path(checkpoint_dir): b"their checkpoint",
+             pipeline.runs.scores_path(folder, **where, config_hash=spec.config_hash()): b"their scores",
+             pipeline.runs.curves_path(folder, **where, train_hash=spec.train_hash()): b"their curves"}
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    append_row(csv, fake_row(**dict(zip(KEY_COLUMNS, spec.key())), train_hash=spec.train_hash(),
+                             finished_at="theirs"))
+    return files
+
+
+def test_a_row_another_run_wrote_meanwhile_keeps_that_runs_checkpoint_and_side_files(root, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """Two runs of one job at once: the other writes its row while this one computes; this run
+    keeps their row and writes none of its own files over theirs (test_ray.py: the same on Ray)."""
+    csv, theirs = tmp_path / "r.csv", {}
+    real = pipeline.job.train_and_evaluate
+
+    def other_run_finishes_first(spec, data, **kw):
+        result = real(spec, data, **kw)
+        theirs.update(other_runs_files(spec, csv, tmp_path / "ck"))
+        return result
+
+    monkeypatch.setattr(pipeline.job, "train_and_evaluate", other_run_finishes_first)
+    assert main(run_args(root, csv, tmp_path, "--models", "cae")) == 0
+    assert "another run wrote this row meanwhile; kept theirs" in capsys.readouterr().out
+    assert read_results(csv)["finished_at"].tolist() == ["theirs"]
+    assert len(theirs) == 3 and {path: path.read_bytes() for path in theirs} == theirs
+    assert not [p for p in tmp_path.rglob(".*") if p.name.endswith(".tmp")]
+
+
+def read_only(monkeypatch, *folders) -> None:
+    """Make ``folders`` (and what is under them) read-only as a read-only share is: ``os.access``
+    says so, for root too (which ignores permission bits, not a read-only mount)."""
+    real = os.access
+    folders = [os.path.abspath(f) for f in folders]
+
+    def access(path, mode, *a, **k):
+        path = os.path.abspath(path)
+        if mode & os.W_OK and any(path == f or path.startswith(f + os.sep) for f in folders):
+            return False
+        return real(path, mode, *a, **k)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_a_read_only_side_file_folder_is_refused_before_training(root, tmp_path, capsys, monkeypatch):
+    """<csv>.runs/ read-only (its data manifest already there): exit 2 naming it, before training."""
+    csv = tmp_path / "r.csv"
+    assert main(run_args(root, csv, tmp_path, "--models", "cae")) == 0
+    before = csv.read_bytes()
+    read_only(monkeypatch, tmp_path / "r.runs")
+    monkeypatch.setattr(pipeline.grid, "load_category",
+                        lambda *a, **k: pytest.fail("trained before finding r.runs read-only"))
+    assert main(run_args(root, csv, tmp_path, "--models", "vae")) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "side-file folder" in line and "r.runs" in line and "not writable" in line and "--results-csv" in line
+    assert csv.read_bytes() == before
+
+
+def test_a_finished_grid_on_a_read_only_share_reports_its_rows(root, tmp_path, capsys, monkeypatch):
+    """Every job done and nothing to write: a read-only results folder is no reason to refuse."""
+    csv = tmp_path / "r.csv"
+    assert main(run_args(root, csv, tmp_path, "--models", "cae")) == 0
+    capsys.readouterr()
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    read_only(monkeypatch, tmp_path)
+    assert main(run_args(root, csv, tmp_path, "--models", "cae")) == 0
+    out, err = capsys.readouterr()
+    assert "1 already in" in out and "error" not in err
+    assert any(line.split()[:2] == ["widget", "cae"] for line in out.splitlines())  # the table's row
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == files
+
+
+def fill_the_disk(monkeypatch, module, suffix: str) -> None:
+    """Every file ending in ``suffix`` that ``module`` writes fails midway as on a full disk."""
+    real = module.atomic_write
+
+    @contextlib.contextmanager
+    def full(path, *a, **k):
+        with real(path, *a, **k) as f:
+            if str(path).endswith(suffix):
+                f.write(b"half a file")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            yield f
+
+    monkeypatch.setattr(module, "atomic_write", full)
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "scores"])
+def test_a_full_disk_while_writing_a_jobs_files_names_the_path_and_keeps_the_row(root, tmp_path, capsys,
+                                                                                 monkeypatch, which):
+    """ENOSPC while writing a job's checkpoint or per-image scores: the row is kept (its numbers
+    are right), the file is named with what to do, no half file and no stale older file is left
+    at its path (here: scores of a row replaced by --force), exit 1. The grid goes on."""
+    csv = tmp_path / "r.csv"
+    extra = ()
+    if which == "scores":  # an earlier row's scores, which the forced row replaces
+        assert main(run_args(root, csv, tmp_path, "--models", "cae")) == 0
+        extra = ("--force",)
+    capsys.readouterr()
+    module, suffix = (pipeline.checkpoints, ".pt") if which == "checkpoint" else (pipeline.runs, ".scores.npz")
+    fill_the_disk(monkeypatch, module, suffix)
+    assert main(run_args(root, csv, tmp_path, "--models", "cae", "vae", *extra)) == 1
+    out, err = capsys.readouterr()
+    table = read_results(csv)
+    assert sorted(table["model"]) == ["cae", "vae"] and "Traceback" not in out + err
+    left_out = [p for p in tmp_path.rglob(f"*{suffix}")]
+    assert left_out == [] and not [p for p in tmp_path.rglob(".*") if p.name.endswith(".tmp")]
+    lines = [line for line in out.splitlines() if "No space left on device" in line]
+    assert len(lines) == 2 and all(suffix in line and "free disk space" in line for line in lines), out
+    assert "2 row(s) were kept without a file" in err
+
+
+def test_sighup_ends_a_run_like_ctrl_c_and_the_handlers_are_put_back(root, tmp_path, capsys, monkeypatch):
+    """SIGHUP (the terminal closed) during a job: exit 129 with one line, no row; afterwards the
+    process's own handlers are back (main() may run inside a notebook or a test)."""
+    csv = tmp_path / "r.csv"
+
+    def hang_up(*a, **k):
+        os.kill(os.getpid(), signal.SIGHUP)
+        pytest.fail("SIGHUP did not stop the job")
+
+    monkeypatch.setattr(pipeline.job, "train_and_evaluate", hang_up)
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: None)  # if main() ignored it: not pytest's end
+    try:
+        before = signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM)
+        assert main(run_args(root, csv, tmp_path, "--models", "cae")) == 128 + signal.SIGHUP
+        assert "stopped by SIGHUP; finished rows are kept in" in capsys.readouterr().err and not csv.exists()
+        assert (signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM)) == before
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_re_evaluated_row_is_logged_as_re_evaluated_not_trained(root, tmp_path, capsys):
+    csv = tmp_path / "r.csv"
+    assert main(run_args(root, csv, tmp_path, "--models", "cae")) == 0
+    capsys.readouterr()
+    assert main(run_args(root, csv, tmp_path, "--models", "cae", "--threshold-rule", "val_max")) == 0
+    line = [line for line in capsys.readouterr().out.splitlines() if "image AUROC" in line][0]
+    assert "re-evaluated from checkpoint in" in line and "trained in" not in line

@@ -9,6 +9,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from test_experiment import grid  # noqa: E402
+from test_faults import other_runs_files  # noqa: E402
 
 import pipeline.executor_ray  # noqa: E402
 import pipeline.grid  # noqa: E402
@@ -17,6 +18,11 @@ from helpers import make_tiny_mvtec  # noqa: E402
 from pipeline.__main__ import main  # noqa: E402
 from pipeline.evaluate import METRIC_NAMES  # noqa: E402
 from pipeline.results import read_results  # noqa: E402
+
+# On a loaded 2-core machine Ray's agents can take over a minute to start: wait for them rather than
+# fail the setup (set before any ray.init, here or in a subprocess, reads them).
+os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
 
 # The tasks below are defined in this module, which Ray workers cannot import: ship them by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -160,3 +166,22 @@ def test_a_job_larger_than_the_cluster_is_exit_2(cluster, tmp_path, capsys, flag
                  "--checkpoint-dir", str(tmp_path / "ck")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"error: {flag} {value} but the Ray cluster has") and len(err.splitlines()) == 1
+
+
+def test_a_row_another_run_wrote_meanwhile_keeps_that_runs_files(cluster, tmp_path, monkeypatch):
+    """test_faults.py's case on Ray: another run writes the job's row (and its files) while the
+    task runs; the driver keeps that row and writes none of its own files over theirs."""
+    root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
+    csv, theirs = tmp_path / "r.csv", {}
+    real = pipeline.executor_ray.run_jobs_on_ray
+
+    def other_run_first(specs, load, *, on_output, **kw):
+        def after_theirs(spec, data, output):  # the task is done, the driver has not written yet
+            theirs.update(other_runs_files(spec, csv, tmp_path / "ck"))
+            on_output(spec, data, output)
+        real(specs, load, on_output=after_theirs, **kw)
+
+    monkeypatch.setattr(pipeline.executor_ray, "run_jobs_on_ray", other_run_first)
+    df = grid(root, csv, tmp_path, models=["cae"], executor="ray")
+    assert not df.attrs["failures"] and read_results(csv)["finished_at"].tolist() == ["theirs"]
+    assert len(theirs) == 3 and {path: path.read_bytes() for path in theirs} == theirs
