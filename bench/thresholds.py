@@ -2,7 +2,8 @@
 
     python bench/thresholds.py [--data-root /work/shared/data/dev] [--categories grid hazelnut_toy]
                                [--demo-root data/demo | --no-demo] [--models cae vae vit_vae vae_grf]
-                               [--seeds 0 1] [--val-fractions 0.1 0.3] [--epochs 25] [--image-size 128]
+                               [--seeds 0 1] [--val-fractions 0.1 0.3] [--min-val 0 8] [--epochs 25]
+                               [--image-size 128]
                                [--batch-size 8] [--rules val_max val_p95 ...] [--num-threads 1]
                                [--cache-dir /tmp/threshold_scores] [--out-csv /tmp/threshold_rules.csv]
                                [--force]
@@ -16,7 +17,9 @@
    threshold rule (which holds the content fingerprint of the category's files); a rerun
    only reads the npz files. Nothing is written to the repository's
    results CSV or checkpoints/. The seed sets the model init, the data order AND which
-   train/good images are held out as val; ``val_fraction`` is that hold-out's share.
+   train/good images are held out as val; ``val_fraction`` is that hold-out's share, and
+   ``--min-val N`` raises it, per category, to hold out at least N images (the price: N
+   fewer training images); each (fraction, minimum) is one column of the tables.
 2. Each rule of ``--rules`` (``pipeline.thresholds``) picks a threshold from the val scores
    only; a test image is called defective when its score is above it. Printed per rule, as
    means over (dataset, category, model, seed): F1, precision, recall, FPR = share of the
@@ -49,9 +52,10 @@ import torch
 from models import MODEL_NAMES, list_categories
 from models.mvtec import dataset_name
 from pipeline import metrics
-from pipeline.checkpoints import safe_name
 from pipeline.demo_data import make_synthetic_dataset
 from pipeline.evaluate import score_split
+from pipeline.files import plain_name
+from pipeline.fingerprint import category_files
 from pipeline.job import JobSpec, config_hash, load_category, train_model
 from pipeline.thresholds import DEFAULT_THRESHOLD_RULE, check_threshold_rule, val_threshold
 from pipeline.train import TrainConfig
@@ -72,7 +76,7 @@ def cache_file(cache_dir: Path, spec: JobSpec) -> Path:
     config = spec.with_fingerprint().config_dict()
     del config["eval"]["threshold_rule"]
     name = f"{spec.model}-seed{spec.train.seed}-val{spec.val_fraction:g}-{config_hash(config)}.npz"
-    return cache_dir / safe_name(spec.dataset) / safe_name(spec.category) / name
+    return cache_dir / plain_name(spec.dataset) / plain_name(spec.category) / name
 
 
 def job_scores(spec: JobSpec, cache_dir: Path, data_cache: dict, *, force: bool, log) -> dict:
@@ -122,6 +126,18 @@ def job_rows(base: dict, s: dict, rules) -> list[dict]:
              "f1_odd": rule_metrics(odd, s["test"], y, rule)["f1"]} for rule in rules]
 
 
+def held_out_fraction(root: Path, category: str, val_fraction: float, min_val: int) -> float:
+    """``val_fraction``, raised so that at least ``min_val`` of the category's train/good images are held out as val."""
+    n_good = sum(1 for f in category_files(root, category) if f.startswith("train/good/"))
+    if min_val <= 0 or n_good < 2 or round(val_fraction * n_good) >= min_val:
+        return val_fraction
+    return min(min_val, n_good - 1) / n_good
+
+
+def val_setting(val_fraction: float, min_val: int) -> str:
+    return f"val {val_fraction:g}" + (f", min {min_val}" if min_val else "")
+
+
 def collect(args, log) -> pd.DataFrame:
     roots = []
     if args.data_root is not None and Path(args.data_root) == DEFAULT_DEV_ROOT and not DEFAULT_DEV_ROOT.is_dir():
@@ -139,15 +155,17 @@ def collect(args, log) -> pd.DataFrame:
     for group, root, categories in roots:
         dataset = dataset_name(root)
         for category in categories or list_categories(root):
-            for vf in args.val_fractions:
+            for vf, min_val in [(vf, m) for vf in args.val_fractions for m in args.min_val]:
+                fraction = held_out_fraction(root, category, vf, min_val)
                 for seed in args.seeds:
                     for model in args.models:
                         spec = JobSpec(data_root=root, category=category, model=model, dataset=dataset,
                                        image_size=args.image_size, train=TrainConfig(seed=seed, **train_kw),
-                                       val_fraction=vf)
+                                       val_fraction=fraction)
                         scores = job_scores(spec, Path(args.cache_dir), data_cache, force=args.force, log=log)
                         base = {"group": group, "dataset": dataset, "category": category, "model": model,
-                                "seed": seed, "val_fraction": vf}
+                                "seed": seed, "val_fraction": val_setting(vf, min_val),
+                                "train_seconds": float(scores["train_seconds"])}
                         rows += job_rows(base, scores, args.rules)
     return pd.DataFrame(rows)
 
@@ -157,11 +175,11 @@ def summary(df: pd.DataFrame, rules) -> pd.DataFrame:
     g = df.groupby("rule", sort=False)
     out = pd.DataFrame({"F1": g.f1.mean(), "P": g.precision.mean(), "R": g.recall.mean(), "FPR_good": g.fpr.mean(),
                         "F1=0": g.f1.apply(lambda f: int((f == 0).sum())), "F1_odd": g.f1_odd.mean(),
-                        "runs": g.size()}).loc[list(rules)]
+                        "train_s": g.train_seconds.mean(), "runs": g.size()}).loc[list(rules)]
     first = df[df.rule == rules[0]]
     floor = first.floor.mean()
-    out.loc["F1-max (oracle)"] = [first.f1_max.mean(), math.nan, math.nan, math.nan, math.nan, math.nan, len(first)]
-    out.loc["floor 2p/(1+p)"] = [floor, floor / (2 - floor), 1.0, 1.0, 0, floor, len(first)]
+    out.loc["F1-max (oracle)"] = [first.f1_max.mean(), *[math.nan] * 6, len(first)]
+    out.loc["floor 2p/(1+p)"] = [floor, floor / (2 - floor), 1.0, 1.0, 0, floor, math.nan, len(first)]
     return out.astype({"F1=0": "Int64", "runs": int})
 
 
@@ -200,6 +218,8 @@ def main(argv=None) -> None:
     p.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--val-fractions", nargs="+", type=float, default=[0.1])
+    p.add_argument("--min-val", nargs="+", type=int, default=[0],
+                   help="hold out at least N val images per category (0: the fraction alone), e.g. --min-val 0 8")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -240,7 +260,7 @@ def main(argv=None) -> None:
     for (group, vf), part in df.groupby(["group", "val_fraction"], sort=False):
         n_val = sorted(int(n) for n in part.n_val.unique())
         cats = part.groupby("category").n_test.first().to_dict()
-        print(f"\n== {group} ({part.dataset.iloc[0]}), val_fraction {vf:g}: n_val {n_val}, test images {cats}; "
+        print(f"\n== {group} ({part.dataset.iloc[0]}), {vf}: n_val {n_val}, test images {cats}; "
               f"mean image AUROC {part[part.rule == args.rules[0]].auroc.mean():.3f} ==")
         print(summary(part, args.rules).to_string(float_format=fmt))
     print("\n== per category: F1 per rule (mean over models and seeds), with image AUROC, F1-max and floor ==")

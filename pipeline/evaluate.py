@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +27,13 @@ from models.errors import ConfigError, TrainingError
 from models.scoring import ScoreConfig
 
 from . import metrics, stats
-from .thresholds import DEFAULT_THRESHOLD_RULE, check_threshold_rule, val_threshold
+from .thresholds import (
+    DEFAULT_THRESHOLD_RULE,
+    canonical_threshold_rule,
+    check_threshold_rule,
+    few_val_warning,
+    val_threshold,
+)
 from .train import BatchSource, autocast, batch_indices, has_conv
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "threshold", "f1_max",
@@ -35,6 +42,9 @@ METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recal
 # masks read at 256). Metrics at the 128-px training size merge or drop small defect regions
 # (6 of 72 on one demo category) and move AU-PRO by up to 0.07 against the same maps at 256.
 DEFAULT_EVAL_SIZE = 256
+# The few-val-images warnings already given in this process. Python's own once-per-text registry
+# is cleared whenever any library changes the warning filters (a lazy import mid-grid does).
+_FEW_VAL_SAID: set[str] = set()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +56,14 @@ class EvalConfig:
     # square inputs), or "original" = each image at its own size and aspect.
     eval_size: int | str = DEFAULT_EVAL_SIZE
     threshold_rule: str = DEFAULT_THRESHOLD_RULE  # the F1 threshold from val normal scores (thresholds.py)
+
+    def __post_init__(self) -> None:
+        # One spelling per rule (val_p100 = val_max, val_p95.0 = val_p95), so that the key is one row;
+        # an unknown rule stays as given, for validate() to name.
+        try:
+            object.__setattr__(self, "threshold_rule", canonical_threshold_rule(self.threshold_rule))
+        except ValueError:
+            pass
 
     def validate(self) -> None:
         self.score.validate()
@@ -187,6 +205,10 @@ def evaluate(model, data, config: EvalConfig | None = None, *, batch_size: int =
     test_maps, test_scores = score_split(model, data.test, score=config.score, batch_size=batch_size, amp=amp)
     score_seconds = time.perf_counter() - t0
     _, val_scores = score_split(model, data.val, score=config.score, batch_size=batch_size, amp=amp)
+    few_val = few_val_warning(data.val.category, len(val_scores), data.val.n_files, data.val.val_fraction)
+    if few_val and few_val not in _FEW_VAL_SAID:  # once per category, not once per model and seed
+        _FEW_VAL_SAID.add(few_val)
+        warnings.warn(few_val, stacklevel=2)
     if not (torch.isfinite(test_maps).all() and torch.isfinite(val_scores).all()):
         raise TrainingError(f"{desc}: the trained model gives NaN or infinite anomaly maps (training diverged "
                             "in its last steps); lower the learning rate or keep gradient clipping on.")

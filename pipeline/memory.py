@@ -26,6 +26,13 @@ ViT-VAE, i.e. right to within a factor of two, not a promise. So a job is refuse
 the estimate is larger than ALL the memory available; one the estimate barely lets through
 can still run out. The first estimate in a process takes about 1.5 s (torch imports its
 meta kernels); each one after it 30-100 ms.
+
+Evaluation has its own peak, in the CPU's memory whatever the device: the pixel metrics hold
+every test map upsampled to the evaluation grid (float32), the masks read at it, and the
+metrics' sorted copies and buffers; measured at about 22 bytes per evaluation pixel
+(bench/README.md, "Evaluation memory"), so ``--eval-size 8192`` on 83 test images needs about
+125 GiB. ``check_evaluation`` refuses such a grid before any training, from the number of test
+files and the grid alone (for ``original``, each test image's header size).
 """
 from __future__ import annotations
 
@@ -38,15 +45,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from models import MODELS, ImageSize, image_hw, model_config, size_label
 from models.errors import ConfigError
 
+from .evaluate import eval_grid
+from .fingerprint import category_files
 from .sizes import kept_size
 from .train import resolve_device
 
 BYTES_PER_PARAMETER = 16  # float32 weight + gradient + AdamW exp_avg + exp_avg_sq
+EVAL_BYTES_PER_PIXEL = 24  # the pixel metrics' peak per test pixel at the evaluation grid: 20-22.5 measured, rounded up
 SIZE_STEP = 16  # suggested image sizes are multiples of this (the CNNs' default stride; patch 8 divides it)
 
 
@@ -252,3 +263,69 @@ def check_jobs(specs) -> None:
         check_fits(s.model, image_size=s.image_size, batch_size=s.train.batch_size,
                    device=resolve_device(s.train.device), amp=s.train.amp, in_channels=s.in_channels,
                    overrides=s.model_overrides)
+
+
+def _test_image_sizes(root, category: str) -> list[tuple[int, int]] | None:
+    """(width, height) of each test image from its header (``original``), or None when one cannot be read
+    (the loader names that file when it gets there)."""
+    sizes = []
+    for path in _test_images(root, category):
+        try:
+            with Image.open(path) as im:
+                sizes.append(im.size)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            return None
+    return sizes
+
+
+def _test_images(root, category: str) -> list[Path]:
+    """The test image files of a category, as the fingerprint lists them (mask files beside the images excluded)."""
+    return [p for rel, p in category_files(root, category).items()
+            if rel.startswith("test/") and not Path(rel).stem.casefold().endswith("_mask")]
+
+
+def evaluation_pixels(spec) -> tuple[int, int]:
+    """(test images, evaluation pixels) of a job (``job.JobSpec``): the number of test files
+    times the evaluation grid's pixels, or for ``original`` their own sizes summed."""
+    grid = eval_grid(spec.eval_config.eval_size, spec.image_size)
+    if grid == "original":
+        sizes = _test_image_sizes(spec.data_root, spec.category) or []
+        return len(sizes), sum(w * h for w, h in sizes)
+    height, width = image_hw(grid)
+    n = len(_test_images(spec.data_root, spec.category))
+    return n, n * height * width
+
+
+def _largest_eval_size(n_images: int, image_size: ImageSize, budget: int) -> int | None:
+    """The largest evaluation size (a multiple of SIZE_STEP) whose grid for ``n_images`` fits ``budget``."""
+    height, width = image_hw(image_size)
+    aspect = max(height, width) / min(height, width)  # the grid has S^2 * aspect pixels (S the short side)
+    side = math.isqrt(int(budget / (EVAL_BYTES_PER_PIXEL * max(n_images, 1) * aspect)))
+    side -= side % SIZE_STEP
+    return side if side >= 16 else None
+
+
+def check_evaluation(specs, available: int | None = None) -> None:
+    """Raise ConfigError, before any training, when evaluating a job (``job.JobSpec``) at its
+    evaluation size would need more than the CPU memory available (the pixel metrics run on the
+    CPU); each (category, grid) is checked once. ``available``: given (a test), else ``available_bytes``."""
+    seen = set()
+    for s in specs:
+        setup = (str(s.data_root), s.category, s.image_size, s.eval_config.eval_size)
+        if setup in seen:
+            continue
+        seen.add(setup)
+        n_images, pixels = evaluation_pixels(s)
+        need = EVAL_BYTES_PER_PIXEL * pixels
+        budget = available_bytes(torch.device("cpu")) if available is None else available
+        if budget is None or need <= budget:
+            continue
+        size = _largest_eval_size(n_images, s.image_size, budget)
+        grid = eval_grid(s.eval_config.eval_size, s.image_size)
+        at = "their own sizes" if grid == "original" else f"{size_label(grid)} px"
+        what = f"--eval-size {size} or less" if size else "a machine with more memory"
+        raise ConfigError(
+            f"evaluating {s.category!r} at --eval-size {s.eval_config.eval_size} needs about {gib(need)} of memory "
+            f"({n_images} test images at {at}: their maps, masks and the pixel metrics' buffers, about "
+            f"{EVAL_BYTES_PER_PIXEL} bytes per pixel), more than the {gib(budget)} available; use {what}."
+        )

@@ -8,10 +8,15 @@ table it summarises.
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import io
 import json
 import os
 import statistics
+import warnings
+from collections import Counter
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,9 @@ from . import examples, plots, runs, stats
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, load_checkpoint
 from .demo_data import DEFAULT_DATA_ROOT, choose_data_root, make_synthetic_dataset
 from .demo_data import DEFAULT_DIR as DEFAULT_DEMO_DIR
+from .files import plain_name
 from .sizes import Shapes
+from .thresholds import FEW_VAL_IMAGES
 
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
 
@@ -35,15 +42,81 @@ SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
 # Parameters
 
 
-def env(name: str, default):
+# The environment variables the notebook's parameters cell reads (tests/test_notebook.py keeps
+# this list equal to the cell's): any other AD_* name is a misspelling, said by warn_unknown_env.
+NOTEBOOK_ENV = ("AD_DATA_ROOT", "AD_CATEGORIES", "AD_MODELS", "AD_EPOCHS", "AD_IMAGE_SIZE", "AD_ASPECT",
+                "AD_BATCH_SIZE", "AD_SEEDS", "AD_SCORE", "AD_EVAL_SIZE", "AD_THRESHOLD_RULE", "AD_DEVICE",
+                "AD_EXECUTOR", "AD_RESULTS_CSV", "AD_CHECKPOINT_DIR", "AD_RESULTS_DIR", "AD_IMAGES_DIR",
+                "AD_DEMO_DIR", "AD_DEMO_OPTIONS", "AD_MODEL_OVERRIDES")
+# What find_or_make_dataset passes on to the demo generator: its keyword arguments.
+DEMO_OPTION_NAMES = tuple(inspect.signature(make_synthetic_dataset).parameters)[1:]
+
+
+def _env_error(name: str, raw: str, what: str) -> ConfigError:
+    return ConfigError(f"environment variable {name}={raw!r} {what}; unset it or fix its value.")
+
+
+def _env_list(name: str, raw: str, default) -> list | None:
+    """A list parameter: comma-separated names, or a JSON list (which can hold any name, also
+    "all", "none" or one with a comma); "", "all" and "none" alone are the default ("every")."""
+    if raw.startswith("["):
+        try:
+            parts = json.loads(raw)
+        except ValueError:
+            parts = None
+        if not isinstance(parts, list) or not all(isinstance(p, (str, int)) and not isinstance(p, bool)
+                                                   for p in parts):
+            raise _env_error(name, raw, 'is not a JSON list of names or numbers (e.g. ["all", "bottle"])')
+        parts = [str(p) for p in parts]
+    elif raw.lower() in ("", "none", "all"):
+        return None if default is None else list(default)
+    else:
+        parts = [part.strip() for part in raw.split(",") if part.strip()]
+    if default and all(isinstance(x, int) and not isinstance(x, bool) for x in default):
+        try:
+            return [int(part) for part in parts]  # a list of whole numbers (seeds) stays one
+        except ValueError:
+            raise _env_error(name, raw, "is not a comma-separated list of whole numbers (e.g. 0,1,2)") from None
+    return parts
+
+
+def _env_dict(name: str, raw: str, keys, values) -> dict:
+    """A JSON object, whose keys must be among ``keys`` (None: any) and whose values of type ``values`` (None: any)."""
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise _env_error(name, raw, 'is not a JSON object (e.g. {"key": value})')
+    unknown = [k for k in value if keys is not None and k not in keys]
+    if unknown:
+        raise _env_error(name, raw, f"has the unknown key{'s' if len(unknown) > 1 else ''} "
+                                    f"{', '.join(map(repr, unknown))}; valid keys: {', '.join(keys)}")
+    wrong = [k for k, v in value.items() if values is not None and not isinstance(v, values)]
+    if wrong:
+        example = json.dumps({wrong[0]: {"setting": "value"}}) if values is dict else ""
+        kind = "a JSON object" if values is dict else values.__name__
+        raise _env_error(name, raw, f"gives {wrong[0]!r} the value {json.dumps(value[wrong[0]])}, but each value "
+                                    f"must be {kind}" + (f" (e.g. {example})" if example else ""))
+    return value
+
+
+def env(name: str, default, *, keys=None, values: type | None = None):
     """``default``, unless the environment variable ``name`` is set (the tests use this to run
     the notebook small). The value is parsed by the default's type: int, float, bool, str,
-    a comma-separated list for list defaults (and for None defaults: None = "all"), JSON for dicts.
+    a list for list defaults (and for None defaults: None = "all"): comma-separated, or a JSON
+    list for names such as "all" or "none" themselves; JSON for dicts, whose keys must be
+    among ``keys`` and values of type ``values`` when given. A value that does not parse is a
+    ConfigError naming the variable and what it must look like.
     """
     raw = os.environ.get(name)
     if raw is None:
         return default
     raw = raw.strip()
+    if isinstance(default, dict):
+        return _env_dict(name, raw, keys, values)
+    if default is None or isinstance(default, (list, tuple)):
+        return _env_list(name, raw, default)
     try:
         if isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
@@ -53,24 +126,21 @@ def env(name: str, default):
             return int(raw)
         if isinstance(default, float):
             return float(raw)
-        if isinstance(default, dict):
-            value = json.loads(raw or "{}")
-            if not isinstance(value, dict):
-                raise ValueError(raw)
-            return value
-        if default is None or isinstance(default, (list, tuple)):
-            if raw.lower() in ("", "none", "all"):
-                return None if default is None else list(default)
-            parts = [part.strip() for part in raw.split(",") if part.strip()]
-            if default and all(isinstance(x, int) and not isinstance(x, bool) for x in default):
-                return [int(part) for part in parts]  # a list of whole numbers (seeds) stays one
-            return parts
     except ValueError:
-        kind = type(default).__name__ if default is not None else "comma-separated list"
-        raise ConfigError(
-            f"environment variable {name}={raw!r} is not a valid {kind}; unset it or fix its value."
-        ) from None
+        raise _env_error(name, raw, f"is not a valid {type(default).__name__}") from None
     return raw
+
+
+def warn_unknown_env(known=NOTEBOOK_ENV, environ=None) -> None:
+    """Warn once about environment variables named AD_* that the notebook does not read (a
+    misspelt AD_EPOCH would otherwise be ignored in silence)."""
+    environ = os.environ if environ is None else environ
+    unknown = sorted(n for n in environ if n.startswith("AD_") and n not in known)
+    if unknown:
+        close = {n: difflib.get_close_matches(n, known, n=1, cutoff=0.8) for n in unknown}
+        hints = [f"{n} (did you mean {close[n][0]}?)" if close[n] else n for n in unknown]
+        warnings.warn(f"ignored the environment variable{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: the "
+                      f"notebook reads only {', '.join(known)}.", stacklevel=2)
 
 
 # --------------------------------------------------------------------------------------
@@ -83,6 +153,10 @@ def find_or_make_dataset(data_root=None, demo_dir=DEFAULT_DEMO_DIR, *, seed: int
     it); with None or "" (not named), ./mvtec_anomaly_detection if it exists; otherwise say so
     in one sentence, write the built-in demo dataset to ``demo_dir`` (kept if already there)
     and return it. ``demo_options`` go to ``make_synthetic_dataset`` (the tests make a tiny demo)."""
+    unknown = [k for k in demo_options if k not in DEMO_OPTION_NAMES]
+    if unknown:  # make_synthetic_dataset would raise a bare TypeError
+        raise ConfigError(f"unknown demo option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                          f"(DEMO_OPTIONS); valid: {', '.join(DEMO_OPTION_NAMES)}.")
     root = choose_data_root(data_root)
     if root is None:
         print(f"No dataset found at ./{DEFAULT_DATA_ROOT}, so the built-in demo dataset is used (written to "
@@ -124,12 +198,47 @@ def describe_dataset(root) -> pd.DataFrame:
 F1_FLOOR_COLUMN = ("F1 floor", "flag every image")  # one column: the floor is the same for every model
 
 
+class NotedTable(pd.DataFrame):
+    """A table with a footnote (``attrs["note"]``) that a notebook shows under it and ``repr`` prints
+    after it: the table's mean rows say which categories they leave out where it is read."""
+
+    @property
+    def _constructor(self):
+        return NotedTable
+
+    @property
+    def note(self) -> str:
+        return self.attrs.get("note", "")
+
+    def _repr_html_(self) -> str:
+        html = super()._repr_html_()
+        note = escape(self.note).replace("\n", "<br>")
+        return html + f"<p><small>{note}</small></p>" if self.note and html else html
+
+    def __repr__(self) -> str:
+        return super().__repr__() + (f"\n{self.note}" if self.note else "")
+
+
 def metric_tables(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
     """Categories (with texture / object / overall means) x (metric, model): the mean over
     seeds, as "mean ± sd" text when some cell has two or more seeds, else numbers rounded to 3;
     then the F1 floor (the F1 of calling every test image defective), so an F1 at the floor is
-    not read as skill."""
+    not read as skill. The mean rows are over the categories where every model has a value
+    (``plots.results_table``); the table's note (a ``NotedTable``) names the ones left out."""
     means = {plots.METRIC_LABELS.get(m, m): plots.results_table(df, m) for m in metrics}
+    note = plots.combine_notes({label: plots.means_note(table) for label, table in means.items()})
+    note = "\n".join(n for n in (note, few_val_note(df)) if n)  # and the F1 of categories with few val images
+    return _with_note(_metric_cells(df, metrics, means), note)
+
+
+def _with_note(table: pd.DataFrame, note: str) -> NotedTable:
+    out = NotedTable(table)
+    out.attrs["note"] = note
+    return out
+
+
+def _metric_cells(df: pd.DataFrame, metrics, means: dict) -> pd.DataFrame:
+    """The cells of ``metric_tables``: numbers with one seed, "mean ± sd" text with more."""
     out = pd.concat(means, axis=1)
     out.columns.names = ["metric", "model"]
     floor = plots.results_table(df, "f1_floor").max(axis=1)  # equal for all models of a category
@@ -155,6 +264,20 @@ def seeds_note(df: pd.DataFrame) -> str:
     return f"mean ± sd over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
 
 
+def few_val_note(df: pd.DataFrame) -> str:
+    """A footnote naming the categories whose F1 threshold rests on fewer than
+    ``thresholds.FEW_VAL_IMAGES`` val images (the rows' ``n_val``), or "" when there are none."""
+    if "n_val" not in df or df.empty:
+        return ""
+    n_val = pd.to_numeric(df["n_val"], errors="coerce").groupby(df["category"].astype(str), sort=False).min()
+    few = n_val[(n_val > 0) & (n_val < FEW_VAL_IMAGES)]
+    if few.empty:
+        return ""
+    named = ", ".join(f"{c} ({int(n)} val image{'s' if n != 1 else ''})" for c, n in few.items())
+    return (f"F1, precision and recall of {named} come from a threshold on fewer than {FEW_VAL_IMAGES} val "
+            f"images, so they depend on which images were held out: compare models there by AUROC and AU-PRO.")
+
+
 class Markdown(str):
     """A string that a notebook renders as Markdown (and a terminal prints as text)."""
 
@@ -175,8 +298,30 @@ def verdicts(df: pd.DataFrame, results_csv=None, *, n_boot: int = 2000) -> tuple
         return pd.DataFrame(), ["every row (no results CSV given)"]
     d = plots.prepare_results(df)
     run_scores, missing = runs.read_runs(d, csv)
+    run_scores, other_images = _on_the_same_test_images(run_scores)
     models = list(dict.fromkeys(d["model"]))
-    return stats.pairwise_verdicts(run_scores, models, n_boot=n_boot), missing
+    return stats.pairwise_verdicts(run_scores, models, n_boot=n_boot), missing + other_images
+
+
+def _on_the_same_test_images(run_scores: dict) -> tuple[dict, list[str]]:
+    """The runs whose test labels are those of most runs of their category, and descriptions of
+    the others (a side file of other data or copied from elsewhere): a paired bootstrap needs
+    the same test images for every model, and one odd file must not stop the summary. Without a
+    majority (two runs that differ) every run of that category is left out."""
+    by_category: dict = {}
+    for key in run_scores:
+        by_category.setdefault(key[1], []).append(key)  # key: (model, category, seed)
+    kept, left_out = {}, []
+    for keys in by_category.values():
+        counts = Counter(run_scores[k].labels.tobytes() for k in keys).most_common(2)
+        common = counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else None
+        for model, category, seed in keys:
+            if run_scores[model, category, seed].labels.tobytes() == common:
+                kept[model, category, seed] = run_scores[model, category, seed]
+            else:
+                left_out.append(f"{model} on {category} (seed {seed}; its scores are of other test images than "
+                                "the other rows' of that category)")
+    return kept, left_out
 
 
 def _bound(x: float) -> str:
@@ -215,9 +360,10 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS, *, results_csv=None, n_bo
     """Best model per category type, wins per model, and whether each pair of models differs
     by more than seed-to-seed and test-sample variation, all computed from the results.
 
-    "Best" = highest mean over the categories of that type (each category's value is the mean
-    over its seeds; NaN categories skipped); a "win" = the highest mean in one category (ties
-    count for every tied model). The differences come from ``verdicts`` (per-image side files).
+    "Best" = highest mean over the categories of that type where every model has a value
+    (each category's value is the mean over its seeds; the categories left out are named, as
+    in ``plots.results_table``); a "win" = the highest mean in one category (ties count for
+    every tied model). The differences come from ``verdicts`` (per-image side files).
     """
     table, missing = verdicts(df, results_csv, n_boot=n_boot)
     d = plots.aggregate_seeds(df, list(metrics))
@@ -239,13 +385,17 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS, *, results_csv=None, n_bo
     for name, g in groups:
         cells = []
         for m in metrics:
-            means = g.groupby("model")[m].mean().dropna()
+            means = _shared_means(g, m, models)
             if means.empty:
                 cells.append("n/a")
                 continue
             best = means[means == means.max()].index
             cells.append(f"{', '.join(label(b) for b in best)} ({_fmt(means.max())})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    note = plots.combine_notes({plots.METRIC_LABELS[m]: plots.missing_values_note(_category_table(d, m, models),
+                                                                                  "Means")
+                                for m in metrics})
+    lines += ["", note.replace("\n", "; ")] if note else []
     lines += ["",
               f"Wins per model (categories, out of {n_cats}, where it has the highest value; ties count for each):",
               "",
@@ -261,7 +411,20 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS, *, results_csv=None, n_bo
     for k in models:
         lines.append(f"| {label(k)} | " + " | ".join(str(wins[m][k]) for m in metrics) + " |")
     lines += _verdict_lines(table, missing)
+    few_val = few_val_note(df)
+    lines += ["", few_val] if few_val else []
     return Markdown("\n".join(lines))
+
+
+def _category_table(d: pd.DataFrame, metric: str, models: list) -> pd.DataFrame:
+    """Category label x model table of ``metric`` of aggregated rows (``plots.aggregate_seeds``)."""
+    return d.pivot(index="label", columns="model", values=metric).reindex(columns=models)
+
+
+def _shared_means(d: pd.DataFrame, metric: str, models: list) -> pd.Series:
+    """Each model's mean of ``metric`` over the categories of ``d`` where every model has a value."""
+    table = _category_table(d, metric, models)
+    return table[plots.comparable(table)].mean().dropna()
 
 
 def figures(df: pd.DataFrame, out_dir, results_csv=None) -> list:
@@ -380,7 +543,8 @@ def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir=DEFAULT_CHE
         trained = _same_input(trained, category)
         test = _test_split(data_root, category, next(iter(trained.values())))
         ex = examples.gallery_examples(trained, test, n_good=n_good, n_defect=n_defect)
-        paths.append(plots.anomaly_gallery(Path(out_dir) / f"gallery_{category}.png", images=ex.images, masks=ex.masks,
+        path = Path(out_dir) / f"gallery_{plain_name(category)}.png"  # the name may be a crafted CSV cell
+        paths.append(plots.anomaly_gallery(path, images=ex.images, masks=ex.masks,
                                            row_labels=ex.row_labels, reconstructions=ex.reconstructions,
                                            maps=ex.maps, category=ex.category))
     return paths

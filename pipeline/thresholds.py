@@ -114,6 +114,45 @@ def check_threshold_rule(rule) -> None:
     _parse(rule)
 
 
+def _number(value: float) -> str:
+    """The shortest plain spelling of a rule's number: 2.0 -> '2', 99.50 -> '99.5', 1e-07 -> '0.0000001'."""
+    return np.format_float_positional(value, trim="-")
+
+
+def canonical_threshold_rule(rule) -> str:
+    """One spelling per threshold, so that spellings of one rule share a row's key: numbers in
+    their shortest form (val_p95.0 -> val_p95, val_mean+2.0std -> val_mean+2std, val_p050 -> val_p50),
+    and rules that are the same function of the scores under one name (val_p100 -> val_max, the
+    100th percentile being the max; val_median+0mad -> val_p50, both the median). The default's
+    spelling is already canonical. ValueError (``check_threshold_rule``'s) for an unknown rule."""
+    kind, value = _parse(rule)
+    if kind == "max" or (kind == "quantile" and value == 100):
+        return "val_max"
+    if kind == "median_mad" and value == 0:
+        return "val_p50"
+    number = _number(value)
+    return {"quantile": f"val_p{number}", "mean_std": f"val_mean+{number}std", "median_mad": f"val_median+{number}mad",
+            "lognorm": f"val_lognorm_p{number}"}[kind]
+
+
+# Below this many val images a threshold rests on too few normals: which images were held out
+# decides F1 (bench/README.md, "Few val images": grid, 2 val images).
+FEW_VAL_IMAGES = 10
+
+
+def few_val_warning(category: str, n_val: int, n_files: int, val_fraction: float) -> str | None:
+    """The warning for a threshold from 1 .. FEW_VAL_IMAGES - 1 val images (``n_val`` of the
+    ``n_files`` train/good images, held out at ``val_fraction``), else None (0 val images:
+    ``val_threshold`` says the threshold is NaN)."""
+    if not 0 < n_val < FEW_VAL_IMAGES:
+        return None
+    images = "image" if n_val == 1 else "images"
+    return (f"the F1 threshold of {category!r} rests on {n_val} val {images} (val_fraction {val_fraction:g} of its "
+            f"{n_files} train/good images), fewer than {FEW_VAL_IMAGES}, so its F1, precision and recall depend on "
+            f"which images were held out; compare models there by AUROC and AU-PRO, or add normal images to "
+            f"train/good.")
+
+
 def _robust_scale(s: np.ndarray, center: float) -> float:
     """sd estimate 1.4826 MAD; if that is 0 (over half the scores tie), 1.2533 x mean |s - center|."""
     dev = np.abs(s - center)

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from helpers import make_tiny_mvtec
+from models import MODEL_NAMES
+from models.errors import ConfigError
+from pipeline import grid, report
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -39,6 +46,75 @@ def test_parameters_cell_is_tagged_and_first_code_cell():
     for name in ("DATA_ROOT", "CATEGORIES", "MODELS", "EPOCHS", "IMAGE_SIZE", "SEEDS", "SCORE", "EVAL_SIZE",
                  "THRESHOLD_RULE", "RESULTS_CSV", "DEVICE"):
         assert f"{name} = env(" in code[0].source, name
+
+
+def test_the_known_parameter_names_are_the_cells():
+    """warn_unknown_env's list is exactly the AD_* names the parameters cell reads."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code").source
+    assert sorted(re.findall(r'env\("(AD_\w+)"', cell)) == sorted(report.NOTEBOOK_ENV)
+    assert "warn_unknown_env()" in cell
+
+
+# Issue 20, item 18: parameters from the environment, each bad value one sentence naming its variable.
+
+@pytest.mark.parametrize("name, value, kw, message", [
+    ("AD_MODEL_OVERRIDES", '{"cae": 5}', dict(keys=MODEL_NAMES, values=dict),
+     "environment variable AD_MODEL_OVERRIDES='{\"cae\": 5}' gives 'cae' the value 5, but each value must be a JSON "
+     "object (e.g. {\"cae\": {\"setting\": \"value\"}}); unset it or fix its value."),
+    ("AD_MODEL_OVERRIDES", '{"cea": {}}', dict(keys=MODEL_NAMES, values=dict),
+     "environment variable AD_MODEL_OVERRIDES='{\"cea\": {}}' has the unknown key 'cea'; valid keys: cae, vae, "
+     "vit_vae, vae_grf; unset it or fix its value."),
+    ("AD_DEMO_OPTIONS", '{"n_trian": 8}', dict(keys=report.DEMO_OPTION_NAMES),
+     "environment variable AD_DEMO_OPTIONS='{\"n_trian\": 8}' has the unknown key 'n_trian'; valid keys: seed, "
+     "image_size, n_train, n_test_good, n_per_defect, categories, workers; unset it or fix its value."),
+    ("AD_DEMO_OPTIONS", "[8]", dict(keys=report.DEMO_OPTION_NAMES), "is not a JSON object"),
+    ("AD_DEMO_OPTIONS", "{n_train: 8}", dict(keys=report.DEMO_OPTION_NAMES), "is not a JSON object"),
+    ("AD_CATEGORIES", '["bottle", 1.5]', {}, "is not a JSON list of names"),
+])
+def test_a_bad_dict_or_list_parameter_is_one_sentence_naming_its_variable(monkeypatch, name, value, kw, message):
+    monkeypatch.setenv(name, value)
+    default = None if name == "AD_CATEGORIES" else {}
+    with pytest.raises(ConfigError) as err:
+        report.env(name, default, **kw)
+    assert message in str(err.value) and str(err.value).startswith(f"environment variable {name}=")
+
+
+def test_a_model_override_that_is_not_a_dict_is_a_config_error_from_python_too(tmp_path):
+    root = make_tiny_mvtec(tmp_path, categories=("widget",))
+    with pytest.raises(ConfigError, match=r"the overrides of cae must be a dict of its settings .* got 5\."):
+        grid.make_specs(root, ["widget"], ["cae"], model_overrides={"cae": 5})
+    with pytest.raises(ConfigError, match=r"unknown demo option 'n_trian' \(DEMO_OPTIONS\); valid: seed, "):
+        report.find_or_make_dataset("", tmp_path / "demo", n_trian=8)
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("all", None), ("none", None), ("", None),  # alone: every category
+    ('["all"]', ["all"]), ('["none", "bottle"]', ["none", "bottle"]),  # a category of that name
+    ('["a, b"]', ["a, b"]), ("bottle, screw", ["bottle", "screw"]),
+])
+def test_categories_named_all_or_none_can_be_selected(monkeypatch, value, expected):
+    monkeypatch.setenv("AD_CATEGORIES", value)
+    assert report.env("AD_CATEGORIES", None) == expected
+    monkeypatch.setenv("AD_SEEDS", "[0, 2]")
+    assert report.env("AD_SEEDS", [0, 1]) == [0, 2]
+
+
+def test_misspelt_ad_variables_are_named_with_the_known_ones(monkeypatch):
+    monkeypatch.setenv("AD_EPOCH", "3")
+    monkeypatch.setenv("AD_COLOUR", "red")
+    monkeypatch.setenv("AD_EPOCHS", "3")  # known: not named
+    with pytest.warns(UserWarning) as caught:
+        report.warn_unknown_env()
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith("ignored the environment variables AD_COLOUR, AD_EPOCH (did you mean AD_EPOCHS?): "
+                              "the notebook reads only AD_DATA_ROOT, AD_CATEGORIES, ")
+    monkeypatch.delenv("AD_EPOCH")
+    monkeypatch.delenv("AD_COLOUR")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report.warn_unknown_env()  # nothing unknown: no warning
 
 
 def test_notebook_runs_end_to_end(tmp_path, monkeypatch):

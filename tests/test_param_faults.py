@@ -17,6 +17,7 @@ from helpers import make_tiny_mvtec
 from models import MODEL_NAMES
 from models.layers import BatchNorm2d
 from pipeline.__main__ import main
+from pipeline.evaluate import EvalConfig
 from pipeline.memory import check_fits, estimate
 from pipeline.train import MAX_SEED, TrainConfig, batch_indices
 
@@ -171,3 +172,61 @@ def test_a_finished_grid_is_not_checked_again(root, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.memory, "available_bytes", lambda device: 1)
     assert main(run_args(root, tmp_path, *SMALL)) == 0
     assert main(run_args(root, tmp_path, *SMALL, "--epochs", "2")) == 2  # a new job is
+
+
+# Issue 20: a list option given twice.
+
+def test_repeated_list_options_accumulate(root, tmp_path):
+    args = run_args(root, tmp_path, *SMALL, "--set", "vae.widths=[8,16]", "--set", "vae.latent_dim=16")
+    args += ["--models", "vae", "--seeds", "0", "--seeds", "1", "--categories", "widget", "--categories", "widget"]
+    assert main(args) == 0  # "--models cae" (in run_args) and "--models vae": both run, as they read
+    rows = pd.read_csv(tmp_path / "r.csv")
+    assert sorted(zip(rows["model"], rows["seed"])) == [("cae", 0), ("cae", 1), ("vae", 0), ("vae", 1)]
+
+
+# Issue 20: an evaluation size whose pixel metrics cannot fit in memory.
+
+def test_an_eval_size_no_machine_can_hold_exits_2_before_any_data_is_read(root, tmp_path, capsys, no_data):
+    # 6 test images at 65536 x 65536 px: about 24 B per pixel, over 600 GB; the training at 32 px fits
+    assert main(run_args(root, tmp_path, "--eval-size", "65536")) == 2
+    err = refused(capsys, tmp_path)
+    assert re.search(r"evaluating 'widget' at --eval-size 65536 needs about [\d.]+ GiB of memory \(6 test images "
+                     r"at 65536 px: their maps, masks and the pixel metrics' buffers, about 24 bytes per pixel\), "
+                     r"more than the [\d.]+ GiB available; use --eval-size \d+ or less\.", err), err
+
+
+def test_8192_px_on_a_smaller_machine_names_an_eval_size_that_fits(root, tmp_path, capsys, no_data, monkeypatch):
+    budget = 4 * 2**30
+    monkeypatch.setattr(pipeline.memory, "available_bytes", lambda device: budget)
+    assert main(run_args(root, tmp_path, "--eval-size", "8192")) == 2  # 6 x 8192^2 px x 24 B = 9 GiB
+    err = refused(capsys, tmp_path)
+    assert "needs about 9.0 GiB of memory" in err and "more than the 4.0 GiB available" in err
+    size = int(re.search(r"--eval-size (\d+) or less", err).group(1))
+    per_pixel = pipeline.memory.EVAL_BYTES_PER_PIXEL
+    assert 6 * size**2 * per_pixel <= budget < 6 * (size + 16) ** 2 * per_pixel  # the largest that fits
+    original = pipeline.grid.make_specs(root, ["widget"], ["cae"], image_size=32,
+                                        eval_config=EvalConfig(eval_size="original"))
+    assert pipeline.memory.evaluation_pixels(original[0]) == (6, 6 * 32 * 32)  # each file at its own size
+    pipeline.memory.check_evaluation(original, available=budget)  # fits
+
+
+def test_the_evaluation_estimate_is_not_below_what_the_metrics_allocate():
+    """EVAL_BYTES_PER_PIXEL against tracemalloc's peak of the pixel-metric step (numpy reports
+    its allocations to it; torch's upsampled maps are counted by hand): 4 images at 256 px."""
+    import tracemalloc
+
+    import numpy as np
+
+    from pipeline import evaluate, stats
+
+    n, size = 4, 256
+    masks = np.zeros((n, size, size), np.uint8)
+    masks[2:, 64:128, 64:128] = 1
+    test_maps = torch.rand(n, 64, 64)
+    tracemalloc.start()
+    eval_maps = evaluate.maps_at(test_maps, size).numpy()
+    stats.pixel_histograms(masks, eval_maps, stats.histogram_edges(eval_maps))
+    evaluate.compute_metrics(np.array([0, 0, 1, 1]), masks, eval_maps, torch.rand(n), torch.rand(3), "val_max")
+    peak = tracemalloc.get_traced_memory()[1] + eval_maps.nbytes + 2 * masks.nbytes  # + the maps, masks and cache
+    tracemalloc.stop()
+    assert peak <= pipeline.memory.EVAL_BYTES_PER_PIXEL * n * size * size

@@ -1,11 +1,31 @@
 """Decision-threshold rules (pipeline/thresholds.py): formulas on known numbers, robustness, errors."""
+import json
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from pipeline.thresholds import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES, check_threshold_rule, val_threshold
+from helpers import make_tiny_mvtec
+from models.errors import ConfigError
+from pipeline import report
+from pipeline.__main__ import main
+from pipeline.evaluate import EvalConfig
+from pipeline.job import config_hash
+from pipeline.thresholds import (
+    DEFAULT_THRESHOLD_RULE,
+    FEW_VAL_IMAGES,
+    THRESHOLD_RULES,
+    canonical_threshold_rule,
+    check_threshold_rule,
+    few_val_warning,
+    val_threshold,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VAL = np.arange(1.0, 11.0)  # 1..10: median 5.5, MAD 2.5, mean 5.5, population sd sqrt(8.25)
 
@@ -126,3 +146,72 @@ def test_val_max_flags_no_val_image():
     """An image is defective when score > threshold, so a score equal to it is not flagged."""
     val = np.array([0.1, 0.3, 0.2])
     assert not (val > val_threshold(val, "val_max")).any()
+
+
+# Issue 20: spellings of one rule are one rule (one key, one row).
+
+@pytest.mark.parametrize("spellings", [
+    ("val_max", "val_p100", "val_p100.0", "val_p0100"),  # the 100th percentile is the max
+    ("val_p50", "val_p50.0", "val_p050", "val_median+0mad", "val_median+0.00mad"),  # the median
+    ("val_mean+2std", "val_mean+2.0std", "val_mean+02.000std"),
+    ("val_median+2mad", "val_median+2.0mad"),
+    ("val_median+2.5mad", "val_median+2.50mad"),
+    ("val_p99.5", "val_p99.50"),
+    ("val_lognorm_p95", "val_lognorm_p95.0"),
+])
+def test_spellings_of_one_rule_give_one_key_and_one_threshold(spellings):
+    configs = [EvalConfig(threshold_rule=rule) for rule in spellings]
+    assert {c.threshold_rule for c in configs} == {spellings[0]}  # what the row's threshold_rule shows
+    assert len({json.dumps(c.to_dict(), sort_keys=True) for c in configs}) == 1  # what config_hash hashes
+    for rule in spellings:
+        assert val_threshold(VAL, rule) == pytest.approx(val_threshold(VAL, spellings[0]))
+    assert canonical_threshold_rule(spellings[-1]) == spellings[0]
+
+
+def test_other_rules_keep_their_spelling_and_bad_ones_are_still_named():
+    for rule in ("val_p0", "val_p95", "val_mean+0std", "val_median+3mad", "val_lognorm_p50", DEFAULT_THRESHOLD_RULE):
+        assert canonical_threshold_rule(rule) == rule
+    with pytest.raises(ConfigError, match="unknown threshold rule 'val_p150'"):
+        EvalConfig(threshold_rule="val_p150").validate()
+
+
+def test_the_committed_rows_keep_their_keys():
+    """Canonical spelling changes no committed key: each row's eval config reads back unchanged."""
+    rows = pd.read_csv(ROOT / "evaluation_results_all_models.csv")
+    for text in rows["config_json"]:
+        config = json.loads(text)
+        assert EvalConfig.from_dict(config["eval"]).to_dict() == config["eval"]
+        assert config_hash(config) in set(rows["config_hash"])
+
+
+# Issue 20, item 13: a threshold from a handful of val images is said, per category.
+
+def test_a_threshold_from_few_val_images_is_warned_once_per_category_and_footnoted(tmp_path, capsys):
+    # 8 train/good: 1 val image. A name of its own: the warning is said once per process and category.
+    root = make_tiny_mvtec(tmp_path / "data", categories=("few_val",))
+    args = ["run", "--data-root", str(root), "--models", "cae", "vae", "--epochs", "1", "--image-size", "32",
+            "--batch-size", "4", "--results-csv", str(tmp_path / "r.csv"), "--checkpoint-dir", str(tmp_path / "ck"),
+            "--no-progress", "--num-threads", "1", "--set", "cae.widths=[8,16]", "--set", "vae.widths=[8,16]"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's own: each distinct text once
+        assert main(args) == 0
+    few = [str(w.message) for w in caught if "val image" in str(w.message)]
+    assert few == ["the F1 threshold of 'few_val' rests on 1 val image (val_fraction 0.1 of its 8 train/good "
+                   "images), fewer than 10, so its F1, precision and recall depend on which images were held out; "
+                   "compare models there by AUROC and AU-PRO, or add normal images to train/good."]
+    out = capsys.readouterr().out
+    assert "note: F1, precision and recall of few_val (1 val image) come from a threshold on fewer than 10" in out
+    rows = pd.read_csv(tmp_path / "r.csv")
+    assert (rows["n_val"] == 1).all()  # the row says it too
+    assert "few_val (1 val image)" in report.summary(rows, results_csv=tmp_path / "r.csv", n_boot=20)
+    table = report.metric_tables(rows)  # the notebook's table, with its footnote
+    assert "few_val (1 val image)" in repr(table) and "few_val (1 val image)" in table._repr_html_()
+    rows["n_val"] = FEW_VAL_IMAGES
+    assert report.few_val_note(rows) == ""
+
+
+def test_few_val_warning_counts():
+    assert few_val_warning("grid", 2, 25, 0.1).startswith("the F1 threshold of 'grid' rests on 2 val images "
+                                                          "(val_fraction 0.1 of its 25 train/good images)")
+    assert few_val_warning("bottle", FEW_VAL_IMAGES, 100, 0.1) is None
+    assert few_val_warning("empty", 0, 1, 0.1) is None  # no val image at all: val_threshold's own NaN warning
