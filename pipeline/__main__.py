@@ -136,7 +136,8 @@ def build_parser():
         prog="python -m pipeline",
         description="Train and compare reconstruction-based anomaly detectors (CAE, VAE, ViT-VAE, VAE-GRF) "
                     "on MVTec-layout datasets.",
-        epilog="Exit status: 0 ok, 1 some jobs failed, 2 bad input (one sentence on stderr), 130 interrupted.",
+        epilog="Exit status: 0 ok, 1 some jobs failed (or rows kept without a file that could not be written), "
+               "2 bad input (one sentence on stderr), 130 interrupted (Ctrl-C), 143 / 129 stopped by SIGTERM / SIGHUP.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,plots,demo-data}")
 
