@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 import models
-from models import mvtec
+from models import filehash, mvtec
 from pipeline import fingerprint
 from pipeline.job import load_category
 
@@ -150,11 +150,11 @@ def measure(root: Path, category: str, repeats: int, evict: bool) -> dict:
     drop = (lambda: evict_from_page_cache(paths)) if evict else (lambda: None)
     if not evict:
         for path in paths:  # the state measured: every file in the page cache
-            fingerprint.hash_file(path)
+            filehash.hash_file(path)
 
     def cold_fingerprint() -> tuple[tuple[float, float], str]:
         """((wall, CPU) seconds, page-cache residency just before)."""
-        fingerprint.clear_memo()
+        filehash.clear_memo()
         drop()
         resident = resident_share(paths)
         return _timed(lambda: fingerprint.data_fingerprint(root, category)), resident
@@ -208,7 +208,7 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"load average at start: {Path('/proc/loadavg').read_text().strip()}", flush=True)
-    print(f"{os.cpu_count()} CPUs; hashing threads {min(fingerprint.HASH_WORKERS, os.cpu_count() or 1)}; "
+    print(f"{os.cpu_count()} CPUs; hashing threads {min(filehash.HASH_WORKERS, os.cpu_count() or 1)}; "
           f"loads at {IMAGE_SIZE} px", flush=True)
     cases = []
     dev = Path(args.dev)

@@ -50,12 +50,11 @@ import pandas as pd
 import torch
 
 from models import MODEL_NAMES, list_categories
-from models.mvtec import dataset_name
+from models.mvtec import dataset_name, list_files
 from pipeline import metrics
 from pipeline.demo_data import make_synthetic_dataset
 from pipeline.evaluate import score_split
 from pipeline.files import plain_name
-from pipeline.fingerprint import category_files
 from pipeline.job import JobSpec, config_hash, load_category, train_model
 from pipeline.thresholds import DEFAULT_THRESHOLD_RULE, check_threshold_rule, val_threshold
 from pipeline.train import TrainConfig
@@ -128,7 +127,7 @@ def job_rows(base: dict, s: dict, rules) -> list[dict]:
 
 def held_out_fraction(root: Path, category: str, val_fraction: float, min_val: int) -> float:
     """``val_fraction``, raised so that at least ``min_val`` of the category's train/good images are held out as val."""
-    n_good = sum(1 for f in category_files(root, category) if f.startswith("train/good/"))
+    n_good = len(list_files(root, category).train)
     if min_val <= 0 or n_good < 2 or round(val_fraction * n_good) >= min_val:
         return val_fraction
     return min(min_val, n_good - 1) / n_good

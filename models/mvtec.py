@@ -31,7 +31,7 @@ import mimetypes
 import os
 import threading
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,10 +306,9 @@ def _category_dir(root, category: str) -> Path:
     return folder
 
 
-def _misnamed_good_folder(folder: Path) -> str | None:
-    """The sentence refusing test/ when it has no good/ folder but one named like it (ok, normal ...):
-    read as a defect type, its defect-free images would all count as defective."""
-    subdirs = _test_subdirs(folder)
+def _misnamed_good_folder(subdirs: list[Path]) -> str | None:
+    """The sentence refusing test/ (its folders ``subdirs``) when it has no good/ folder but one named
+    like it (ok, normal ...): read as a defect type, its defect-free images would all count as defective."""
     if any(p.name == "good" for p in subdirs):
         return None
     for sub in subdirs:
@@ -355,23 +354,23 @@ def list_files(root, category: str) -> CategoryFiles:
     every category and only the faulty one fails. DatasetError if the category folder is missing.
     """
     folder = _category_dir(root, category)
-    found = _Found(root=Path(root).expanduser(),
-                   bases=tuple(dict.fromkeys([os.path.realpath(Path(root).expanduser()), os.path.realpath(folder)])))
+    root = Path(root).expanduser()
+    found = _Found(root=root, bases=tuple(dict.fromkeys([os.path.realpath(root), os.path.realpath(folder)])))
     for link in (folder / "train", folder / "train" / "good"):
         if _dead_link(link):
             found.refused[link] = _link_problem(link, "", found)
     train = _image_files(folder / "train" / "good", found)
-    test, labels, defects, masks, hints = _test_listing(folder, found)
+    subdirs = _test_subdirs(folder)
+    test, labels, defects, masks, hints = _test_listing(folder, subdirs, found)
     return CategoryFiles(folder=folder, train=train, test=test, labels=labels, defects=defects, masks=masks,
                          hints=hints, refused=found.refused, skipped=found.skipped,
-                         test_problem=_misnamed_good_folder(folder))
+                         test_problem=_misnamed_good_folder(subdirs))
 
 
-def _test_listing(folder: Path, found: _Found):
-    """(images, labels, defect types, masks, hints) of test/: hints are the warning texts of
-    mask files found beside the images and of masks that match no image."""
+def _test_listing(folder: Path, subdirs: list[Path], found: _Found):
+    """(images, labels, defect types, masks, hints) of test/ (its folders ``subdirs``): hints are the
+    warning texts of mask files found beside the images and of masks that match no image."""
     test = folder / "test"
-    subdirs = _test_subdirs(folder)
     gt = folder / "ground_truth"
     gt_dirs = sorted(p for p in gt.iterdir() if p.is_dir() and _visible(p)) if gt.is_dir() else []
     images, labels, defects, masks = [], [], [], []
@@ -780,10 +779,7 @@ def _skipped_note(category: str, folder: Path, skipped: list[Path]) -> str | Non
     """The warning for image files left out because Pillow cannot read their format, per folder."""
     if not skipped:
         return None
-    counts: dict[str, int] = {}
-    for f in skipped:
-        name = f.parent.relative_to(folder).as_posix()
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(f.parent.relative_to(folder).as_posix() for f in skipped)
     where = ", ".join(f"{n} in {name}" for name, n in sorted(counts.items()))
     return (f"{len(skipped)} image file(s) of {category} are in a format Pillow cannot read and were skipped "
             f"({where}; first: {min(skipped)}); convert them to PNG to use them.")
@@ -934,8 +930,8 @@ class MVTecAD(torch.utils.data.Dataset):
             self.masks[row] = torch.from_numpy(mask)
         self.has_masks = not missing
         hints = dict(listing.hints) if group == "test" else {}
-        in_group = (lambda f: f.parent == good) if group == "train" else (lambda f: f.parent.parent != folder / "train")
-        hints["skipped"] = _skipped_note(category, folder, [f for f in listing.skipped if in_group(f)])
+        skipped = [f for f in listing.skipped if (f.parent == folder / "train" / "good") == (group == "train")]
+        hints["skipped"] = _skipped_note(category, folder, skipped)  # test's: those of test/ and ground_truth/
         if group == "test":
             hints.update(_copies_notes(category, folder, listing, hashes, self._workers))
         self._warn(folder, images, keep, hints, missing, empty, inverted)

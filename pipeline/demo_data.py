@@ -374,7 +374,8 @@ def _remove_demo(folder: Path, ours: set[str]) -> None:
     real = os.path.realpath(folder)
     for f in ours:
         path = folder / f
-        if os.path.realpath(path.parent) == os.path.join(real, *Path(f).parent.parts):
+        inside = not Path(f).is_absolute() and ".." not in Path(f).parts  # os.path.join would drop `real`
+        if inside and os.path.realpath(path.parent) == os.path.join(real, *Path(f).parent.parts):
             path.unlink(missing_ok=True)  # a link itself is removed, never what it points to
     for dirpath, _, _ in sorted(os.walk(folder), key=lambda w: -len(Path(w[0]).parts)):
         try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.errors import DatasetError
-from models.filehash import clear_memo, content_hashes, hash_file  # noqa: F401 (clear_memo, hash_file: public here too)
+from models.filehash import content_hashes
 from models.mvtec import list_files
 
 FINGERPRINT_VERSION = 1  # bump when what is hashed changes: every digest changes with it
@@ -71,7 +71,7 @@ def category_files(root, category: str) -> dict[str, Path]:
 
 
 def _listed(root, category: str) -> tuple[dict[str, Path], dict[Path, str]]:
-    """(``category_files``, {path: the sentence refusing it} of the listed links the loader refuses)."""
+    """(``category_files``, {path: the sentence refusing it} of the links the loader refuses)."""
     folder = Path(root).expanduser() / category
     if not category or not folder.is_dir():
         raise DatasetError(
@@ -82,7 +82,7 @@ def _listed(root, category: str) -> tuple[dict[str, Path], dict[Path, str]]:
     train_links = [p for p in (listing.folder / "train", listing.folder / "train" / "good") if p in listing.refused]
     paths = listing.paths() + train_links  # a dead train/good link: the category's only entry, so it counts
     files = dict(sorted((p.relative_to(listing.folder).as_posix(), p) for p in paths))
-    return files, {p: listing.refused[p] for p in paths if p in listing.refused}
+    return files, listing.refused
 
 
 # --------------------------------------------------------------------------- hashing
@@ -111,16 +111,15 @@ def data_fingerprint(root, category: str, *, workers: int | None = None) -> Data
     for a missing category folder or an unreadable file or folder.
     """
     paths, refused = _listed(root, category)
-    readable = {rel: path for rel, path in paths.items() if path not in refused}
+    readable = [path for path in paths.values() if path not in refused]
     try:
-        contents, n_bytes = content_hashes(list(readable.values()), workers=workers)
+        contents, n_bytes = content_hashes(readable, workers=workers)
     except OSError as e:
         raise _unreadable(Path(e.filename), category, e) from None
-    files = dict(zip(readable, contents))
-    for rel, path in paths.items():
-        if path in refused:  # never read: the sentence stands for it, so fixing the link changes the digest
-            files[rel] = hashlib.sha256(refused[path].encode()).hexdigest()
-    files = dict(sorted(files.items()))
+    hashes = dict(zip(readable, contents))
+    # A refused link is never read: its sentence stands for it, so fixing the link changes the digest.
+    files = {rel: hashes[path] if path not in refused else hashlib.sha256(refused[path].encode()).hexdigest()
+             for rel, path in paths.items()}
     return DataFingerprint(digest=_digest(files), files=files, n_files=len(files), n_bytes=n_bytes)
 
 

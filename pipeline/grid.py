@@ -257,12 +257,13 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
     memory.check_evaluation(todo)  # an --eval-size whose pixel metrics cannot fit: the same
     log(f"{len(specs)} job(s): {len(specs) - len(todo)} already in {csv}, {len(todo) - n_eval} to train"
         + (f", {n_eval} to evaluate from their checkpoints" if n_eval else "") + ".")
+    # What each category's data was, for a later "files differ" message (written below, once checked).
+    manifests = {s.category: runs.manifest_path(runs_folder, dataset=s.dataset, category=s.category,
+                                                fingerprint=s.data_fingerprint) for s in todo}
     if todo:  # something will be written: every folder it goes to, before any training (exit 2, not N failed jobs)
         check_writable(csv)
-        for spec in {s.category: s for s in todo}.values():
-            make_folder(runs.manifest_path(runs_folder, dataset=spec.dataset, category=spec.category,
-                                           fingerprint=spec.data_fingerprint).parent,
-                        what="side-file folder", fix="pass another --results-csv", error=ResultsError)
+        for path in manifests.values():
+            make_folder(path.parent, what="side-file folder", fix="pass another --results-csv", error=ResultsError)
     if todo and checkpoint_dir is not None:
         make_checkpoint_dir(checkpoint_dir)
         for spec in {s.category: s for s in to_train}.values():
@@ -271,11 +272,9 @@ def run_grid(data_root, categories=None, models=None, *, image_size: ImageSize =
         make_folder(cache_dir, what="image cache folder", fix="pass another --cache-dir, or none", error=ConfigError)
     if not force:
         explain_reruns(table, todo, runs_folder, log)
-    for spec in {s.category: s for s in todo}.values():  # what the data was, for a later "files differ" message
-        path = runs.manifest_path(runs_folder, dataset=spec.dataset, category=spec.category,
-                                  fingerprint=spec.data_fingerprint)
+    for category, path in manifests.items():
         if not path.is_file():
-            runs.save_manifest(path, data_fingerprint(spec.data_root, spec.category).files)
+            runs.save_manifest(path, data_fingerprint(data_root, category).files)
 
     failures: list[dict] = []
     unwritten: list[dict] = []

@@ -285,14 +285,9 @@ def run_job(spec: JobSpec, data: CategoryData | None = None, *, checkpoint_dir=D
     spec.validate()
     spec = spec.with_fingerprint()
     data = _load(spec, data, cache_dir)
-    model = None
-    try:
-        model, history, evaluation, peak = train_and_evaluate(spec, data, on_epoch=on_epoch)
-        return record(spec, data, model, history, evaluation, checkpoint_dir=checkpoint_dir, runs_dir=runs_dir,
-                      peak_memory=peak)
-    finally:  # nothing of this job outlives it (models, optimiser state, device memory)
-        del model
-        release_memory(spec)
+    output = compute_job(spec, data, on_epoch=on_epoch)
+    warn_unwritten(write_output(spec, data, output, checkpoint_dir=checkpoint_dir, runs_dir=runs_dir))
+    return output.row
 
 
 def release_memory(spec: JobSpec) -> None:
@@ -336,16 +331,17 @@ def make_output(spec: JobSpec, data: CategoryData, model: AnomalyModel, history:
     return JobOutput(row=row, checkpoint=ckpt, evaluation=evaluation, history=history)
 
 
-def compute_job(spec: JobSpec, data: CategoryData, *, kind: str | None = None) -> JobOutput:
+def compute_job(spec: JobSpec, data: CategoryData, *, kind: str | None = None,
+                on_epoch: Callable[[int, dict], None] | None = None) -> JobOutput:
     """Train and evaluate ``spec`` on ``data`` (its fingerprint filled in) and return what
     ``record`` would write; writes nothing."""
     model = None
     try:
-        model, history, evaluation, peak = train_and_evaluate(spec, data)
+        model, history, evaluation, peak = train_and_evaluate(spec, data, on_epoch=on_epoch)
         output = make_output(spec, data, model, history, evaluation, peak_memory=peak, kind=kind)
         output.evaluation = without_maps(evaluation)
         return output
-    finally:
+    finally:  # nothing of this job outlives it (models, optimiser state, device memory)
         del model
         release_memory(spec)
 

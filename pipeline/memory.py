@@ -50,9 +50,9 @@ from torch import nn
 
 from models import MODELS, ImageSize, image_hw, model_config, size_label
 from models.errors import ConfigError
+from models.mvtec import list_files
 
 from .evaluate import eval_grid
-from .fingerprint import category_files
 from .sizes import kept_size
 from .train import resolve_device
 
@@ -265,11 +265,14 @@ def check_jobs(specs) -> None:
                    overrides=s.model_overrides)
 
 
-def _test_image_sizes(root, category: str) -> list[tuple[int, int]] | None:
-    """(width, height) of each test image from its header (``original``), or None when one cannot be read
-    (the loader names that file when it gets there)."""
+def _image_sizes(listing) -> list[tuple[int, int]] | None:
+    """(width, height) of each test image of a category (``models.mvtec.list_files``) from its header
+    (``original``), or None when one cannot be read or is a link the loader refuses (the loader names
+    that file when it gets there; a link leaving the data root is never read)."""
     sizes = []
-    for path in _test_images(root, category):
+    for path in listing.test:
+        if path in listing.refused:
+            return None
         try:
             with Image.open(path) as im:
                 sizes.append(im.size)
@@ -278,22 +281,16 @@ def _test_image_sizes(root, category: str) -> list[tuple[int, int]] | None:
     return sizes
 
 
-def _test_images(root, category: str) -> list[Path]:
-    """The test image files of a category, as the fingerprint lists them (mask files beside the images excluded)."""
-    return [p for rel, p in category_files(root, category).items()
-            if rel.startswith("test/") and not Path(rel).stem.casefold().endswith("_mask")]
-
-
 def evaluation_pixels(spec) -> tuple[int, int]:
     """(test images, evaluation pixels) of a job (``job.JobSpec``): the number of test files
     times the evaluation grid's pixels, or for ``original`` their own sizes summed."""
     grid = eval_grid(spec.eval_config.eval_size, spec.image_size)
+    listing = list_files(spec.data_root, spec.category)
     if grid == "original":
-        sizes = _test_image_sizes(spec.data_root, spec.category) or []
+        sizes = _image_sizes(listing) or []
         return len(sizes), sum(w * h for w, h in sizes)
     height, width = image_hw(grid)
-    n = len(_test_images(spec.data_root, spec.category))
-    return n, n * height * width
+    return len(listing.test), len(listing.test) * height * width
 
 
 def _largest_eval_size(n_images: int, image_size: ImageSize, budget: int) -> int | None:

@@ -448,10 +448,12 @@ def roc_auc_comparison(df: pd.DataFrame, out_path) -> Path:
     return _save(fig, out_path)
 
 
-def _category_table(rows: pd.DataFrame, column: str, cats, names) -> pd.DataFrame:
-    """Category label x model name table of ``column`` (one row per (label, model) in ``rows``)."""
-    return rows.pivot(index="label", columns="model", values=column).reindex(
-        index=[lab for lab, _ in cats], columns=names).astype(float)
+def category_table(rows: pd.DataFrame, column: str, names, cats=None) -> pd.DataFrame:
+    """Category label x model name table of ``column`` (one row per (label, model) in ``rows``):
+    its columns ``names``, its rows the labels of ``cats`` in that order (default: every label
+    of ``rows``, sorted)."""
+    table = rows.pivot(index="label", columns="model", values=column)
+    return table.reindex(index=None if cats is None else [lab for lab, _ in cats], columns=names).astype(float)
 
 
 def comparable(table: pd.DataFrame) -> pd.Series:
@@ -520,15 +522,15 @@ def results_table(df: pd.DataFrame, metric: str = "image_auroc", stat: str = "me
     d = prepare_results(df)
     agg = aggregate_seeds(d, metrics=(metric,))
     cats, names = _categories(d), _models(d)
-    mean_table = _category_table(agg, metric, cats, names)
+    mean_table = category_table(agg, metric, names, cats)
     shared = comparable(mean_table)
     if stat == "mean":
         table = mean_table
         means = _type_means(table, cats, shared)
     else:
-        table = _category_table(agg, f"{metric}_sd", cats, names)
+        table = category_table(agg, f"{metric}_sd", names, cats)
         d[metric] = pd.to_numeric(d[metric], errors="coerce")
-        per_seed = [_type_means(_category_table(rows, metric, cats, names), cats, shared)
+        per_seed = [_type_means(category_table(rows, metric, names, cats), cats, shared)
                     for _, rows in d.groupby("seed", sort=True, dropna=False)]
         means = pd.concat(per_seed).groupby(level=0, sort=False).std(ddof=1)
     out = pd.concat([table, means])
@@ -606,7 +608,7 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
                             order=labels, hue_order=labels, palette=[colors[m] for m in names], ax=ax,
                             showfliers=False, width=0.55, legend=False, boxprops={"alpha": 0.55})
             else:  # a box of 1-3 points would suggest a spread that is not there: show the mean instead
-                table = _category_table(d, metric, _categories(d), names)
+                table = category_table(d, metric, names, _categories(d))
                 notes[METRIC_LABELS[metric]] = missing_values_note(table, "Mean lines")
                 means = table[comparable(table).to_numpy()].mean()  # over the same categories for every model
                 for i, m in enumerate(names):

@@ -228,11 +228,7 @@ def metric_tables(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
     means = {plots.METRIC_LABELS.get(m, m): plots.results_table(df, m) for m in metrics}
     note = plots.combine_notes({label: plots.means_note(table) for label, table in means.items()})
     note = "\n".join(n for n in (note, few_val_note(df)) if n)  # and the F1 of categories with few val images
-    return _with_note(_metric_cells(df, metrics, means), note)
-
-
-def _with_note(table: pd.DataFrame, note: str) -> NotedTable:
-    out = NotedTable(table)
+    out = NotedTable(_metric_cells(df, metrics, means))
     out.attrs["note"] = note
     return out
 
@@ -313,12 +309,14 @@ def _on_the_same_test_images(run_scores: dict) -> tuple[dict, list[str]]:
         by_category.setdefault(key[1], []).append(key)  # key: (model, category, seed)
     kept, left_out = {}, []
     for keys in by_category.values():
-        counts = Counter(run_scores[k].labels.tobytes() for k in keys).most_common(2)
+        labels = {k: run_scores[k].labels.tobytes() for k in keys}
+        counts = Counter(labels.values()).most_common(2)
         common = counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else None
-        for model, category, seed in keys:
-            if run_scores[model, category, seed].labels.tobytes() == common:
-                kept[model, category, seed] = run_scores[model, category, seed]
+        for key in keys:
+            if labels[key] == common:
+                kept[key] = run_scores[key]
             else:
+                model, category, seed = key
                 left_out.append(f"{model} on {category} (seed {seed}; its scores are of other test images than "
                                 "the other rows' of that category)")
     return kept, left_out
@@ -392,9 +390,8 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS, *, results_csv=None, n_bo
             best = means[means == means.max()].index
             cells.append(f"{', '.join(label(b) for b in best)} ({_fmt(means.max())})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    note = plots.combine_notes({plots.METRIC_LABELS[m]: plots.missing_values_note(_category_table(d, m, models),
-                                                                                  "Means")
-                                for m in metrics})
+    note = plots.combine_notes({plots.METRIC_LABELS[m]: plots.missing_values_note(plots.category_table(d, m, models),
+                                                                                  "Means") for m in metrics})
     lines += ["", note.replace("\n", "; ")] if note else []
     lines += ["",
               f"Wins per model (categories, out of {n_cats}, where it has the highest value; ties count for each):",
@@ -416,14 +413,9 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS, *, results_csv=None, n_bo
     return Markdown("\n".join(lines))
 
 
-def _category_table(d: pd.DataFrame, metric: str, models: list) -> pd.DataFrame:
-    """Category label x model table of ``metric`` of aggregated rows (``plots.aggregate_seeds``)."""
-    return d.pivot(index="label", columns="model", values=metric).reindex(columns=models)
-
-
 def _shared_means(d: pd.DataFrame, metric: str, models: list) -> pd.Series:
     """Each model's mean of ``metric`` over the categories of ``d`` where every model has a value."""
-    table = _category_table(d, metric, models)
+    table = plots.category_table(d, metric, models)
     return table[plots.comparable(table)].mean().dropna()
 
 

@@ -164,8 +164,9 @@ def read_results(csv=DEFAULT_RESULTS_CSV, *, missing_ok: bool = False) -> pd.Dat
     return df[_ordered_columns(df.columns)]
 
 
-def _not_a_number(cells: pd.Series, column: str) -> pd.Series:
-    """Why each written cell of a numeric ``column`` is not a usable number ('' where it is, or is empty)."""
+def _not_a_number(cells: pd.Series, column: str) -> tuple[pd.Series, pd.Series]:
+    """Why each written cell of a numeric ``column`` is not a usable number ('' where it is, or is
+    empty), and the cells' values (NaN where empty or not a number)."""
     written = cells.str.strip() != ""
     values = pd.to_numeric(cells.str.strip(), errors="coerce")  # 'nan' and pandas' 'n/a', 'NA' ... are NaN too
     why = pd.Series("", index=cells.index)
@@ -174,7 +175,7 @@ def _not_a_number(cells: pd.Series, column: str) -> pd.Series:
         why[written & ((values < 0) | (values > 1))] = "outside [0, 1]"
     if column in WHOLE_NUMBER_COLUMNS:
         why[written & values.notna() & ((values % 1 != 0) | (values < 0))] = "not a whole number"
-    return why
+    return why, values
 
 
 def _check_numbers(df: pd.DataFrame, text: pd.DataFrame, csv: Path) -> None:
@@ -183,10 +184,10 @@ def _check_numbers(df: pd.DataFrame, text: pd.DataFrame, csv: Path) -> None:
     figures saying "mean of 2 seeds" over one seed's value."""
     bad = []
     for column in [c for c in (*COLUMNS, *EXTRA_COLUMNS) if c in df.columns and c not in TEXT_COLUMNS]:
-        why = _not_a_number(text[column], column)
+        why, values = _not_a_number(text[column], column)
         rows = why.index[why != ""]
         if len(rows):
-            df[column] = pd.to_numeric(text[column].where(why == "").str.strip().replace("", np.nan))
+            df[column] = values.where(why == "")
             bad += [(i, column, why[i]) for i in rows]
     if not bad:
         return

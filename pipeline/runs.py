@@ -130,7 +130,7 @@ def _damaged(path, e: Exception) -> DamagedSideFile:
     if isinstance(e, PermissionError):
         return DamagedSideFile(f"{Path(path).name} cannot be read (permission denied)")
     text = str(e).strip().splitlines()[0].split(". ")[0][:120] if str(e).strip() else ""
-    why = text or {"EOFError": "the file is empty or cut short"}.get(type(e).__name__, type(e).__name__)
+    why = text or ("the file is empty or cut short" if isinstance(e, EOFError) else type(e).__name__)
     return DamagedSideFile(f"{Path(path).name} is damaged: {why}")
 
 

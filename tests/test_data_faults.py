@@ -16,8 +16,9 @@ from PIL import Image
 
 import models
 from helpers import dataset_error, make_tiny_mvtec
-from models import mvtec
+from models import filehash, mvtec
 from pipeline.__main__ import main
+from pipeline.fingerprint import data_fingerprint
 from pipeline.train import TrainConfig, fit
 
 
@@ -437,8 +438,6 @@ def test_images_in_every_format_pillow_reads_are_used(tmp_path):
     """Issue 20, item 7 (and the minor .gif one): .webp, .gif, .ppm, .tga, ... in train/good and
     test/<defect> are read, the fingerprint lists them, and a file in an image format Pillow
     cannot read is named in a warning instead of being left out silently."""
-    from pipeline.fingerprint import data_fingerprint
-
     root = make_tiny_mvtec(tmp_path, categories=("widget",), n_train=3, defects=("hole",), n_per_defect=1)
     cat = root / "widget"
     src = Image.open(cat / "train/good/000.png").convert("RGB")
@@ -466,9 +465,6 @@ def test_test_images_that_are_copies_of_training_or_other_label_images_are_said_
     """Issue 20, item 8: a leak (a test image byte-identical to a training image) and one image
     under two labels (test/good and test/<defect>): one warning each, naming the count and the
     first pair, from the hashes the data fingerprint computed (no file is read twice)."""
-    from models import filehash
-    from pipeline.fingerprint import data_fingerprint
-
     root = make_tiny_mvtec(tmp_path, categories=("widget",))
     cat = root / "widget"
     shutil.copy(cat / "train/good/003.png", cat / "test/good/007.png")

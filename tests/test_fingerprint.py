@@ -13,7 +13,6 @@ import models
 from helpers import make_tiny_mvtec
 from models import filehash
 from models.errors import DatasetError
-from pipeline import fingerprint
 from pipeline.fingerprint import compare, data_fingerprint, describe_change
 
 MASK = "ground_truth/scratch/000_mask.png"
@@ -21,9 +20,9 @@ MASK = "ground_truth/scratch/000_mask.png"
 
 @pytest.fixture(autouse=True)
 def _fresh_memo():
-    fingerprint.clear_memo()  # each test starts as a new process would
+    filehash.clear_memo()  # each test starts as a new process would
     yield
-    fingerprint.clear_memo()
+    filehash.clear_memo()
 
 
 @pytest.fixture
@@ -38,7 +37,7 @@ def test_files_are_the_images_under_train_test_and_ground_truth(root):
     assert fp.n_files == len(fp.files) == 8 + 2 + 2 * 2 + 2 * 2
     assert fp.n_bytes == sum((root / "widget" / rel).stat().st_size for rel in fp.files)
     assert len(fp.digest) == 16 and int(fp.digest, 16) >= 0
-    assert fp.files[MASK] == fingerprint.hash_file(root / "widget" / MASK)
+    assert fp.files[MASK] == filehash.hash_file(root / "widget" / MASK)
 
 
 def test_a_copy_elsewhere_with_other_mtimes_has_the_same_digest(root, tmp_path):

@@ -2,6 +2,7 @@
 hand, a renamed column, side files cut short or overwritten (issue 20, items 10 and 17)."""
 from __future__ import annotations
 
+import io
 import json
 import warnings
 
@@ -125,8 +126,6 @@ def _rows_with_side_files(tmp_path):
 
 
 def _npz(**arrays) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
