@@ -37,7 +37,7 @@ import torch
 from models.scoring import ScoreConfig
 from pipeline.__main__ import parse_overrides, parse_value
 from pipeline.evaluate import DEFAULT_EVAL_SIZE, EvalConfig, parse_eval_size
-from pipeline.grid import run_grid
+from pipeline.grid import GridConfig, Settings, run_grid
 from pipeline.results import DEFAULT_RESULTS_CSV
 from pipeline.sizes import ASPECTS, DEFAULT_ASPECT, parse_image_size
 from pipeline.thresholds import DEFAULT_THRESHOLD_RULE
@@ -50,7 +50,7 @@ DEFAULT_RULES = ("default", "l2/0/mean", "l2/4/mean", "l2/4/max", "l2/4/top0.01"
 METRICS = ["image_auroc", "pixel_auroc", "aupro", "f1", "f1_max"]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=str(DEFAULT_ROOT), help="MVTec-layout root (default ../shared/data/dev)")
     p.add_argument("--categories", nargs="+", default=None)
@@ -73,7 +73,11 @@ def main(argv=None) -> int:
     p.add_argument("--num-threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="retrain rows already in --results-csv")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     # The repository's table, wherever this is run from (DEFAULT_RESULTS_CSV is relative to the cwd).
     if Path(a.results_csv).resolve() in {Path(DEFAULT_RESULTS_CSV).resolve(), (REPO / DEFAULT_RESULTS_CSV).resolve()}:
         raise SystemExit("--results-csv must be a scratch file, not the repository's results table.")
@@ -93,11 +97,11 @@ def main(argv=None) -> int:
     for i, score in enumerate(rules):
         ev = EvalConfig(score=score, eval_size=parse_eval_size(a.eval_size), threshold_rule=a.threshold_rule)
         t0 = time.perf_counter()
-        df = run_grid(root, a.categories, a.models, image_size=parse_image_size(a.image_size), aspect=a.aspect,
-                      train=train, seeds=a.seeds,
-                      model_overrides=overrides, eval_config=ev, results_csv=a.results_csv,
-                      force=a.force and i == 0, checkpoint_dir=Path(a.checkpoint_dir),
-                      log=lambda m: print(m, flush=True))
+        config = GridConfig(data_root=root, categories=a.categories, models=a.models,
+                            image_size=parse_image_size(a.image_size), aspect=a.aspect, train=train, seeds=a.seeds,
+                            model_overrides=overrides, eval_config=ev)
+        df = run_grid(config, Settings(results_csv=a.results_csv, force=a.force and i == 0,
+                                       checkpoint_dir=Path(a.checkpoint_dir), log=lambda m: print(m, flush=True)))
         for f in df.attrs.get("failures", []):
             print(f"FAILED {f['model']} on {f['category']}: {f['error']}")
         print(f"rule {score.name}: {df.attrs['trained']} trained, {df.attrs['evaluated']} evaluated from checkpoints, "

@@ -4,7 +4,7 @@
                               [--image-size 128] [--epochs 5] [--batch-size 32] [--threads N]
                               [--aupro-maps 100] [--aupro-size 256] [--skip-job] [--skip-aupro]
 
-Part 1, per model, one full job (as pipeline.job.run_job does it), split into:
+Part 1, per model, one full job (as pipeline.job.compute_job does it), split into:
   data      decode + resize the category's train/val/test once (cold: memory cache cleared
             for the first model; the later models reuse it, as in a grid)
   train     fit(); "batching" is the part of it spent gathering + converting batches
@@ -37,7 +37,7 @@ from models import mvtec
 from pipeline import metrics
 from pipeline.demo_data import make_synthetic_dataset
 from pipeline.evaluate import compute_metrics, score_split
-from pipeline.job import load_category
+from pipeline.job import JobSpec, load_category
 from pipeline.thresholds import DEFAULT_THRESHOLD_RULE
 from pipeline.train import TrainConfig, fit, resolve_device, seed_everything
 
@@ -51,9 +51,12 @@ def bench_job(root, category, names, *, image_size, epochs, batch_size, device) 
               f"{'metrics s':>9s} {'train img/s':>11s} {'infer img/s':>11s} {'score+metrics/train':>19s}")
     print(header)
     mvtec.clear_memory_cache()
+    dataset = mvtec.dataset_name(root)
     for name in names:
+        spec = JobSpec(data_root=root, category=category, model=name, dataset=dataset, image_size=image_size,
+                       train=cfg)
         t0 = time.perf_counter()
-        data = load_category(root, category, image_size=image_size, seed=cfg.seed)
+        data = load_category(spec)
         data_s = time.perf_counter() - t0
         seed_everything(cfg.seed)
         model = models.build_model(name, image_size=image_size)

@@ -15,9 +15,9 @@ Sections (all measured in one process, side by side, so ratios survive a busy ma
               in a DataLoader (num_workers 0 and 2), same model, batch, AdamW and clipping
               -- against ``fit`` on the tensors ``MVTecAD`` decoded once. Per-epoch ratio,
               and the ratio with our one-time decode charged to the measured epochs.
-  job         one job at default settings (TrainConfig's epochs), run as ``pipeline.job.run_job``
-              runs it (train_model -> evaluate -> record), split into decode, batching (inside
-              fit), training, scoring (test + val), metrics.
+  job         one job at default settings (TrainConfig's epochs), run as ``pipeline.job.compute_job``
+              runs it (train_model -> evaluate -> make_row and the checkpoint, then write_output),
+              split into decode, batching (inside fit), training, scoring (test + val), metrics.
   aupro       metrics.aupro and pixel_auroc on 100 random maps at 256 px.
   memory      ``run_grid`` over every (category, model), twice (the second pass forced):
               RSS, live tensors and the row's peak_memory_mb after every job.
@@ -48,11 +48,14 @@ import models
 from bench_job import blob_case  # the same case as bench_job's AU-PRO comparison (bench/ is this script's folder)
 from models import mvtec
 from pipeline import metrics
+from pipeline.batches import has_conv
+from pipeline.checkpoints import checkpoint_bytes
 from pipeline.demo_data import make_synthetic_dataset
 from pipeline.evaluate import evaluate, score_split
-from pipeline.grid import run_grid
-from pipeline.job import JobSpec, load_category, peak_memory_mb, record, reset_peak_memory, train_model
-from pipeline.train import TrainConfig, fit, has_conv, resolve_device, seed_everything
+from pipeline.grid import GridConfig, Settings, run_grid
+from pipeline.job import JobOutput, JobSpec, load_category, make_row, train_model, training_columns, write_output
+from pipeline.memory import peak_memory_mb, reset_peak_memory
+from pipeline.train import TrainConfig, fit, resolve_device, seed_everything
 
 # MVTec AD's split sizes (all 15 categories), for the full-grid extrapolation.
 MVTEC_TRAIN, MVTEC_TEST, MVTEC_CATEGORIES = 3629, 1725, 15
@@ -149,7 +152,7 @@ def bench_throughput(args, data) -> dict:
         del model
         gc.collect()
     print("peak MB: CPU = the process's peak RSS while this model ran (torch, data and freed-but-kept allocator "
-          "memory included), as run_job's peak_memory_mb; CUDA = max_memory_allocated.")
+          "memory included), as a job's peak_memory_mb; CUDA = max_memory_allocated.")
     return out
 
 
@@ -255,12 +258,11 @@ def bench_job(args, root, category) -> dict:
     name = args.job_model
     epochs = args.job_epochs or TrainConfig().epochs
     mvtec.clear_memory_cache()
-    data = load_category(root, category, image_size=args.image_size)
     spec = JobSpec(data_root=root, category=category, model=name, dataset=mvtec.dataset_name(root),
                    image_size=args.image_size, train=train_cfg(args, defaults=True, epochs=epochs))
-    spec.validate()
+    data = load_category(spec)
     ckpt = tempfile.mkdtemp(prefix="bench_speed_ckpt_")
-    try:  # run_job's three steps, timed one by one
+    try:  # compute_job's steps, timed one by one, then its checkpoint written as the grid writes it
         reset_peak_memory(dev)
         t0 = time.perf_counter()
         model, captured = train_model(spec, data)
@@ -270,7 +272,7 @@ def bench_job(args, root, category) -> dict:
                               desc=spec.describe())
         sync(dev)
         eval_s = time.perf_counter() - t1
-        row = record(spec, data, model, captured, evaluation, checkpoint_dir=ckpt, peak_memory=peak_memory_mb(dev))
+        row = record_job(spec, data, model, captured, evaluation, peak_memory=peak_memory_mb(dev), checkpoint_dir=ckpt)
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -297,6 +299,19 @@ def bench_job(args, root, category) -> dict:
           f"(target <= 15%)")
     print(f"  peak memory of the job: {row['peak_memory_mb']:.0f} MB ({'RSS' if dev.type == 'cpu' else 'allocated'})")
     return out
+
+
+def record_job(spec, data, model, history, evaluation, *, peak_memory, checkpoint_dir) -> dict:
+    """The job's last step, as ``compute_job`` and the grid do it: its row (``make_row``) and
+    checkpoint bytes, then the checkpoint written (``write_output``, no side files); returns the row."""
+    training = training_columns(model, history, peak_memory=peak_memory, data_seconds=data.seconds)
+    row = make_row(spec, data, training, evaluation)
+    checkpoint = checkpoint_bytes(model, name=spec.model, row=row, train_config=spec.train, history=history,
+                                  training=training)
+    output = JobOutput(row=row, checkpoint=checkpoint, evaluation=evaluation, history=history)
+    for error in write_output(spec, data, output, checkpoint_dir=checkpoint_dir, runs_dir=None):
+        warnings.warn(error, stacklevel=2)
+    return row
 
 
 # --- AU-PRO -------------------------------------------------------------------------------------
@@ -337,8 +352,9 @@ def bench_memory(args, root) -> dict:
     try:
         peaks = []
         for force in (False, True):
-            df = run_grid(root, cats, args.models, image_size=args.image_size, train=cfg,
-                          results_csv=tmp / "results.csv", checkpoint_dir=tmp / "ckpt", force=force, log=log)
+            df = run_grid(GridConfig(data_root=root, categories=cats, models=args.models, image_size=args.image_size,
+                                     train=cfg),
+                          Settings(results_csv=tmp / "results.csv", checkpoint_dir=tmp / "ckpt", force=force, log=log))
             peaks += list(df["peak_memory_mb"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -362,8 +378,9 @@ def bench_grid(args, root, category) -> dict:
     cfg = train_cfg(args, defaults=True, epochs=TrainConfig().epochs)
     try:
         t0 = time.perf_counter()
-        df = run_grid(root, [category], args.models, image_size=args.image_size, train=cfg,
-                      results_csv=tmp / "results.csv", checkpoint_dir=tmp / "ckpt", log=lambda m: None)
+        df = run_grid(GridConfig(data_root=root, categories=[category], models=args.models,
+                                 image_size=args.image_size, train=cfg),
+                      Settings(results_csv=tmp / "results.csv", checkpoint_dir=tmp / "ckpt", log=lambda m: None))
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -384,7 +401,7 @@ def bench_grid(args, root, category) -> dict:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--data-root")
@@ -405,7 +422,11 @@ def main() -> None:
     p.add_argument("--job-epochs", type=int, default=0, help="epochs of the one job (default: TrainConfig's)")
     p.add_argument("--memory-epochs", type=int, default=1)
     p.add_argument("--json", help="also write every number to this JSON file")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = build_parser().parse_args()
     a.default_batch = a.batch_size is None  # job and grid then run at TrainConfig's batch size
     a.batch_size = a.batch_size or 32
     warnings.formatwarning = lambda message, category, *args, **kw: f"warning: {message}\n"
@@ -435,7 +456,8 @@ def main() -> None:
     results: dict = {"info": info}
     data = None
     if "throughput" in sections:
-        data = load_category(root, category, image_size=a.image_size)
+        data = load_category(JobSpec(data_root=root, category=category, model=a.models[0],
+                                     dataset=mvtec.dataset_name(root), image_size=a.image_size))
         results["throughput"] = bench_throughput(a, data)
     if "baseline" in sections:
         results["baseline"] = bench_baseline(a, root, category)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ray
 
-from pipeline.grid import run_grid
+from pipeline.grid import GridConfig, Settings, run_grid
 from pipeline.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -45,10 +45,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ray_overhead_"))
     root = make_tiny_mvtec(tmp / "data", categories=("widget", "fabric"), size=args.size, n_train=args.n_train)
     train = TrainConfig(epochs=args.epochs, batch_size=8, progress=False, num_threads=1)
-    kw = dict(image_size=args.size, train=train, model_overrides=TINY, log=lambda m: None)
+    config = GridConfig(data_root=root, models=list(TINY), image_size=args.size, train=train, model_overrides=TINY)
 
     t0 = time.perf_counter()
-    run_grid(root, None, list(TINY), results_csv=tmp / "local.csv", checkpoint_dir=tmp / "ck_local", **kw)
+    run_grid(config, Settings(results_csv=tmp / "local.csv", checkpoint_dir=tmp / "ck_local", log=lambda m: None))
     local = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -60,8 +60,8 @@ def main() -> None:
     ray.get([remote.remote(i) for i in range(200)])
     per_task = (time.perf_counter() - t0) / 200
     t0 = time.perf_counter()
-    run_grid(root, None, list(TINY), results_csv=tmp / "ray.csv", checkpoint_dir=tmp / "ck_ray", executor="ray",
-             cpus_per_job=args.cpus_per_job, **kw)
+    run_grid(config, Settings(results_csv=tmp / "ray.csv", checkpoint_dir=tmp / "ck_ray", log=lambda m: None,
+                              executor="ray", cpus_per_job=args.cpus_per_job))
     on_ray = time.perf_counter() - t0
     cpus = ray.cluster_resources().get("CPU")
     ray.shutdown()

@@ -55,6 +55,7 @@ from pipeline import metrics
 from pipeline.demo_data import make_synthetic_dataset
 from pipeline.evaluate import score_split
 from pipeline.files import plain_name
+from pipeline.fingerprint import data_fingerprint
 from pipeline.job import JobSpec, config_hash, load_category, train_model
 from pipeline.thresholds import DEFAULT_THRESHOLD_RULE, check_threshold_rule, val_threshold
 from pipeline.train import TrainConfig
@@ -72,7 +73,7 @@ def cache_file(cache_dir: Path, spec: JobSpec) -> Path:
     """One npz per job, keyed by the job's config without its threshold rule (the rules are applied
     afterwards); the config holds the content fingerprint of the category's files, so regenerated
     or edited images (e.g. a new demo dataset written over the old one) are never served stale scores."""
-    config = spec.with_fingerprint().config_dict()
+    config = spec.config_dict()  # with the data fingerprint collect() gave the spec
     del config["eval"]["threshold_rule"]
     name = f"{spec.model}-seed{spec.train.seed}-val{spec.val_fraction:g}-{config_hash(config)}.npz"
     return cache_dir / plain_name(spec.dataset) / plain_name(spec.category) / name
@@ -87,9 +88,7 @@ def job_scores(spec: JobSpec, cache_dir: Path, data_cache: dict, *, force: bool,
     key = (str(spec.data_root), spec.category, spec.train.seed, spec.val_fraction)
     if key not in data_cache:
         data_cache.clear()  # one category's splits at a time
-        data_cache[key] = load_category(spec.data_root, spec.category, image_size=spec.image_size,
-                                        in_channels=spec.in_channels, seed=spec.train.seed,
-                                        val_fraction=spec.val_fraction)
+        data_cache[key] = load_category(spec)
     data = data_cache[key]
     t0 = time.perf_counter()
     model, history = train_model(spec, data)
@@ -154,13 +153,14 @@ def collect(args, log) -> pd.DataFrame:
     for group, root, categories in roots:
         dataset = dataset_name(root)
         for category in categories or list_categories(root):
+            digest = data_fingerprint(root, category).digest  # in every spec: cache_file's key
             for vf, min_val in [(vf, m) for vf in args.val_fractions for m in args.min_val]:
                 fraction = held_out_fraction(root, category, vf, min_val)
                 for seed in args.seeds:
                     for model in args.models:
                         spec = JobSpec(data_root=root, category=category, model=model, dataset=dataset,
                                        image_size=args.image_size, train=TrainConfig(seed=seed, **train_kw),
-                                       val_fraction=fraction)
+                                       val_fraction=fraction, data_fingerprint=digest)
                         scores = job_scores(spec, Path(args.cache_dir), data_cache, force=args.force, log=log)
                         base = {"group": group, "dataset": dataset, "category": category, "model": model,
                                 "seed": seed, "val_fraction": val_setting(vf, min_val),
@@ -207,7 +207,7 @@ def simulate(rules=SIM_RULES, sizes=(2, 3, 5, 12, 36, 76), draws: int = 2000, si
     return pd.DataFrame(out)  # rows (clean | 1 odd, n), columns rules
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(DEFAULT_DEV_ROOT), help="MVTec-layout root (none: --data-root '')")
@@ -230,6 +230,11 @@ def main(argv=None) -> None:
     p.add_argument("--force", action="store_true", help="retrain even if the scores are cached")
     p.add_argument("--simulate", action="store_true",
                    help="only print each rule's false-positive rate %% on simulated log-normal val scores")
+    return p
+
+
+def main(argv=None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.data_root == "":
         args.data_root = None

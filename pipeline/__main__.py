@@ -25,7 +25,7 @@ from . import demo_data, plots, runs
 from .checkpoints import DEFAULT_CHECKPOINT_DIR
 from .demo_data import make_synthetic_dataset
 from .evaluate import DEFAULT_EVAL_SIZE, EvalConfig, parse_eval_size
-from .grid import EXECUTORS, run_grid
+from .grid import EXECUTORS, GridConfig, Settings, run_grid
 from .report import few_val_note
 from .results import DEFAULT_RESULTS_CSV, read_results
 from .sizes import ASPECTS, DEFAULT_ASPECT, parse_image_size
@@ -61,15 +61,10 @@ def parse_overrides(items: list[str]) -> dict:
 
 def _data_root(arg: str | None, log) -> Path:
     """--data-root, else $MVTEC_ROOT, else ./mvtec_anomaly_detection; only when none was named
-    and that default is absent, the demo dataset (``demo_data.choose_data_root``, the
-    notebook's rule too): a named path that is wrong, or a default folder without
-    categories, is an error naming it."""
-    root = demo_data.choose_data_root(arg if arg is not None else os.environ.get("MVTEC_ROOT"))
-    if root is not None:
-        return root
-    log(f"No dataset at ./{DEFAULT_DATA_ROOT} (pass --data-root DIR for MVTec AD); "
-        f"running on the demo dataset generated under {DEMO_DIR}.")
-    return make_synthetic_dataset(DEMO_DIR)
+    and that default is absent, the demo dataset in data/demo: the notebook's rule and message
+    (``demo_data.find_or_make_dataset``). A named path that is wrong, or a default folder
+    without categories, is an error naming it."""
+    return demo_data.find_or_make_dataset(arg if arg is not None else os.environ.get("MVTEC_ROOT"), DEMO_DIR, log=log)
 
 
 def _print_table(df) -> None:
@@ -93,14 +88,14 @@ def cmd_run(args) -> int:
                         num_threads=args.num_threads, progress=not args.no_progress)
     eval_config = EvalConfig(score=ScoreConfig.parse(args.score), eval_size=parse_eval_size(args.eval_size),
                              threshold_rule=args.threshold_rule)
-    df = run_grid(
-        root, args.categories, args.models, image_size=parse_image_size(args.image_size), aspect=args.aspect,
-        train=train, seeds=seeds,
-        model_overrides=parse_overrides(args.set), eval_config=eval_config, results_csv=args.results_csv,
-        force=args.force, checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir, log=log,
-        executor=args.executor, address=args.address, gpus_per_job=args.gpus_per_job,
-        cpus_per_job=args.cpus_per_job, max_concurrent_jobs=args.max_concurrent_jobs,
-    )
+    config = GridConfig(data_root=root, categories=args.categories, models=args.models,
+                        image_size=parse_image_size(args.image_size), aspect=args.aspect, train=train, seeds=seeds,
+                        model_overrides=parse_overrides(args.set), eval_config=eval_config)
+    settings = Settings(results_csv=args.results_csv, checkpoint_dir=args.checkpoint_dir, cache_dir=args.cache_dir,
+                        force=args.force, log=log, executor=args.executor, address=args.address,
+                        gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
+                        max_concurrent_jobs=args.max_concurrent_jobs)
+    df = run_grid(config, settings)
     print()
     _print_table(df)
     failures = df.attrs.get("failures", [])

@@ -26,7 +26,6 @@ from .train import TrainConfig
 
 CHECKPOINT_FORMAT = 1
 # Model-config keys of checkpoints written before the scoring rule became an evaluation setting.
-LEGACY_SCORING_KEYS = ("score_map", "score_sigma", "score_reduce", "score_topk")
 DEFAULT_CHECKPOINT_DIR = "checkpoints"  # git-ignored
 # The largest record of plain data (config, row, loss history: a few kB) a checkpoint may declare,
 # and the slack over the model's own tensor bytes, before anything is unpacked.
@@ -219,8 +218,6 @@ def load_checkpoint(path, *, model: str | None = None, config=None, device="cpu"
             pass
     payload = read_checkpoint(path, expected_tensor_bytes=None if expected is None else tensor_bytes(expected))
     name, stored = payload["model"], dict(payload["config"])
-    for key in LEGACY_SCORING_KEYS:  # version-1 checkpoints kept the scoring rule in the model config
-        stored.pop(key, None)
     where = repr(str(path))
     if name not in MODELS:
         raise CheckpointError(f"{where} holds an unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}.")
@@ -249,8 +246,8 @@ def make_checkpoint_dir(folder) -> Path:
 
 
 def checkpoint_path(checkpoint_dir, *, dataset: str, category: str, model: str, train_hash: str) -> Path:
-    """Where the model trained by (dataset, category, model, train_hash) is kept (``JobSpec.train_hash``;
-    rows of version 1 named it by their config_hash). Each part is a plain name (``files.plain_name``),
+    """Where the model trained by (dataset, category, model, train_hash) is kept (``JobSpec.train_hash``).
+    Each part is a plain name (``files.plain_name``),
     so the path stays inside ``checkpoint_dir`` whatever the names (they may come from a CSV or a marker)."""
     folder = Path(checkpoint_dir).expanduser() / plain_name(dataset) / plain_name(category)
     return folder / f"{plain_name(f'{model}-{train_hash}')}.pt"

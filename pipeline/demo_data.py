@@ -13,10 +13,14 @@ mask is the exact set of pixels it changed (coverage > 1/2):
 Everything is vectorised numpy (FFT-filtered noise, distance fields); each image has its
 own random stream (``SeedSequence([seed, category, split, defect, index])``), so output is
 the same bytes for the same seed whatever the thread scheduling.
+
+``find_or_make_dataset`` chooses the data root for the command line and the notebook alike:
+the one the user named, else ./mvtec_anomaly_detection, else this dataset, written on demand.
 """
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import shutil
@@ -29,7 +33,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from models.errors import DatasetError
+from models import list_categories
+from models.errors import ConfigError, DatasetError
+from models.mvtec import MARKER_FILE
 
 from .files import is_plain_name
 
@@ -41,7 +47,6 @@ DEFECTS = {
     "texture": ("scratch", "hole", "stain", "deformation"),
     "object": ("scratch", "missing_piece", "colour", "deformation"),
 }
-MARKER_FILE = "DATASET.json"
 PNG_OPTIONS = {"compress_level": 1, "optimize": False}  # fixed: same bytes for the same pixels
 MAX_MARKER_COUNT = 100_000  # images per kind a marker may list: a crafted count must not build a huge list
 
@@ -232,13 +237,13 @@ def _pick(rng, where: np.ndarray, s: int) -> tuple[float, float]:
     return float(xs[i]), float(ys[i])
 
 
-def _defect(kind: str, rng, img: np.ndarray, cov, bg):
+def _defect(defect: str, rng, img: np.ndarray, cov, bg):
     """(defective image, mask) from the clean render; the mask is every pixel the defect changed."""
     s = img.shape[0]
     k = s / 256
     inside = None if cov is None else cov > 0.95
     edge = None if cov is None else (cov > 0.2) & (cov < 0.8)
-    if kind == "scratch":
+    if defect == "scratch":
         c = _pick(rng, inside, s)
         paint = _scratch(rng, s, *c, rng.uniform(40, 110) * k, rng.uniform(1.6, 3.2) * max(k, 1.0))  # >= 1.6 px wide
         if cov is not None:
@@ -246,14 +251,14 @@ def _defect(kind: str, rng, img: np.ndarray, cov, bg):
         ink = np.clip(img * 0.3, 0, 1) if rng.random() < 0.5 else np.clip(img * 0.4 + 0.55, 0, 1)
         out = img * (1 - paint[..., None]) + ink * paint[..., None]
         return out, paint > 0.5
-    if kind == "hole":
+    if defect == "hole":
         paint = _blob(rng, s, *_pick(rng, None, s), rng.uniform(8, 22) * k)
         backing = np.array([0.06, 0.05, 0.05]) * (1 + 0.3 * _smooth_noise(rng, s, 2 * k))[..., None]
         return img * (1 - paint[..., None]) + backing * paint[..., None], paint > 0.5
-    if kind == "missing_piece":
+    if defect == "missing_piece":
         paint = _blob(rng, s, *_pick(rng, edge, s), rng.uniform(12, 24) * k) * cov
         return img * (1 - paint[..., None]) + bg * paint[..., None], paint > 0.5
-    if kind in ("stain", "colour"):
+    if defect in ("stain", "colour"):
         paint = _blob(rng, s, *_pick(rng, inside, s), rng.uniform(9, 24) * k)
         if cov is not None:
             paint *= cov
@@ -261,7 +266,7 @@ def _defect(kind: str, rng, img: np.ndarray, cov, bg):
         tint = tint[rng.integers(len(tint))]
         alpha = rng.uniform(0.55, 0.85) * paint[..., None]
         return img * (1 - alpha) + img * tint * alpha, paint > 0.5
-    if kind == "deformation":
+    if defect == "deformation":
         c = _pick(rng, edge, s)
         stack = img if cov is None else np.concatenate([img, cov[..., None]], axis=-1)
         warped, moved = _warp(stack, rng, *c, rng.uniform(14, 24) * k, rng.uniform(5, 9) * k)
@@ -271,7 +276,7 @@ def _defect(kind: str, rng, img: np.ndarray, cov, bg):
         # where the outline moved, plus surface detail that visibly moved.
         outline = (cov > 0.5) != (warped[..., 3] > 0.5)
         return warped[..., :3], moved & (outline | (np.abs(warped[..., :3] - img).max(axis=-1) > 0.03))
-    raise ValueError(kind)
+    raise ValueError(defect)
 
 
 # --------------------------------------------------------------------------- capture and files
@@ -300,20 +305,6 @@ def _make_one(job) -> None:
         img = bad
         Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path, **PNG_OPTIONS)
     Image.fromarray(_capture(rng, img)).save(image_path, **PNG_OPTIONS)
-
-
-def choose_data_root(named) -> Path | None:
-    """The data root to use: ``named`` when the user named one (None or "" = not named); else
-    ./mvtec_anomaly_detection if it exists; else None, meaning "use the demo dataset".
-
-    The command line and the notebook share this rule. A root the user named is never swapped
-    for the demo, even if it does not exist: a mistyped path must be an error naming it, not a
-    run that trains on other data and writes demo rows. An existing default folder is used
-    as it is (if it holds no category, that is an error naming it too)."""
-    if named is not None and str(named) != "":
-        return Path(named).expanduser()
-    default = Path(DEFAULT_DATA_ROOT)
-    return default if os.path.lexists(default) else None
 
 
 def _marker_names(marker) -> list:
@@ -408,6 +399,41 @@ def _write_demo(tmp: Path, marker: dict, *, seed: int, image_size: int, workers:
     (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
+def _replaceable_demo_files(out: Path, marker: dict) -> set[str] | None:
+    """The files of the demo in the existing folder ``out`` that writing ``marker``'s demo there may
+    delete; None if ``out`` already holds that exact demo. A DatasetError naming the folder when it
+    is not a demo (and not empty), its marker names a path that is not a plain name, or it holds
+    files the generator did not write: nothing of the user's is ever deleted."""
+    try:
+        old = json.loads((out / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        old = None
+    if old == marker:
+        return None
+    is_demo = isinstance(old, dict) and old.get("name") == "demo"
+    if not is_demo and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(
+            f"{out} exists and is not a demo dataset; pass a new or empty folder to write the demo dataset."
+        )
+    unsafe = [name for name in _marker_names(old) if not is_plain_name(name)] if is_demo else []
+    if unsafe:
+        raise DatasetError(
+            f"refused to rewrite {out}: its {MARKER_FILE} names {unsafe[0]!r} as a demo category or defect, "
+            f"which is not a plain folder name (it could reach outside {out}); nothing was deleted: delete that "
+            f"{MARKER_FILE} if the folder is yours, or write the demo to another folder."
+        )
+    ours = (_demo_files(old) if is_demo else None) or set()
+    foreign = _foreign_entries(out, ours)
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise DatasetError(
+            f"{out} holds a demo dataset of other settings (seed, size or generator version) and files the demo "
+            f"generator did not write ({listed}); "
+            f"nothing was deleted: move those out of {out}, or write the demo to another folder."
+        )
+    return ours
+
+
 def make_synthetic_dataset(
     out_dir,
     seed: int = 0,
@@ -449,33 +475,9 @@ def make_synthetic_dataset(
     }
     ours: set[str] = set()  # the files of an older demo in ``out``: the only ones a rewrite deletes
     if out.exists():
-        try:
-            old = json.loads((out / MARKER_FILE).read_text())
-        except (OSError, ValueError):
-            old = None
-        if old == marker:
+        ours = _replaceable_demo_files(out, marker)
+        if ours is None:
             return given
-        is_demo = isinstance(old, dict) and old.get("name") == "demo"
-        if not is_demo and (not out.is_dir() or any(out.iterdir())):
-            raise DatasetError(
-                f"{out} exists and is not a demo dataset; pass a new or empty folder to write the demo dataset."
-            )
-        unsafe = [name for name in _marker_names(old) if not is_plain_name(name)] if is_demo else []
-        if unsafe:
-            raise DatasetError(
-                f"refused to rewrite {out}: its {MARKER_FILE} names {unsafe[0]!r} as a demo category or defect, "
-                f"which is not a plain folder name (it could reach outside {out}); nothing was deleted: delete that "
-                f"{MARKER_FILE} if the folder is yours, or write the demo to another folder."
-            )
-        ours = (_demo_files(old) if is_demo else None) or set()
-        foreign = _foreign_entries(out, ours)
-        if foreign:
-            listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise DatasetError(
-                f"{out} holds a demo dataset of other settings (seed, size or generator version) and files the demo "
-                f"generator did not write ({listed}); "
-                f"nothing was deleted: move those out of {out}, or write the demo to another folder."
-            )
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -496,3 +498,48 @@ def make_synthetic_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
     return given
+
+
+# --------------------------------------------------------------------------- the data root
+
+
+def choose_data_root(named) -> Path | None:
+    """The data root to use: ``named`` when the user named one (None or "" = not named); else
+    ./mvtec_anomaly_detection if it exists; else None, meaning "use the demo dataset".
+
+    The command line and the notebook share this rule. A root the user named is never swapped
+    for the demo, even if it does not exist: a mistyped path must be an error naming it, not a
+    run that trains on other data and writes demo rows. An existing default folder is used
+    as it is (if it holds no category, that is an error naming it too)."""
+    if named is not None and str(named) != "":
+        return Path(named).expanduser()
+    default = Path(DEFAULT_DATA_ROOT)
+    return default if os.path.lexists(default) else None
+
+
+# What find_or_make_dataset passes on to the demo generator (the notebook's DEMO_OPTIONS): its keyword arguments.
+DEMO_OPTION_NAMES = tuple(inspect.signature(make_synthetic_dataset).parameters)[1:]
+
+
+def find_or_make_dataset(named, demo_dir=DEFAULT_DIR, *, log=print, **demo_options) -> Path:
+    """The data root to train on, by one rule for the command line and the notebook
+    (``choose_data_root``): ``named`` if the user named one (it must exist and hold a category,
+    else a DatasetError naming it); with None or "" (not named), ./mvtec_anomaly_detection if it
+    exists (it must hold a category too); otherwise the built-in demo dataset, written to
+    ``demo_dir`` (kept if already there) and said in one sentence to ``log``. ``demo_options``
+    go to ``make_synthetic_dataset`` (the tests make a tiny demo)."""
+    unknown = [k for k in demo_options if k not in DEMO_OPTION_NAMES]
+    if unknown:  # make_synthetic_dataset would raise a bare TypeError
+        raise ConfigError(f"unknown demo option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                          f"(DEMO_OPTIONS); valid: {', '.join(DEMO_OPTION_NAMES)}.")
+    root = choose_data_root(named)
+    if root is None:
+        log(f"No dataset found at ./{DEFAULT_DATA_ROOT}, so the built-in demo dataset is used (written to "
+            f"{demo_dir}); its rows are named 'demo' in the results.")
+        return Path(make_synthetic_dataset(demo_dir, **demo_options))
+    if not os.path.lexists(root):
+        raise DatasetError(f"data root {root} does not exist; fix DATA_ROOT (or AD_DATA_ROOT / MVTEC_ROOT), or leave "
+                           f"it empty to use ./{DEFAULT_DATA_ROOT}, or the demo dataset when that is absent (on the "
+                           "command line: --data-root).")
+    list_categories(root)  # a named folder without categories is an error naming it, never a switch to the demo
+    return root

@@ -2,14 +2,14 @@
 
 How a model is evaluated is its own config, ``EvalConfig``, apart from the model's and the
 training's (docs/design.md, "The cache key"): the scoring rule (``models.scoring.ScoreConfig``),
-the resolution of the pixel metrics (``eval_size``) and the threshold rule. Changing it
+the size of the pixel metrics (``eval_size``) and the threshold rule. Changing it
 re-evaluates a checkpoint; it never retrains.
 
 ``score_split`` runs the model over a split (batched, eval mode, no gradients) and returns
 float32 maps at the model's input size and image scores, on the CPU; ``maps_at`` upsamples
-maps to the evaluation size; ``compute_metrics`` turns test maps and scores, the test labels
-and masks and the ``val`` normal scores into the row's metrics; ``evaluate`` does all of it
-for one job. Nothing here trains or writes files.
+maps to the evaluation shape (``eval_shape``); ``compute_metrics`` turns test maps and
+scores, the test labels and masks and the ``val`` normal scores into the row's metrics;
+``evaluate`` does all of it for one job. Nothing here trains or writes files.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from models.errors import ConfigError, TrainingError
 from models.scoring import ScoreConfig
 
 from . import metrics, stats
+from .batches import BatchSource, autocast, batch_indices, prefers_channels_last
 from .thresholds import (
     DEFAULT_THRESHOLD_RULE,
     canonical_threshold_rule,
@@ -34,7 +35,6 @@ from .thresholds import (
     few_val_warning,
     val_threshold,
 )
-from .train import BatchSource, autocast, batch_indices, has_conv
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "threshold", "f1_max",
                 "f1_floor")
@@ -52,7 +52,7 @@ class EvalConfig:
     """How a trained model is evaluated; part of a row's key, not of its checkpoint's."""
 
     score: ScoreConfig = field(default_factory=ScoreConfig)  # map and image score from a reconstruction
-    # The pixel metrics' resolution: S = S px on the short side at the input's aspect (S x S for
+    # The pixel metrics' size: S = S px on the short side at the input's aspect (S x S for
     # square inputs), or "original" = each image at its own size and aspect.
     eval_size: int | str = DEFAULT_EVAL_SIZE
     threshold_rule: str = DEFAULT_THRESHOLD_RULE  # the F1 threshold from val normal scores (thresholds.py)
@@ -93,8 +93,8 @@ def parse_eval_size(text) -> int | str:
         raise ConfigError(f"the evaluation size must be a whole number of px or 'original', got {text!r}.") from None
 
 
-def eval_grid(eval_size: int | str, image_size: ImageSize) -> ImageSize | str:
-    """The grid the pixel metrics are computed on, for inputs of ``image_size``: S px on the
+def eval_shape(eval_size: int | str, image_size: ImageSize) -> ImageSize | str:
+    """The shape the pixel metrics are computed at, for inputs of ``image_size``: S px on the
     short side at the input's aspect (S x S for square inputs, the MVTec protocol; 256 x 640
     for 128 x 320 inputs), or ``"original"``."""
     if eval_size == "original":
@@ -115,7 +115,7 @@ def score_split(model, ds, *, score: ScoreConfig | None = None, batch_size: int 
     """
     score = score or ScoreConfig()
     device = device or next(model.parameters()).device
-    channels_last = has_conv(model) and device.type in ("cuda", "cpu")  # NHWC convs are faster on both
+    channels_last = prefers_channels_last(model, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # a no-op after fit(); a loaded checkpoint is NCHW
     source = BatchSource(ds.images, device, channels_last=channels_last)
@@ -132,7 +132,7 @@ def score_split(model, ds, *, score: ScoreConfig | None = None, batch_size: int 
 
 
 def maps_at(maps: torch.Tensor, size: ImageSize | str, original_sizes=None) -> torch.Tensor | list[np.ndarray]:
-    """Maps (N, H, W) at an evaluation grid (``eval_grid``): bilinear resizing (align_corners=False,
+    """Maps (N, H, W) at an evaluation shape (``eval_shape``): bilinear resizing (align_corners=False,
     as torchvision's Resize) to S x S or (H', W'), or with ``size="original"`` a list of (H_i, W_i)
     float32 arrays, one per image at its own size (``original_sizes``: (width, height) each)."""
     maps = maps.float()
@@ -152,7 +152,7 @@ def maps_at(maps: torch.Tensor, size: ImageSize | str, original_sizes=None) -> t
 def compute_metrics(labels: np.ndarray, masks, test_maps, test_scores, val_scores, threshold_rule: str) -> dict:
     """The row's metrics (METRIC_NAMES) of one category's test split.
 
-    ``masks`` and ``test_maps`` at one resolution (arrays (N, H, W), or lists of per-image
+    ``masks`` and ``test_maps`` at one shape (arrays (N, H, W), or lists of per-image
     arrays); ``masks`` None (no ground truth): the pixel metrics are NaN. The F1 threshold comes
     from the ``val`` normal scores only (``threshold_rule``); ``f1_max`` is the test-tuned
     oracle and ``f1_floor`` the F1 of calling every image defective.
@@ -184,7 +184,7 @@ class Evaluation:
     # bootstrap over test images; None without masks.
     pixel_pos: np.ndarray | None = None  # (N_test, K) defect-pixel counts per bin
     pixel_neg: np.ndarray | None = None  # (N_test, K) normal-pixel counts per bin
-    grid: ImageSize | str = DEFAULT_EVAL_SIZE  # where the pixel metrics were computed (eval_grid)
+    eval_shape: ImageSize | str = DEFAULT_EVAL_SIZE  # where the pixel metrics were computed (eval_shape())
 
     @property
     def infer_ms_per_image(self) -> float:
@@ -196,8 +196,8 @@ def evaluate(model, data, config: EvalConfig | None = None, *, batch_size: int =
     """Score ``data.test`` and ``data.val`` with ``model`` under ``config`` and compute the metrics.
 
     Image scores come from the maps at the model's size; the pixel metrics from the maps
-    upsampled to the evaluation grid (``eval_grid``: ``config.eval_size`` on the short side at
-    the input's aspect, or each image's own size) against the masks read at that grid.
+    upsampled to the evaluation shape (``eval_shape``: ``config.eval_size`` on the short side at
+    the input's aspect, or each image's own size) against the masks read at that shape.
     Non-finite maps (a model that diverged in its last steps) are a ``TrainingError``.
     """
     config = config or EvalConfig()
@@ -215,14 +215,14 @@ def evaluate(model, data, config: EvalConfig | None = None, *, batch_size: int =
     t0 = time.perf_counter()
     labels = data.test.labels.numpy()
     masks = eval_maps = pixel_pos = pixel_neg = None
-    grid = eval_grid(config.eval_size, data.test.image_size)
+    shape = eval_shape(config.eval_size, data.test.image_size)
     if data.test.has_masks:
-        masks = data.test.masks_at(grid)
-        eval_maps = maps_at(test_maps, grid, data.test.original_sizes)
+        masks = data.test.masks_at(shape)
+        eval_maps = maps_at(test_maps, shape, data.test.original_sizes)
         if isinstance(masks, torch.Tensor):
             masks, eval_maps = masks.numpy(), eval_maps.numpy()
         edges = stats.histogram_edges(eval_maps)  # stats.HISTOGRAM_BINS quantile bins
         pixel_pos, pixel_neg = stats.pixel_histograms(masks, eval_maps, edges)
     row_metrics = compute_metrics(labels, masks, eval_maps, test_scores, val_scores, config.threshold_rule)
     return Evaluation(test_maps, test_scores, val_scores, row_metrics, score_seconds, time.perf_counter() - t0,
-                      pixel_pos=pixel_pos, pixel_neg=pixel_neg, grid=grid)
+                      pixel_pos=pixel_pos, pixel_neg=pixel_neg, eval_shape=shape)

@@ -1,5 +1,5 @@
-"""The arrays behind the figures that show models at work: trained (or fresh) models run on
-a few test images, and samples of the GRF prior. ``plots`` draws what these return and
+"""The arrays behind the figures that show models at work: trained models run on a few test
+images, and samples of the GRF prior. ``plots`` draws what these return and
 never builds, runs or samples a model itself::
 
     ex = examples.gallery_examples(trained, test_split)   # model name -> model, MVTecAD "test"
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models import ImageSize, build_model, grf, image_hw, size_label
+from models import grf, size_label
 from models.base import eval_mode
 from models.errors import ConfigError
 
@@ -145,33 +145,12 @@ class LatentExamples:
     grf_decoded: np.ndarray  # (N + n, C, H, W)
 
 
-def _demo_images(n: int, size: ImageSize, channels: int) -> torch.Tensor:
-    """Two procedural images (stripes, a blob) of ``size`` (S or (H, W)) for when no real images are given."""
-    height, width = image_hw(size)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")  # (H, W) each
-    stripes = 0.5 + 0.35 * torch.sin(2 * torch.pi * (5 * xx + 2 * yy))
-    blob = 0.25 + 0.6 * torch.exp(-((xx - 0.45) ** 2 + (yy - 0.55) ** 2) / 0.05)
-    base = [stripes, blob]
-    imgs = torch.stack([base[i % 2] for i in range(n)])[:, None]  # (n, 1, H, W)
-    return imgs.expand(n, channels, height, width).clone()
-
-
-def latent_examples(vae=None, vae_grf=None, images=None, *, n_samples: int = 2, seed: int = 0) -> LatentExamples:
-    """Encode ``images`` ((N, C, S, S) in [0, 1]; default: two procedural images) with the
-    VAE and the VAE-GRF, decode the posterior means, and decode ``n_samples`` draws of each
-    prior (VAE: N(0, I); VAE-GRF: ``prior.sample``), seeded by ``seed``.
-
-    ``vae`` / ``vae_grf``: trained models; a missing one is freshly initialised (64 px, or the
-    other's size), which only shows the shapes. Building draws from torch's global generator
-    inside ``fork_rng``, so the caller's random state is left as it was.
+def latent_examples(vae, vae_grf, images, *, n_samples: int = 2, seed: int = 0) -> LatentExamples:
+    """Encode ``images`` ((N, C, H, W) in [0, 1], the models' input size) with the trained
+    ``vae`` and ``vae_grf``, decode the posterior means, and decode ``n_samples`` draws of each
+    prior (VAE: N(0, I); VAE-GRF: ``prior.sample``), seeded by ``seed``: the caller's random
+    state is left as it was.
     """
-    with torch.random.fork_rng():
-        if vae is None:
-            vae = build_model("vae", image_size=64, in_channels=3)
-        if vae_grf is None:
-            vae_grf = build_model("vae_grf", image_size=vae.config.image_size, in_channels=vae.config.in_channels)
-    if images is None or len(images) == 0:
-        images = _demo_images(2, vae.config.image_size, vae.config.in_channels)
     images = torch.as_tensor(images).float()
     gen = torch.Generator().manual_seed(seed)
     with eval_mode(vae, vae_grf), torch.inference_mode():

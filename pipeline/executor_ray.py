@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from models.errors import ConfigError, UserError
 
+from .executor_local import Events, Task, run_jobs_locally
 from .job import CategoryData, JobOutput, JobSpec, compute_job
 
 # A worker killed mid-job (OOM killer, preempted node) is retried once; an exception of the
@@ -83,78 +84,99 @@ def slots(resources: dict, cpus_per_job: float, gpus_per_job: float) -> int:
     return int(n)
 
 
-def run_task(job: Callable, spec: JobSpec, data: CategoryData, kind: str, cpus: float) -> JobOutput:
-    """The body of one task: torch threads from the task's CPU share, then the job."""
+def run_task(spec: JobSpec, data: CategoryData, cpus: float) -> JobOutput:
+    """The body of one Ray task: torch threads from the task's CPU share, then the job."""
     torch.set_num_threads(max(1, int(cpus)))  # not all the node's cores: other tasks share them
     # Ray runs tasks with SIGINT ignored or handled by itself; a job never needs it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return job(spec, data, kind=kind)
+    return compute_job(spec, data)
 
 
-def run_jobs_on_ray(specs: list[JobSpec], load: Callable[[JobSpec], CategoryData], *, address: str | None = None,
-                    gpus_per_job: float | None = None, cpus_per_job: float = 1, max_concurrent: int | None = None,
-                    category_kind: Callable[[JobSpec], str], on_output: Callable[[JobSpec, CategoryData, JobOutput],
-                                                                                 None],
-                    on_failure: Callable[[JobSpec, BaseException, str | None], None],
-                    progress: bool = True) -> None:
-    """Run ``specs`` as Ray tasks; ``on_output(spec, data, output)`` for each finished job on the
-    driver (in the order they finish), ``on_failure(spec, error, traceback_text)`` for each
-    failed one. ``load(spec)`` decodes a category on the driver (it may raise a UserError:
-    that category's jobs fail). Ctrl-C cancels the tasks still outstanding and re-raises."""
-    job = compute_job  # looked up at call time: tests patch this module's compute_job
-    ray, started = connect(address)
-    try:
-        resources = ray.cluster_resources()
-        if gpus_per_job is None:  # one GPU per job where the cluster has GPUs
-            gpus_per_job = 1 if resources.get("GPU", 0) > 0 else 0
-        check_fits(resources, cpus_per_job, gpus_per_job)
-        remote = ray.remote(run_task).options(num_cpus=cpus_per_job, num_gpus=gpus_per_job,
-                                              max_retries=MAX_RETRIES)
-        # Jobs in flight: by default twice what the cluster runs at once, so that the next jobs
-        # are queued without every category being decoded and held up front.
-        limit = max_concurrent or max(1, 2 * slots(resources, cpus_per_job, gpus_per_job))
-        queue = list(specs)
-        pending: dict = {}  # ObjectRef -> (spec, data)
-        refs: dict = {}  # (category, seed) -> (object ref of the data, data) of the category being submitted
-        bar = tqdm(total=len(specs), desc="jobs", unit="job", leave=False, disable=not progress)
+def run_jobs_on_ray(tasks: list[Task], load: Callable[[JobSpec], CategoryData], events: Events, options) -> None:
+    """Train the ``tasks`` without a checkpoint as Ray tasks (``options``: the grid's
+    ``Settings``, for ``address``, ``cpus_per_job``, ``gpus_per_job``, ``max_concurrent_jobs``),
+    then re-evaluate the others here (they are cheap: ``run_jobs_locally``). ``events`` as
+    ``executor_local``: each output on the driver in the order the jobs finish."""
+    to_train = [t.spec for t in tasks if t.checkpoint is None]
+    if to_train:  # Ray first: an unreachable --address fails before any image is decoded
+        events.log(f"sending {len(to_train)} job(s) to Ray ...")
+        ray, started = connect(options.address)
         try:
-            while queue or pending:
-                while queue and len(pending) < limit:
-                    spec = queue.pop(0)
-                    key = (spec.category, spec.train.seed)
-                    if key not in refs:
-                        refs.clear()  # specs are category-major: the previous category is no longer needed here
-                        try:
-                            data = load(spec)
-                            refs[key] = (ray.put(data), data)
-                        except UserError as e:
-                            refs[key] = (e, None)
-                    ref, data = refs[key]
-                    if isinstance(ref, UserError):
-                        on_failure(spec, ref, None)
-                        bar.update()
-                        continue
-                    pending[remote.remote(job, spec, ref, category_kind(spec), cpus_per_job)] = (spec, data)
-                if not pending:
-                    continue
-                done, _ = ray.wait(list(pending), num_returns=1)
-                spec, data = pending.pop(done[0])
-                try:
-                    output = ray.get(done[0])
-                except ray.exceptions.RayTaskError as e:  # the job raised: report its own exception
-                    cause = getattr(e, "cause", None) or e
-                    on_failure(spec, cause, None if isinstance(cause, UserError) else str(e))
-                except ray.exceptions.RayError as e:  # worker died twice, node lost, ...
-                    on_failure(spec, e, traceback.format_exc())
-                else:
-                    on_output(spec, data, output)
-                bar.update()
-        except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
+            run_on_cluster(ray, to_train, load, events, options)
         finally:
-            bar.close()
+            if started:
+                ray.shutdown()
+    run_jobs_locally([t for t in tasks if t.checkpoint is not None], load, events)
+
+
+def run_on_cluster(ray, specs: list[JobSpec], load: Callable[[JobSpec], CategoryData], events: Events,
+                   options) -> None:
+    """Submit ``specs`` (at most a limit in flight), report each as it finishes; Ctrl-C cancels
+    the tasks still outstanding and re-raises."""
+    resources = ray.cluster_resources()
+    cpus, gpus = options.cpus_per_job, options.gpus_per_job
+    if gpus is None:  # one GPU per job where the cluster has GPUs
+        gpus = 1 if resources.get("GPU", 0) > 0 else 0
+    check_fits(resources, cpus, gpus)
+    remote = ray.remote(run_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_RETRIES)
+    # Jobs in flight: by default twice what the cluster runs at once, so that the next jobs
+    # are queued without every category being decoded and held up front.
+    limit = options.max_concurrent_jobs or max(1, 2 * slots(resources, cpus, gpus))
+    queue = list(specs)
+    pending: dict = {}  # ObjectRef -> (spec, data)
+    shared = SharedData(ray, load)
+    bar = tqdm(total=len(specs), desc="jobs", unit="job", leave=False, disable=not specs[0].train.progress)
+    try:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                spec = queue.pop(0)
+                ref, data = shared.get(spec)
+                if isinstance(ref, UserError):
+                    events.failure(spec, ref, None)
+                    bar.update()
+                    continue
+                pending[remote.remote(spec, ref, cpus)] = (spec, data)
+            if pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                report(ray, done[0], *pending.pop(done[0]), events)
+                bar.update()
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
     finally:
-        if started:
-            ray.shutdown()
+        bar.close()
+
+
+class SharedData:
+    """Each (category, seed) decoded once on the driver and put in the object store; only the
+    one being submitted is held (the tasks are category-major)."""
+
+    def __init__(self, ray, load: Callable[[JobSpec], CategoryData]):
+        self.ray, self.load = ray, load
+        self.key, self.value = None, None
+
+    def get(self, spec: JobSpec) -> tuple:
+        """(object ref, data) of ``spec``'s category, or (the UserError loading it raised, None)."""
+        key = (spec.category, spec.train.seed)
+        if key != self.key:
+            self.key, self.value = key, None  # the previous category is no longer needed here
+            try:
+                data = self.load(spec)
+                self.value = (self.ray.put(data), data)
+            except UserError as e:
+                self.value = (e, None)
+        return self.value
+
+
+def report(ray, ref, spec: JobSpec, data: CategoryData, events: Events) -> None:
+    """The finished task ``ref``: its output, or its failure."""
+    try:
+        output = ray.get(ref)
+    except ray.exceptions.RayTaskError as e:  # the job raised: report its own exception
+        cause = getattr(e, "cause", None) or e
+        events.failure(spec, cause, None if isinstance(cause, UserError) else str(e))
+    except ray.exceptions.RayError as e:  # worker died twice, node lost, ...
+        events.failure(spec, e, traceback.format_exc())
+    else:
+        events.output(spec, data, output)

@@ -1,4 +1,5 @@
-"""Will a job fit in memory? An estimate of a model's training memory, made before any data is read.
+"""Will a job fit in memory? An estimate of a model's training memory, made before any data
+is read; the evaluation memory of the pixel metrics; and a job's measured peak.
 
 A model too large for the machine (``--image-size 1024`` on a small GPU: the CAE's dense
 bottleneck alone is then 270 M parameters) used to fail with a raw allocator error after its
@@ -19,26 +20,28 @@ shape, counting the tensors autograd saves for the backward pass:
   (an assumption: not yet measured on a GPU).
 
 It leaves out the decoded images (N x C x S x S bytes: 3 MB per image at 1024 px) and the
-framework's own overhead (CUDA context, allocator caching, libraries). Measured on CPU
-(fit, batch 8, 256 and 512 px; peak resident memory above the process's start): the real
-peak was 0.8-0.96x the estimate for CAE and VAE, 1.15-1.5x for VAE-GRF, 1.5-1.65x for
-ViT-VAE, i.e. right to within a factor of two, not a promise. So a job is refused only when
-the estimate is larger than ALL the memory available; one the estimate barely lets through
-can still run out. The first estimate in a process takes about 1.5 s (torch imports its
-meta kernels); each one after it 30-100 ms.
+framework's own overhead (CUDA context, allocator caching, libraries). Measured against the
+real peak it is right to within a factor of two, not a promise (bench/README.md,
+"Training-memory estimate"), so a job is refused only when the estimate is larger than ALL
+the memory available; one the estimate barely lets through can still run out.
 
 Evaluation has its own peak, in the CPU's memory whatever the device: the pixel metrics hold
-every test map upsampled to the evaluation grid (float32), the masks read at it, and the
-metrics' sorted copies and buffers; measured at about 22 bytes per evaluation pixel
-(bench/README.md, "Evaluation memory"), so ``--eval-size 8192`` on 83 test images needs about
-125 GiB. ``check_evaluation`` refuses such a grid before any training, from the number of test
-files and the grid alone (for ``original``, each test image's header size).
+every test map upsampled to the evaluation shape (float32), the masks read at it, and the
+metrics' sorted copies and buffers: ``EVAL_BYTES_PER_PIXEL`` bytes per evaluation pixel
+(measured: bench/README.md, "Evaluation memory"). ``check_evaluation`` refuses an
+``--eval-size`` whose pixels cannot fit before any training, from the number of test files
+and the evaluation shape alone (for ``original``, each test image's header size).
+
+A job's own peak, for its row (``peak_memory_mb``), is measured from ``reset_peak_memory``
+on: CUDA's peak counter, or the process's resident high-water mark on the CPU.
 """
 from __future__ import annotations
 
 import functools
 import math
 import os
+import resource
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +55,12 @@ from models import MODELS, ImageSize, image_hw, model_config, size_label
 from models.errors import ConfigError
 from models.mvtec import list_files
 
-from .evaluate import eval_grid
+from .evaluate import eval_shape
 from .sizes import kept_size
 from .train import resolve_device
 
 BYTES_PER_PARAMETER = 16  # float32 weight + gradient + AdamW exp_avg + exp_avg_sq
-EVAL_BYTES_PER_PIXEL = 24  # the pixel metrics' peak per test pixel at the evaluation grid: 20-22.5 measured, rounded up
+EVAL_BYTES_PER_PIXEL = 24  # the pixel metrics' peak per evaluation pixel: 20-22.5 measured, rounded up
 SIZE_STEP = 16  # suggested image sizes are multiples of this (the CNNs' default stride; patch 8 divides it)
 
 
@@ -283,20 +286,20 @@ def _image_sizes(listing) -> list[tuple[int, int]] | None:
 
 def evaluation_pixels(spec) -> tuple[int, int]:
     """(test images, evaluation pixels) of a job (``job.JobSpec``): the number of test files
-    times the evaluation grid's pixels, or for ``original`` their own sizes summed."""
-    grid = eval_grid(spec.eval_config.eval_size, spec.image_size)
+    times the evaluation shape's pixels, or for ``original`` their own sizes summed."""
+    shape = eval_shape(spec.eval_config.eval_size, spec.image_size)
     listing = list_files(spec.data_root, spec.category)
-    if grid == "original":
+    if shape == "original":
         sizes = _image_sizes(listing) or []
         return len(sizes), sum(w * h for w, h in sizes)
-    height, width = image_hw(grid)
+    height, width = image_hw(shape)
     return len(listing.test), len(listing.test) * height * width
 
 
 def _largest_eval_size(n_images: int, image_size: ImageSize, budget: int) -> int | None:
-    """The largest evaluation size (a multiple of SIZE_STEP) whose grid for ``n_images`` fits ``budget``."""
+    """The largest evaluation size (a multiple of SIZE_STEP) whose shape for ``n_images`` fits ``budget``."""
     height, width = image_hw(image_size)
-    aspect = max(height, width) / min(height, width)  # the grid has S^2 * aspect pixels (S the short side)
+    aspect = max(height, width) / min(height, width)  # the shape has S^2 * aspect pixels (S the short side)
     side = math.isqrt(int(budget / (EVAL_BYTES_PER_PIXEL * max(n_images, 1) * aspect)))
     side -= side % SIZE_STEP
     return side if side >= 16 else None
@@ -305,7 +308,7 @@ def _largest_eval_size(n_images: int, image_size: ImageSize, budget: int) -> int
 def check_evaluation(specs, available: int | None = None) -> None:
     """Raise ConfigError, before any training, when evaluating a job (``job.JobSpec``) at its
     evaluation size would need more than the CPU memory available (the pixel metrics run on the
-    CPU); each (category, grid) is checked once. ``available``: given (a test), else ``available_bytes``."""
+    CPU); each (category, evaluation shape) is checked once. ``available``: given (a test), else ``available_bytes``."""
     seen = set()
     for s in specs:
         setup = (str(s.data_root), s.category, s.image_size, s.eval_config.eval_size)
@@ -318,11 +321,32 @@ def check_evaluation(specs, available: int | None = None) -> None:
         if budget is None or need <= budget:
             continue
         size = _largest_eval_size(n_images, s.image_size, budget)
-        grid = eval_grid(s.eval_config.eval_size, s.image_size)
-        at = "their own sizes" if grid == "original" else f"{size_label(grid)} px"
+        shape = eval_shape(s.eval_config.eval_size, s.image_size)
+        at = "their own sizes" if shape == "original" else f"{size_label(shape)} px"
         what = f"--eval-size {size} or less" if size else "a machine with more memory"
         raise ConfigError(
             f"evaluating {s.category!r} at --eval-size {s.eval_config.eval_size} needs about {gib(need)} of memory "
             f"({n_images} test images at {at}: their maps, masks and the pixel metrics' buffers, about "
             f"{EVAL_BYTES_PER_PIXEL} bytes per pixel), more than the {gib(budget)} available; use {what}."
         )
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a job's peak-memory window: CUDA's peak counter, or on Linux the process's RSS
+    high-water mark (``/proc/self/clear_refs`` "5", which ``getrusage``'s ru_maxrss follows)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or not allowed: the peak stays the process-wide high-water mark
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the job's peak allocated memory. CPU: the process's peak resident set since
+    ``reset_peak_memory`` (on Linux; elsewhere since the process started)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux

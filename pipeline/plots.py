@@ -4,10 +4,10 @@ Everything here draws on ``matplotlib.figure.Figure`` objects with the Agg canva
 pyplot's global state: nothing is switched at import time, nothing leaks between calls,
 and the same code runs headless (CLI, tests) and in a notebook (which shows the PNGs).
 
-The comparison figures read only the results table (docs/design.md, "The results CSV"); the
-entry point for the command line is ``make_all_figures(df, out_dir)``. A table may hold
-several seeds of a run: every figure and table shows one value per (category, model), the
-mean over seeds (``aggregate_seeds``), and the bar figures show the seeds' spread too. The
+The comparison figures read only the results table (docs/design.md, "The results CSV"), as
+``tables`` prepares it; the entry point for the command line is ``make_all_figures(df, out_dir)``.
+A table may hold several seeds of a run: every figure shows one value per (category, model), the
+mean over seeds (``tables.aggregate_seeds``), and the bar figures show the seeds' spread too. The
 training curves (``training_curves``) draw per-epoch losses given as a table. The galleries and
 the GRF figures draw arrays they are given (``examples`` runs the models and samples the
 prior): nothing here builds, runs or samples a model. Models are named, ordered and
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 from pathlib import Path
 
@@ -35,28 +34,16 @@ import models
 from models import model_label
 from models.errors import DatasetError
 
-METRIC_LABELS = {
-    "image_auroc": "Image AUROC",
-    "pixel_auroc": "Pixel AUROC",
-    "aupro": "AU-PRO (FPR ≤ 0.3)",
-    "f1": "F1 (threshold from val normals)",
-    "f1_max": "F1 max (oracle threshold)",
-}
+from . import tables
+
 SHORT_LABELS = {"image_auroc": "AUROC", "pixel_auroc": "AUROC", "aupro": "AU-PRO", "f1": "F1", "f1_max": "F1"}
-TYPE_ORDER = ("texture", "object", "custom")
-REQUIRED_COLUMNS = ("dataset", "category", "category_type", "model", "image_auroc", "pixel_auroc", "aupro", "f1")
 # The four figures drawn from the results table alone; CURVES_FIGURE needs the per-epoch losses.
 FIGURE_NAMES = ("f1_score_comparison.png", "roc_auc_comparison.png", "roc_auc_heatmap.png", "metrics_distribution.png")
 CURVES_FIGURE = "training_curves.png"
-# Averaged over seeds by aggregate_seeds (f1_floor: F1 of calling every test image defective).
-AGGREGATED_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "f1_max", "f1_floor")
 FLOOR_LABEL = "F1 of calling every image defective"
 AUROC_METRICS = ("image_auroc", "pixel_auroc")  # the two panels of the ROC AUC figures
-# prepare_results' attrs key of the footnote that says which rows of older configs were left out.
-LEFT_OUT_ATTR = "left_out_note"
-# results_table's attrs key of the footnote that says which categories its mean rows leave out.
-MEANS_NOTE_ATTR = "means_note"
 CURVE_COLUMNS = ("dataset", "category", "model", "epoch", "train_loss")
+CATEGORY_MARKERS = {"texture": "o", "object": "^", "custom": "s"}  # metrics_distribution's points
 DPI = 130
 GALLERY_DPI = 100  # galleries are mostly photographs: 100 dpi keeps them ~1 MB and still sharp
 
@@ -69,7 +56,7 @@ GALLERY_DPI = 100  # galleries are mostly photographs: 100 dpi keeps them ~1 MB 
 def _seaborn():
     """seaborn, imported on first use, not with this module: it costs about 1 s more than
     matplotlib (it loads scipy.stats, and IPython through ipywidgets), and this module is also
-    imported where nothing is drawn (``python -m pipeline run``, the report's tables)."""
+    imported where nothing is drawn (``python -m pipeline run``, the report)."""
     import seaborn
 
     return seaborn
@@ -108,196 +95,11 @@ def _style():
     return stack
 
 
-def prepare_results(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows to plot: one per (dataset, category, model, seed), ordered for display.
-
-    The CSV is a cache that may hold several configs of the same pair (another image size,
-    more epochs ...) and, per config, several seeds. For each (dataset, category, model) the
-    most recently finished config is the one plotted, with every seed of it (configs are told
-    apart by ``config_json`` without its seed; rows without it count as one config); per seed,
-    the most recent row. ``aggregate_seeds`` turns these rows into one per (dataset, category,
-    model). Adds the column ``label`` (the category, suffixed with its dataset when several
-    datasets are present), and ``seed`` (0) to a table without one.
-    """
-    if df is None or len(df) == 0:
-        raise DatasetError("the results table is empty; run `python -m pipeline run` (or the notebook) first.")
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise DatasetError(
-            f"the results table lacks column(s) {', '.join(missing)}; "
-            "use a CSV written by `python -m pipeline run` or grid.run_grid."
-        )
-    d = df.copy().reset_index(drop=True)  # unique labels: the left-out rows are told apart by them
-    d["category"] = d["category"].astype(str)
-    d["category_type"] = d["category_type"].fillna("custom").astype(str)
-    if "seed" not in d.columns:
-        d["seed"] = 0
-    if "finished_at" in d.columns:
-        d = d.sort_values("finished_at", kind="stable")
-    kept = _latest_config(d)
-    kept = kept.drop_duplicates(["dataset", "category", "model", "seed"], keep="last")
-    out = _in_display_order(kept, then=["seed"])
-    # What was left out, for the figures' footnote (LEFT_OUT_ATTR); a table prepared before
-    # (make_all_figures hands its prepared rows on) keeps the note of its first preparation.
-    left_out = d.loc[~d.index.isin(kept.index)]
-    out.attrs[LEFT_OUT_ATTR] = _left_out_note(left_out, kept) if len(left_out) else df.attrs.get(LEFT_OUT_ATTR, "")
-    return out
-
-
-def _flat(config) -> dict:
-    """A config dict as {leaf key: value} (the last key of each path: epochs, latent_dim, score_map ...)."""
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out.update(_flat(v))
-        else:
-            out[k] = v
-    return out
-
-
-def _config_diff(old_json, new_json) -> str:
-    """'epochs 1 -> 2, image_size 32 -> 64': where an older row's config differs from the drawn one."""
-    try:
-        old, new = _flat(json.loads(_config_without_seed(old_json))), _flat(json.loads(_config_without_seed(new_json)))
-    except (TypeError, ValueError, AttributeError):
-        return "another config"
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    fmt = lambda v: "-" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-    changes = [f"{k} {fmt(old.get(k))} -> {fmt(new.get(k))}" for k in keys]
-    if len(changes) > 4:
-        changes = changes[:4] + [f"{len(changes) - 4} more settings"]
-    return ", ".join(changes) or "the same config, run again"
-
-
-def _left_out_note(left_out: pd.DataFrame, kept: pd.DataFrame) -> str:
-    """One line per kind of difference: which (category, model) pairs had rows left out, how
-    many, and how their config differs from the one drawn (the pair's latest)."""
-    pair = ["dataset", "category", "model"]
-    drawn = kept.groupby(pair, sort=False).tail(1).set_index(pair)
-    groups: dict[str, list] = {}
-    for _, row in left_out.iterrows():
-        key = tuple(row[pair])
-        if "config_json" in left_out.columns and key in drawn.index:
-            diff = _config_diff(row["config_json"], drawn.loc[key, "config_json"])
-        else:
-            diff = "another config"
-        groups.setdefault(diff, []).append(row)
-    ordered = sorted(groups.items(), key=lambda g: -len(g[1]))  # the most rows first
-    lines = []
-    for diff, rows in ordered:
-        pairs = list(dict.fromkeys((r["category"], r["model"]) for r in rows))
-        where = ", ".join(f"{model_label(m)} on {c}" for c, m in pairs[:3])
-        if len(pairs) > 3:
-            where += f" and {len(pairs) - 3} more"
-        count = f"{len(rows)} row{'s' if len(rows) > 1 else ''}"
-        if len(pairs) == 1 and "config_hash" in kept.columns:  # one pair: name the config drawn
-            hashes = kept.loc[(kept["category"] == pairs[0][0]) & (kept["model"] == pairs[0][1]), "config_hash"]
-            count += f"; drawn: config_hash {', '.join(dict.fromkeys(hashes.astype(str)))}"
-        lines.append(f"{where} ({count}): {diff}")
-    if len(lines) > 3:
-        rest = sum(len(r) for _, r in ordered[3:])
-        lines = lines[:3] + [f"and {rest} more rows of other older configs"]
-    return (f"Drawn: the latest config of each (category, model); {len(left_out)} row"
-            f"{'s' if len(left_out) > 1 else ''} of older configs left out (older -> drawn):\n" + "\n".join(lines))
-
-
-def left_out_note(d: pd.DataFrame) -> str:
-    """The footnote of a prepared table (``prepare_results``): the rows of older configs it
-    left out, and how they differ from the config drawn; '' when nothing was left out."""
-    return d.attrs.get(LEFT_OUT_ATTR, "")
-
-
 def _footnote(fig, d: pd.DataFrame, extra: str = "") -> None:
     """The left-out note (``left_out_note``) and ``extra`` (e.g. ``means_note``) under the figure, if any."""
-    note = "\n".join(n for n in (left_out_note(d), extra) if n)
+    note = "\n".join(n for n in (tables.left_out_note(d), extra) if n)
     if note:
         fig.supxlabel(note, x=0.01, ha="left", fontsize=7.5, color="0.3", gid="left-out-note")
-
-
-def _config_without_seed(config_json) -> str:
-    """A row's config (its ``config_json``) with the seed taken out: equal for the seeds of one config."""
-    if not isinstance(config_json, str) or not config_json:
-        return ""
-    try:
-        config = json.loads(config_json)
-    except ValueError:
-        return config_json
-    config.pop("seed", None)
-    if isinstance(config.get("train"), dict):
-        config["train"].pop("seed", None)
-    return json.dumps(config, sort_keys=True)
-
-
-def _latest_config(d: pd.DataFrame) -> pd.DataFrame:
-    """The rows of each (dataset, category, model)'s last config (``d`` is in time order):
-    seeds of one config are averaged, rows of an older config are not mixed in."""
-    if "config_json" not in d.columns:
-        return d
-    config = d["config_json"].map(_config_without_seed)
-    latest = config.groupby([d["dataset"], d["category"], d["model"]]).transform("last")
-    return d[config == latest]
-
-
-def _in_display_order(d: pd.DataFrame, then=()) -> pd.DataFrame:
-    """``d`` with its ``label`` column, sorted textures, objects, custom, then category,
-    dataset, model in registry order, then the columns ``then``."""
-    d = d.copy()
-    several = d["dataset"].nunique() > 1
-    d["label"] = d["category"] + (" (" + d["dataset"].astype(str) + ")" if several else "")
-    type_rank = {t: i for i, t in enumerate(TYPE_ORDER)}
-    d["_type_rank"] = d["category_type"].map(lambda t: type_rank.get(t, len(TYPE_ORDER)))
-    model_rank = {m: i for i, m in enumerate(models.MODEL_NAMES)}
-    d["_model_rank"] = d["model"].map(lambda m: model_rank.get(m, len(model_rank)))
-    d = d.sort_values(["_type_rank", "category", "dataset", "_model_rank", "model", *then], kind="stable")
-    return d.drop(columns=["_type_rank", "_model_rank"]).reset_index(drop=True)
-
-
-def aggregate_seeds(df: pd.DataFrame, metrics=AGGREGATED_METRICS) -> pd.DataFrame:
-    """One row per (dataset, category, model) of the plotted rows (``prepare_results``), in display order.
-
-    Columns: dataset, category, category_type, label, model, ``n_seeds`` (rows averaged),
-    then per metric ``<metric>`` (mean over seeds), ``<metric>_sd`` (sample sd, ddof=1:
-    NaN with one seed) and ``<metric>_n`` (the seeds with a value: what the mean is over).
-    NaN values are skipped (a seed where the metric is undefined, or a cell that is not a
-    number); a metric the table lacks (``f1_floor`` in an older CSV) comes out NaN.
-    """
-    d = prepare_results(df)
-    keys = ["dataset", "category", "category_type", "label", "model"]
-    values = d.reindex(columns=list(metrics)).apply(pd.to_numeric, errors="coerce")
-    grouped = values.groupby([d[k] for k in keys], sort=False)
-    means, sds, counts = grouped.mean(), grouped.std(ddof=1), grouped.count()
-    out = pd.DataFrame({"n_seeds": grouped.size()})
-    for m in metrics:
-        out[m] = means[m]
-        out[f"{m}_sd"] = sds[m]
-        out[f"{m}_n"] = counts[m]
-    return out.reset_index()
-
-
-def _seeds_note(agg: pd.DataFrame, metrics=()) -> str:
-    """'mean of N seeds' ('of N-M seeds' when they differ) for an aggregated table; '' with one seed.
-    With ``metrics``, N counts the seeds that have a value of them (``<metric>_n``), so a seed
-    whose cell is missing is not counted as averaged; cells without any value (n/a) are not counted."""
-    counts = agg[[f"{m}_n" for m in metrics]].to_numpy().ravel() if metrics else agg["n_seeds"].to_numpy()
-    counts = counts[counts > 0]
-    if counts.size == 0 or counts.max() <= 1:
-        return ""
-    low, high = int(counts.min()), int(counts.max())
-    return f"mean of {low} seeds" if low == high else f"mean of {low}–{high} seeds"
-
-
-def _categories(d: pd.DataFrame) -> list[tuple[str, str]]:
-    """Ordered (label, category_type) pairs."""
-    return list(dict.fromkeys(zip(d["label"], d["category_type"])))
-
-
-def _models(d: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(d["model"]))
-
-
-def dataset_note(d: pd.DataFrame) -> str:
-    """'dataset: <names>' of a prepared results table, for titles and the report summary."""
-    return "dataset: " + ", ".join(sorted(d["dataset"].astype(str).unique()))
 
 
 def _mark_type_groups(ax, cats: list[tuple[str, str]], *, axis: str = "x", label_y: float | None = None):
@@ -382,7 +184,7 @@ def _grouped_bars(ax, agg, per_seed, metric, cats, names, colors, *, oracle: str
     ax.set_xlim(-0.6, len(cats) - 0.4)
     ax.set_ylim(0, 1.12)
     ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_ylabel(tables.METRIC_LABELS.get(metric, metric))
     ax.grid(axis="x", visible=False)
     _mark_type_groups(ax, cats, label_y=1.06)
 
@@ -400,16 +202,16 @@ def _bar_width(n_cats: int, n_models: int) -> float:
 
 def _bars_note(agg: pd.DataFrame, metrics) -> str:
     """How to read the bars of ``metrics``, for a title: '' with one seed."""
-    seeds = _seeds_note(agg, metrics)
+    seeds = tables.averaged_seeds_note(agg, metrics)
     return f"\nbars: {seeds}, error bar = sd, dots = seeds" if seeds else ""
 
 
 def _bar_inputs(df: pd.DataFrame):
     """What a grouped-bar figure draws from: the rows (one per seed), their seed means, the
     categories, the models and their colours."""
-    d = prepare_results(df)
-    names = _models(d)
-    return d, aggregate_seeds(d), _categories(d), names, model_colors(names)
+    d = tables.prepare_results(df)
+    names = tables.ordered_models(d)
+    return d, tables.aggregate_seeds(d), tables.ordered_categories(d), names, model_colors(names)
 
 
 def f1_score_comparison(df: pd.DataFrame, out_path) -> Path:
@@ -424,7 +226,7 @@ def f1_score_comparison(df: pd.DataFrame, out_path) -> Path:
         oracle = "f1_max" if "f1_max" in d.columns else None
         _grouped_bars(ax, agg, d, "f1", cats, names, colors, oracle=oracle, floor="f1_floor")
         ax.set_xlabel("category")
-        ax.set_title(f"F1 per category and model ({dataset_note(d)}){_bars_note(agg, ['f1'])}")
+        ax.set_title(f"F1 per category and model ({tables.dataset_note(d)}){_bars_note(agg, ['f1'])}")
         _bar_legend(fig, ax, names)
         _footnote(fig, d)
     return _save(fig, out_path)
@@ -439,107 +241,13 @@ def roc_auc_comparison(df: pd.DataFrame, out_path) -> Path:
         for ax, metric in zip(axes, ("image_auroc", "pixel_auroc")):
             _grouped_bars(ax, agg, d, metric, cats, names, colors)
             ax.axhline(0.5, color="0.3", lw=1, ls=":")
-            ax.set_title(f"{METRIC_LABELS[metric]} (dotted line: chance)", fontsize=10)
+            ax.set_title(f"{tables.METRIC_LABELS[metric]} (dotted line: chance)", fontsize=10)
         axes[0].tick_params(labelbottom=False)
         axes[1].set_xlabel("category")
-        fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)}){_bars_note(agg, AUROC_METRICS)}")
+        fig.suptitle(f"ROC AUC per category and model ({tables.dataset_note(d)}){_bars_note(agg, AUROC_METRICS)}")
         _bar_legend(fig, axes[0], names)
         _footnote(fig, d)
     return _save(fig, out_path)
-
-
-def category_table(rows: pd.DataFrame, column: str, names, cats=None) -> pd.DataFrame:
-    """Category label x model name table of ``column`` (one row per (label, model) in ``rows``):
-    its columns ``names``, its rows the labels of ``cats`` in that order (default: every label
-    of ``rows``, sorted)."""
-    table = rows.pivot(index="label", columns="model", values=column)
-    return table.reindex(index=None if cats is None else [lab for lab, _ in cats], columns=names).astype(float)
-
-
-def comparable(table: pd.DataFrame) -> pd.Series:
-    """The rows (categories) of a category x model table where every model has a value: a mean
-    that ranks models is over these only, or a model whose job failed on a hard category would
-    rank above one that is better on every category both have."""
-    return table.notna().all(axis=1)
-
-
-def missing_values_note(table: pd.DataFrame, means: str = "Mean rows") -> str:
-    """The footnote of a category x model table's ``means``: which categories they leave out
-    because some model has no value there (a failed job, a cell that is not a number); '' if none.
-    Categories where no model has a value (e.g. no defective test images) leave out every model
-    alike, so they need no word."""
-    partial = table[~comparable(table) & table.notna().any(axis=1)]
-    if partial.empty:
-        return ""
-    where = [f"{category} (no value for {', '.join(model_label(m) for m in row.index[row.isna()])})"
-             for category, row in partial.iterrows()]
-    more = f" and {len(where) - 4} more" if len(where) > 4 else ""
-    return (f"{means}: over the categories where every model has a value; left out: "
-            + ", ".join(where[:4]) + more + ".")
-
-
-def means_note(table: pd.DataFrame) -> str:
-    """The footnote of a ``results_table`` (``missing_values_note`` of its categories); '' if none."""
-    return table.attrs.get(MEANS_NOTE_ATTR, "")
-
-
-def combine_notes(notes: dict[str, str]) -> str:
-    """One footnote from several tables' notes (label -> note): said once when they agree, else one line each."""
-    distinct = list(dict.fromkeys(n for n in notes.values() if n))
-    if len(distinct) <= 1:
-        return distinct[0] if distinct else ""
-    return "\n".join(f"{label}: {note}" for label, note in notes.items() if note)
-
-
-def _type_means(table: pd.DataFrame, cats, shared: pd.Series) -> pd.DataFrame:
-    """The rows "texture mean" and "object mean" (when both kinds are present) and "overall
-    mean" of a category x model table: means over its ``shared`` categories (``comparable``:
-    where every model has a value), so every model's mean covers the same ones."""
-    types = pd.Series([t for _, t in cats], index=table.index)
-    shared = shared.reindex(table.index, fill_value=False)
-    rows = []
-    for t in ("texture", "object"):
-        if (types == t).any() and (types != t).any():
-            rows.append(table[((types == t) & shared).to_numpy()].mean().to_frame(f"{t} mean").T)
-    rows.append(table[shared.to_numpy()].mean().to_frame("overall mean").T)
-    return pd.concat(rows)
-
-
-def results_table(df: pd.DataFrame, metric: str = "image_auroc", stat: str = "mean") -> pd.DataFrame:
-    """Category x model table of ``metric`` over seeds, with texture / object / overall mean rows.
-
-    ``stat="mean"``: each cell the mean over seeds (``aggregate_seeds``), each mean row the
-    mean of the cells above it over the categories where every model has a value
-    (``comparable``): means that rank models cover the same categories; the ones left out
-    are named in ``means_note(table)``. ``stat="sd"``: each cell the sd over seeds (ddof=1,
-    NaN with one seed), each mean row the sd over seeds of that seed's mean over the same
-    categories, i.e. how much the mean row itself moves with the seed. Index: the categories
-    (ordered textures, objects, custom), then "texture mean" and "object mean" when both
-    types are present, then "overall mean". Columns: display names of the models.
-    """
-    if stat not in ("mean", "sd"):
-        raise ValueError(f"stat must be 'mean' or 'sd', not {stat!r}")
-    d = prepare_results(df)
-    agg = aggregate_seeds(d, metrics=(metric,))
-    cats, names = _categories(d), _models(d)
-    mean_table = category_table(agg, metric, names, cats)
-    shared = comparable(mean_table)
-    if stat == "mean":
-        table = mean_table
-        means = _type_means(table, cats, shared)
-    else:
-        table = category_table(agg, f"{metric}_sd", names, cats)
-        d[metric] = pd.to_numeric(d[metric], errors="coerce")
-        per_seed = [_type_means(category_table(rows, metric, names, cats), cats, shared)
-                    for _, rows in d.groupby("seed", sort=True, dropna=False)]
-        means = pd.concat(per_seed).groupby(level=0, sort=False).std(ddof=1)
-    out = pd.concat([table, means])
-    out.attrs[MEANS_NOTE_ATTR] = missing_values_note(mean_table)
-    out.columns = [model_label(m) for m in out.columns]
-    out.index.name = "category"
-    name = METRIC_LABELS.get(metric, metric)
-    out.columns.name = name if stat == "mean" else f"{name}, sd over seeds"
-    return out
 
 
 def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
@@ -549,18 +257,18 @@ def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
     Colour scale fixed to [0, 1] and centred on 0.5 (chance): red is worse than chance,
     yellow is chance, green is good, whatever the data range.
     """
-    d = prepare_results(df)
-    cats = _categories(d)
-    seeds = _seeds_note(aggregate_seeds(d, metrics=AUROC_METRICS), AUROC_METRICS)
+    d = tables.prepare_results(df)
+    cats = tables.ordered_categories(d)
+    seeds = tables.averaged_seeds_note(tables.aggregate_seeds(d, metrics=AUROC_METRICS), AUROC_METRICS)
     notes = {}
     with _style():
         n_rows = len(cats) + 3
-        n_models = len(_models(d))
+        n_models = len(tables.ordered_models(d))
         fig = _new_figure(max(7.0, 2.0 + 2.6 * n_models), max(3.5, 1.2 + 0.34 * n_rows))
         axes = fig.subplots(1, 2, sharey=True)
         for k, (ax, metric) in enumerate(zip(axes, ("image_auroc", "pixel_auroc"))):
-            table = results_table(d, metric)
-            notes[METRIC_LABELS[metric]] = means_note(table)
+            table = tables.results_table(d, metric)
+            notes[tables.METRIC_LABELS[metric]] = tables.means_note(table)
             _seaborn().heatmap(table, ax=ax, annot=True, fmt=".2f", vmin=0, vmax=1, center=0.5, cmap="RdYlGn",
                         linewidths=0.5, linecolor="white", cbar=k == 1, annot_kws={"fontsize": 8},
                         cbar_kws={"label": "AUROC (0.5 = chance)", "shrink": 0.8})
@@ -570,13 +278,14 @@ def roc_auc_heatmap(df: pd.DataFrame, out_path) -> Path:
                 ax.text(j + 0.5, i + 0.5, "n/a", ha="center", va="center", fontsize=8, color="0.45")
             ax.axhline(len(cats), color="black", lw=1.5)  # categories above, means below
             _mark_type_groups(ax, cats, axis="y")
-            ax.set_title(METRIC_LABELS[metric])
+            ax.set_title(tables.METRIC_LABELS[metric])
             ax.set_xlabel("model")
             ax.set_ylabel("category" if k == 0 else "")
             ax.tick_params(axis="x", rotation=0)
             ax.tick_params(axis="y", rotation=0)
-        fig.suptitle(f"ROC AUC per category and model ({dataset_note(d)}" + (f"; {seeds}" if seeds else "") + ")")
-        _footnote(fig, d, combine_notes(notes))
+        seeds = f"; {seeds}" if seeds else ""
+        fig.suptitle(f"ROC AUC per category and model ({tables.dataset_note(d)}{seeds})")
+        _footnote(fig, d, tables.combine_notes(notes))
     return _save(fig, out_path)
 
 
@@ -584,14 +293,13 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
     """Per model, the distribution over categories of image AUROC, pixel AUROC, AU-PRO and F1:
     a box per model and one marker per category (circle: texture, triangle: object); each
     category's value is its mean over seeds."""
-    rows = prepare_results(df)
-    d = aggregate_seeds(rows)
+    rows = tables.prepare_results(df)
+    d = tables.aggregate_seeds(rows)
     metrics = ("image_auroc", "pixel_auroc", "aupro", "f1")
-    seeds = _seeds_note(d, metrics)
-    names = _models(d)
+    seeds = tables.averaged_seeds_note(d, metrics)
+    names = tables.ordered_models(d)
     colors = model_colors(names)
     labels = [model_label(m) for m in names]
-    markers = {"texture": "o", "object": "^", "custom": "s"}
     rng = np.random.default_rng(0)  # jitter only; fixed so the PNG is reproducible
     notes = {}  # the mean lines' footnotes
     with _style():
@@ -608,44 +316,58 @@ def metrics_distribution(df: pd.DataFrame, out_path) -> Path:
                             order=labels, hue_order=labels, palette=[colors[m] for m in names], ax=ax,
                             showfliers=False, width=0.55, legend=False, boxprops={"alpha": 0.55})
             else:  # a box of 1-3 points would suggest a spread that is not there: show the mean instead
-                table = category_table(d, metric, names, _categories(d))
-                notes[METRIC_LABELS[metric]] = missing_values_note(table, "Mean lines")
-                means = table[comparable(table).to_numpy()].mean()  # over the same categories for every model
-                for i, m in enumerate(names):
-                    mean = means[m]
-                    ax.hlines(mean, i - 0.28, i + 0.28, color=colors[m], lw=3, label="mean" if i == 0 else None)
-                ax.set_xticks(range(len(labels)), labels)
-                ax.set_xlim(-0.6, len(labels) - 0.4)
-                for t, marker in markers.items():
-                    pts = sub[sub["category_type"] == t]
-                    if pts.empty:
-                        continue
-                    xs = pts["model"].map({m: i for i, m in enumerate(names)}).to_numpy(dtype=float)
-                    ax.scatter(xs + rng.uniform(-0.15, 0.15, len(xs)), pts[metric], marker=marker, s=22,
-                               color="0.15", alpha=0.8, zorder=3, label=t)
+                notes[tables.METRIC_LABELS[metric]] = _mean_lines(ax, d, sub, metric, names, colors, rng)
             if metric != "f1" and metric != "aupro":
                 ax.axhline(0.5, color="0.3", lw=1, ls=":")
             ax.set_ylim(-0.02, 1.02)
-            ax.set_title(METRIC_LABELS[metric], fontsize=10)
+            ax.set_title(tables.METRIC_LABELS[metric], fontsize=10)
             ax.set_xlabel("model")
             ax.set_ylabel(SHORT_LABELS[metric])
-        handles, entries = [], []
-        for ax in axes:
-            for h, n in zip(*ax.get_legend_handles_labels()):
-                if n not in entries:
-                    handles.append(h)
-                    entries.append(n)
-        note = "\n".join(n for n in (left_out_note(rows), combine_notes(notes)) if n)
-        if handles:  # the footnote goes above the legend's entries: a figure label there would overlap them
-            legend = fig.legend(handles, [n if n == "mean" else f"{n} category" for n in entries],
-                                loc="outside lower center", ncols=len(entries), frameon=False, title=note or None,
-                                title_fontsize=7.5, alignment="left")
-            legend.get_title().set(color="0.3", gid="left-out-note")
-        else:
-            _footnote(fig, rows, combine_notes(notes))
+        _distribution_legend(fig, axes, rows, tables.combine_notes(notes))
         per_category = f"; each category: {seeds}" if seeds else ""
-        fig.suptitle(f"Metrics across categories, per model ({dataset_note(d)}{per_category})")
+        fig.suptitle(f"Metrics across categories, per model ({tables.dataset_note(d)}{per_category})")
     return _save(fig, out_path)
+
+
+def _mean_lines(ax, d: pd.DataFrame, sub: pd.DataFrame, metric: str, names, colors, rng) -> str:
+    """A line at each model's mean of ``metric`` over the categories every model has (``d``: one row per
+    category and model) and a jittered marker per category (``sub``: the rows with a value); the
+    footnote naming the categories the means leave out."""
+    labels = [model_label(m) for m in names]
+    table = tables.category_table(d, metric, names, tables.ordered_categories(d))
+    means = table[tables.comparable(table).to_numpy()].mean()  # over the same categories for every model
+    for i, m in enumerate(names):
+        mean = means[m]
+        ax.hlines(mean, i - 0.28, i + 0.28, color=colors[m], lw=3, label="mean" if i == 0 else None)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    for t, marker in CATEGORY_MARKERS.items():
+        pts = sub[sub["category_type"] == t]
+        if pts.empty:
+            continue
+        xs = pts["model"].map({m: i for i, m in enumerate(names)}).to_numpy(dtype=float)
+        ax.scatter(xs + rng.uniform(-0.15, 0.15, len(xs)), pts[metric], marker=marker, s=22,
+                   color="0.15", alpha=0.8, zorder=3, label=t)
+    return tables.missing_values_note(table, "Mean lines")
+
+
+def _distribution_legend(fig, axes, rows: pd.DataFrame, means_notes: str) -> None:
+    """One legend for the panels (mean lines, category markers) with the footnotes as its title,
+    or the footnotes alone under the figure when no panel has a legend entry."""
+    handles, entries = [], []
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in entries:
+                handles.append(h)
+                entries.append(n)
+    note = "\n".join(n for n in (tables.left_out_note(rows), means_notes) if n)
+    if handles:  # the footnote goes above the legend's entries: a figure label there would overlap them
+        legend = fig.legend(handles, [n if n == "mean" else f"{n} category" for n in entries],
+                            loc="outside lower center", ncols=len(entries), frameon=False, title=note or None,
+                            title_fontsize=7.5, alignment="left")
+        legend.get_title().set(color="0.3", gid="left-out-note")
+    else:
+        _footnote(fig, rows, means_notes)
 
 
 def make_all_figures(df: pd.DataFrame, out_dir, curves: pd.DataFrame | None = None) -> list[Path]:
@@ -653,7 +375,7 @@ def make_all_figures(df: pd.DataFrame, out_dir, curves: pd.DataFrame | None = No
     ``out_dir``, and ``training_curves.png`` (``CURVES_FIGURE``) when ``curves`` has rows of
     the plotted runs; their paths."""
     out_dir = Path(out_dir)
-    d = prepare_results(df)
+    d = tables.prepare_results(df)
     makers = (f1_score_comparison, roc_auc_comparison, roc_auc_heatmap, metrics_distribution)
     paths = [make(d, out_dir / name) for make, name in zip(makers, FIGURE_NAMES)]
     curves = None if curves is None else curves_of_rows(curves, d)
@@ -675,7 +397,7 @@ def curves_of_rows(curves: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     if key is None or len(curves) == 0:
         return curves
     keys = ["dataset", "category", "model", key]
-    plotted = prepare_results(rows)[keys].astype(str).drop_duplicates()
+    plotted = tables.prepare_results(rows)[keys].astype(str).drop_duplicates()
     return curves[pd.MultiIndex.from_frame(curves[keys].astype(str)).isin(pd.MultiIndex.from_frame(plotted))]
 
 
@@ -695,7 +417,7 @@ def _prepare_curves(curves: pd.DataFrame) -> pd.DataFrame:
     c["category_type"] = c["category_type"].fillna("custom").astype(str)
     for column in ("epoch", "train_loss", "val_loss"):
         c[column] = pd.to_numeric(c[column], errors="coerce")
-    return _in_display_order(c, then=["seed", "epoch"])
+    return tables.in_display_order(c, then=["seed", "epoch"])
 
 
 def _first_epoch_scale(c: pd.DataFrame) -> pd.Series | None:
@@ -721,7 +443,7 @@ def training_curves(curves: pd.DataFrame, out_path, *, normalize: bool = True) -
     ``gid`` "<model>:train_loss" / "<model>:val_loss" (bands: "band:...") for tests.
     """
     c = _prepare_curves(curves)
-    cats, names = _categories(c), _models(c)
+    cats, names = tables.ordered_categories(c), tables.ordered_models(c)
     colors = model_colors(names)
     scale = _first_epoch_scale(c) if normalize else None
     seed_counts = _curve_seed_counts(c)
@@ -734,26 +456,9 @@ def training_curves(curves: pd.DataFrame, out_path, *, normalize: bool = True) -
         axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
         for ax in axes[len(cats):]:
             fig.delaxes(ax)
-        for k, (ax, (label, kind)) in enumerate(zip(axes, cats)):
-            panel = c[c["label"] == label]
-            plotted = []
-            for m in names:
-                runs = panel[panel["model"] == m]
-                ref = 1.0 if scale is None or runs.empty else float(scale[(label, m)])
-                for column, style in (("train_loss", "-"), ("val_loss", "--")):
-                    by_epoch = runs.groupby("epoch")[column].agg(["mean", "min", "max"]).dropna() / ref
-                    if by_epoch.empty:
-                        continue
-                    epochs = by_epoch.index.to_numpy(dtype=float)
-                    ax.plot(epochs, by_epoch["mean"], ls=style, color=colors[m], lw=1.6, gid=f"{m}:{column}",
-                            marker="o" if len(epochs) == 1 else None, ms=4)
-                    if several_seeds:
-                        ax.fill_between(epochs, by_epoch["min"], by_epoch["max"], color=colors[m], alpha=0.15,
-                                        lw=0, gid=f"band:{m}:{column}")
-                    plotted.append(by_epoch.to_numpy())
-            if plotted and (np.concatenate(plotted) > 0).all():
-                _log_y(ax)
-            ax.set_title(f"{label} ({kind})", fontsize=10)
+        for k, (ax, (label, category_type)) in enumerate(zip(axes, cats)):
+            _curve_panel(ax, c[c["label"] == label], label, names, colors, scale, bands=several_seeds)
+            ax.set_title(f"{label} ({category_type})", fontsize=10)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch" if k >= len(cats) - n_cols else "")
         fig.supylabel(y_label, fontsize=10)
@@ -763,11 +468,34 @@ def training_curves(curves: pd.DataFrame, out_path, *, normalize: bool = True) -
         if several_seeds:
             handles.append(Patch(color="0.2", alpha=0.15, label="min–max over seeds"))
         fig.legend(handles=handles, loc="outside right center", frameon=False)
-        how = f"; line = {_seeds_note(seed_counts)}" if several_seeds else ""
+        how = f"; line = {tables.averaged_seeds_note(seed_counts)}" if several_seeds else ""
         units = ("each model's own objective, divided by its epoch-1 train loss" if scale is not None
                  else "each model's own objective")
-        fig.suptitle(f"Training curves per category ({dataset_note(c)}{how})\nloss: {units}", fontsize=11)
+        fig.suptitle(f"Training curves per category ({tables.dataset_note(c)}{how})\nloss: {units}", fontsize=11)
     return _save(fig, out_path)
+
+
+def _curve_panel(ax, panel: pd.DataFrame, label: str, names, colors, scale, *, bands: bool) -> None:
+    """One category's panel: per model its train (solid) and val (dashed) loss per epoch, the mean
+    over seeds divided by ``scale[(label, model)]`` (None: as they are), with a min..max band over
+    seeds when ``bands``; a log y axis when every plotted value is positive."""
+    plotted = []
+    for m in names:
+        model_curves = panel[panel["model"] == m]
+        ref = 1.0 if scale is None or model_curves.empty else float(scale[(label, m)])
+        for column, style in (("train_loss", "-"), ("val_loss", "--")):
+            by_epoch = model_curves.groupby("epoch")[column].agg(["mean", "min", "max"]).dropna() / ref
+            if by_epoch.empty:
+                continue
+            epochs = by_epoch.index.to_numpy(dtype=float)
+            ax.plot(epochs, by_epoch["mean"], ls=style, color=colors[m], lw=1.6, gid=f"{m}:{column}",
+                    marker="o" if len(epochs) == 1 else None, ms=4)
+            if bands:
+                ax.fill_between(epochs, by_epoch["min"], by_epoch["max"], color=colors[m], alpha=0.15,
+                                lw=0, gid=f"band:{m}:{column}")
+            plotted.append(by_epoch.to_numpy())
+    if plotted and (np.concatenate(plotted) > 0).all():
+        _log_y(ax)
 
 
 def _log_y(ax) -> None:

@@ -1,6 +1,6 @@
 """What the notebook shows, as plain functions: parameters from the environment, the
-dataset (or the demo when there is none), the results tables and a summary computed from
-them, the galleries and the README figures.
+dataset it is about to train on, the results tables and a summary computed from them, the
+galleries and the README figures.
 
 The notebook stays thin (each cell calls one of these), and the same code is testable
 without Jupyter. Nothing here states a result in prose: every sentence is built from the
@@ -9,7 +9,6 @@ table it summarises.
 from __future__ import annotations
 
 import difflib
-import inspect
 import io
 import json
 import os
@@ -27,10 +26,8 @@ from models import model_label, size_label
 from models.errors import CheckpointError, ConfigError, DatasetError
 from models.mvtec import MVTecAD, category_type, dataset_name, image_dimensions, list_categories
 
-from . import examples, plots, runs, stats
+from . import examples, plots, runs, stats, tables
 from .checkpoints import DEFAULT_CHECKPOINT_DIR, checkpoint_path, load_checkpoint
-from .demo_data import DEFAULT_DATA_ROOT, choose_data_root, make_synthetic_dataset
-from .demo_data import DEFAULT_DIR as DEFAULT_DEMO_DIR
 from .files import plain_name
 from .sizes import Shapes
 from .thresholds import FEW_VAL_IMAGES
@@ -48,8 +45,6 @@ NOTEBOOK_ENV = ("AD_DATA_ROOT", "AD_CATEGORIES", "AD_MODELS", "AD_EPOCHS", "AD_I
                 "AD_BATCH_SIZE", "AD_SEEDS", "AD_SCORE", "AD_EVAL_SIZE", "AD_THRESHOLD_RULE", "AD_DEVICE",
                 "AD_EXECUTOR", "AD_RESULTS_CSV", "AD_CHECKPOINT_DIR", "AD_RESULTS_DIR", "AD_IMAGES_DIR",
                 "AD_DEMO_DIR", "AD_DEMO_OPTIONS", "AD_MODEL_OVERRIDES")
-# What find_or_make_dataset passes on to the demo generator: its keyword arguments.
-DEMO_OPTION_NAMES = tuple(inspect.signature(make_synthetic_dataset).parameters)[1:]
 
 
 def _env_error(name: str, raw: str, what: str) -> ConfigError:
@@ -147,28 +142,6 @@ def warn_unknown_env(known=NOTEBOOK_ENV, environ=None) -> None:
 # Data
 
 
-def find_or_make_dataset(data_root=None, demo_dir=DEFAULT_DEMO_DIR, *, seed: int = 0, **demo_options) -> Path:
-    """The data root to train on, by the command line's rule (``demo_data.choose_data_root``):
-    ``data_root`` if the user named one (it must hold a category, else a DatasetError naming
-    it); with None or "" (not named), ./mvtec_anomaly_detection if it exists; otherwise say so
-    in one sentence, write the built-in demo dataset to ``demo_dir`` (kept if already there)
-    and return it. ``demo_options`` go to ``make_synthetic_dataset`` (the tests make a tiny demo)."""
-    unknown = [k for k in demo_options if k not in DEMO_OPTION_NAMES]
-    if unknown:  # make_synthetic_dataset would raise a bare TypeError
-        raise ConfigError(f"unknown demo option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-                          f"(DEMO_OPTIONS); valid: {', '.join(DEMO_OPTION_NAMES)}.")
-    root = choose_data_root(data_root)
-    if root is None:
-        print(f"No dataset found at ./{DEFAULT_DATA_ROOT}, so the built-in demo dataset is used (written to "
-              f"{demo_dir}); its rows are named 'demo' in the results.")
-        return Path(make_synthetic_dataset(demo_dir, seed=seed, **demo_options))
-    if not os.path.lexists(root):
-        raise DatasetError(f"data root {root} does not exist; fix DATA_ROOT (or AD_DATA_ROOT / MVTEC_ROOT), or leave "
-                           f"it empty to use ./{DEFAULT_DATA_ROOT}, or the demo dataset when that is absent.")
-    list_categories(root)  # a named folder without categories is an error naming it, never a switch to the demo
-    return root
-
-
 def describe_dataset(root) -> pd.DataFrame:
     """One row per category: its type, number of images and their shape (from the file
     headers: the median width x height and the aspect ratios, width:height); what the
@@ -224,9 +197,9 @@ def metric_tables(df: pd.DataFrame, metrics=SUMMARY_METRICS) -> pd.DataFrame:
     seeds, as "mean ± sd" text when some cell has two or more seeds, else numbers rounded to 3;
     then the F1 floor (the F1 of calling every test image defective), so an F1 at the floor is
     not read as skill. The mean rows are over the categories where every model has a value
-    (``plots.results_table``); the table's note (a ``NotedTable``) names the ones left out."""
-    means = {plots.METRIC_LABELS.get(m, m): plots.results_table(df, m) for m in metrics}
-    note = plots.combine_notes({label: plots.means_note(table) for label, table in means.items()})
+    (``tables.results_table``); the table's note (a ``NotedTable``) names the ones left out."""
+    means = {tables.METRIC_LABELS.get(m, m): tables.results_table(df, m) for m in metrics}
+    note = tables.combine_notes({label: tables.means_note(table) for label, table in means.items()})
     note = "\n".join(n for n in (note, few_val_note(df)) if n)  # and the F1 of categories with few val images
     out = NotedTable(_metric_cells(df, metrics, means))
     out.attrs["note"] = note
@@ -237,11 +210,11 @@ def _metric_cells(df: pd.DataFrame, metrics, means: dict) -> pd.DataFrame:
     """The cells of ``metric_tables``: numbers with one seed, "mean ± sd" text with more."""
     out = pd.concat(means, axis=1)
     out.columns.names = ["metric", "model"]
-    floor = plots.results_table(df, "f1_floor").max(axis=1)  # equal for all models of a category
-    if plots.aggregate_seeds(df, list(metrics))["n_seeds"].max() < 2:
+    floor = tables.results_table(df, "f1_floor").max(axis=1)  # equal for all models of a category
+    if tables.aggregate_seeds(df, list(metrics))["n_seeds"].max() < 2:
         out[F1_FLOOR_COLUMN] = floor
         return out.round(3)
-    sds = pd.concat({plots.METRIC_LABELS.get(m, m): plots.results_table(df, m, stat="sd") for m in metrics}, axis=1)
+    sds = pd.concat({tables.METRIC_LABELS.get(m, m): tables.results_table(df, m, stat="sd") for m in metrics}, axis=1)
     sds.columns.names = out.columns.names
     sds = sds.reindex(index=out.index, columns=out.columns)
     text = out.copy().astype(object)
@@ -292,29 +265,29 @@ def verdicts(df: pd.DataFrame, results_csv=None, *, n_boot: int = 2000) -> tuple
     csv = results_csv or df.attrs.get("results_csv")
     if csv is None:
         return pd.DataFrame(), ["every row (no results CSV given)"]
-    d = plots.prepare_results(df)
-    run_scores, missing = runs.read_runs(d, csv)
-    run_scores, other_images = _on_the_same_test_images(run_scores)
+    d = tables.prepare_results(df)
+    score_sets, missing = runs.read_score_sets(d, csv)
+    score_sets, other_images = _on_the_same_test_images(score_sets)
     models = list(dict.fromkeys(d["model"]))
-    return stats.pairwise_verdicts(run_scores, models, n_boot=n_boot), missing + other_images
+    return stats.pairwise_verdicts(score_sets, models, n_boot=n_boot), missing + other_images
 
 
-def _on_the_same_test_images(run_scores: dict) -> tuple[dict, list[str]]:
-    """The runs whose test labels are those of most runs of their category, and descriptions of
-    the others (a side file of other data or copied from elsewhere): a paired bootstrap needs
-    the same test images for every model, and one odd file must not stop the summary. Without a
-    majority (two runs that differ) every run of that category is left out."""
+def _on_the_same_test_images(score_sets: dict) -> tuple[dict, list[str]]:
+    """The score sets whose test labels are those of most score sets of their category, and
+    descriptions of the others (a side file of other data or copied from elsewhere): a paired
+    bootstrap needs the same test images for every model, and one odd file must not stop the
+    summary. Without a majority (two score sets that differ) every one of that category is left out."""
     by_category: dict = {}
-    for key in run_scores:
+    for key in score_sets:
         by_category.setdefault(key[1], []).append(key)  # key: (model, category, seed)
     kept, left_out = {}, []
     for keys in by_category.values():
-        labels = {k: run_scores[k].labels.tobytes() for k in keys}
+        labels = {k: score_sets[k].labels.tobytes() for k in keys}
         counts = Counter(labels.values()).most_common(2)
         common = counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else None
         for key in keys:
             if labels[key] == common:
-                kept[key] = run_scores[key]
+                kept[key] = score_sets[key]
             else:
                 model, category, seed = key
                 left_out.append(f"{model} on {category} (seed {seed}; its scores are of other test images than "
@@ -333,13 +306,12 @@ def _verdict_lines(table: pd.DataFrame, missing: list[str]) -> list[str]:
                     + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") + "."] if missing else []
     if table.empty or (table["verdict"] == "no data").all():
         return ["", "Differences between models: no pair of models has per-image scores of the same categories "
-                    "and seeds (rows written by an older version, or side files deleted), so no interval can be "
-                    "computed."] + left_out
+                    "and seeds (side files deleted), so no interval can be computed."] + left_out
     n_seeds = int(table["n_seeds"].max())
     seeds = f"{n_seeds} seeds" if n_seeds > 1 else "1 seed, so test-image variation only"
     lines = ["", f"Differences between models (mean over categories of A - B; 95 % paired bootstrap interval over "
                  f"test images and {seeds}; a verdict only where the interval excludes 0):", "",
-             "| A vs B | " + " | ".join(plots.METRIC_LABELS[m] for m in dict.fromkeys(table["metric"])) + " |",
+             "| A vs B | " + " | ".join(tables.METRIC_LABELS[m] for m in dict.fromkeys(table["metric"])) + " |",
              "|---" * (1 + table["metric"].nunique()) + "|"]
     for (a, b), g in table.groupby(["model_a", "model_b"], sort=False):
         cells = []
@@ -360,23 +332,23 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS, *, results_csv=None, n_bo
 
     "Best" = highest mean over the categories of that type where every model has a value
     (each category's value is the mean over its seeds; the categories left out are named, as
-    in ``plots.results_table``); a "win" = the highest mean in one category (ties count for
+    in ``tables.results_table``); a "win" = the highest mean in one category (ties count for
     every tied model). The differences come from ``verdicts`` (per-image side files).
     """
     table, missing = verdicts(df, results_csv, n_boot=n_boot)
-    d = plots.aggregate_seeds(df, list(metrics))
+    d = tables.aggregate_seeds(df, list(metrics))
     models = list(dict.fromkeys(d["model"]))
-    types = [t for t in plots.TYPE_ORDER if (d["category_type"] == t).any()]
+    types = [t for t in tables.TYPE_ORDER if (d["category_type"] == t).any()]
     n_cats = d["label"].nunique()
     label = model_label
     per_type = d.drop_duplicates("label")["category_type"].value_counts()
     lines = [
-        f"**{plots.dataset_note(d).capitalize()}**: {n_cats} categories "
+        f"**{tables.dataset_note(d).capitalize()}**: {n_cats} categories "
         f"({', '.join(f'{per_type[t]} {t}' for t in types)}), {len(models)} models.",
         "",
         "Best model per category type (mean over its categories):",
         "",
-        "| category type | " + " | ".join(plots.METRIC_LABELS[m] for m in metrics) + " |",
+        "| category type | " + " | ".join(tables.METRIC_LABELS[m] for m in metrics) + " |",
         "|---" * (len(metrics) + 1) + "|",
     ]
     groups = [(t, d[d["category_type"] == t]) for t in types] + ([("all", d)] if len(types) > 1 else [])
@@ -390,13 +362,13 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS, *, results_csv=None, n_bo
             best = means[means == means.max()].index
             cells.append(f"{', '.join(label(b) for b in best)} ({_fmt(means.max())})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    note = plots.combine_notes({plots.METRIC_LABELS[m]: plots.missing_values_note(plots.category_table(d, m, models),
-                                                                                  "Means") for m in metrics})
+    note = tables.combine_notes({tables.METRIC_LABELS[m]: tables.missing_values_note(
+        tables.category_table(d, m, models), "Means") for m in metrics})
     lines += ["", note.replace("\n", "; ")] if note else []
     lines += ["",
               f"Wins per model (categories, out of {n_cats}, where it has the highest value; ties count for each):",
               "",
-              "| model | " + " | ".join(plots.METRIC_LABELS[m] for m in metrics) + " |",
+              "| model | " + " | ".join(tables.METRIC_LABELS[m] for m in metrics) + " |",
               "|---" * (len(metrics) + 1) + "|"]
     wins = {m: {k: 0 for k in models} for m in metrics}
     for m in metrics:
@@ -415,8 +387,8 @@ def summary(df: pd.DataFrame, metrics=SUMMARY_METRICS, *, results_csv=None, n_bo
 
 def _shared_means(d: pd.DataFrame, metric: str, models: list) -> pd.Series:
     """Each model's mean of ``metric`` over the categories of ``d`` where every model has a value."""
-    table = plots.category_table(d, metric, models)
-    return table[plots.comparable(table)].mean().dropna()
+    table = tables.category_table(d, metric, models)
+    return table[tables.comparable(table)].mean().dropna()
 
 
 def figures(df: pd.DataFrame, out_dir, results_csv=None) -> list:
@@ -475,10 +447,11 @@ def show(paths) -> None:
 
 
 def find_checkpoint(row, checkpoint_dir=DEFAULT_CHECKPOINT_DIR) -> Path | None:
-    """The checkpoint job.run_job saved for ``row`` (``checkpoints.checkpoint_path``), or None."""
+    """The checkpoint the grid saved for ``row`` (``checkpoints.checkpoint_path``), or None (also for
+    a row without a ``train_hash``, which names no checkpoint)."""
     train_hash = row.get("train_hash")
-    if not isinstance(train_hash, str) or not train_hash:  # a row of version 1 named its checkpoint by its config_hash
-        train_hash = row["config_hash"]
+    if not isinstance(train_hash, str) or not train_hash:
+        return None
     path = checkpoint_path(checkpoint_dir, dataset=row["dataset"], category=row["category"], model=row["model"],
                            train_hash=train_hash)
     return path if path.is_file() else None
@@ -490,7 +463,7 @@ def load_trained(rows: pd.DataFrame, category: str, checkpoint_dir=DEFAULT_CHECK
     A checkpoint that cannot be loaded (damaged, another version) is skipped with a printed
     note: one bad file must not stop the figures of every other model."""
     out = {}
-    d = plots.prepare_results(rows)
+    d = tables.prepare_results(rows)
     for _, row in d[d["category"] == category].sort_values("seed", kind="stable").iterrows():
         if row["model"] in out:
             continue
@@ -525,7 +498,7 @@ def _same_input(trained: dict, category: str) -> dict:
 def galleries(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir=DEFAULT_CHECKPOINT_DIR, *, n_good: int = 2,
               n_defect: int = 4) -> list[Path]:
     """``gallery_<category>.png`` in ``out_dir`` for each category of ``rows`` that has checkpoints."""
-    d = plots.prepare_results(rows)
+    d = tables.prepare_results(rows)
     paths = []
     for category in dict.fromkeys(d["category"]):
         trained = load_trained(d, category, checkpoint_dir)
@@ -547,13 +520,12 @@ def grf_figures(rows: pd.DataFrame, data_root, out_dir, checkpoint_dir=DEFAULT_C
     trained VAE and VAE-GRF of the first category (textures first) that has both, on one good
     and one defective test image. Without such a pair (e.g. a rerun whose rows all came from the
     CSV, on a machine without their checkpoints) it is skipped with a note: a figure of untrained
-    models must not replace one of trained models. ``examples.latent_examples()`` draws untrained
-    ones on purpose."""
+    models must not replace one of trained models."""
     out_dir = Path(out_dir)
     prior = examples.grf_prior_samples()
     paths = [plots.grf_prior_figure(out_dir / "grf.png", samples=prior.samples, kernels=prior.kernels, rhos=prior.rhos,
                                     distances=prior.distances, kernel_values=prior.kernel_values)]
-    d = plots.prepare_results(rows)
+    d = tables.prepare_results(rows)
     for category in dict.fromkeys(d["category"]):
         trained = load_trained(d[d["model"].isin(["vae", "vae_grf"])], category, checkpoint_dir)
         if len(trained) == 2 and len(_same_input(trained, category)) == 2:

@@ -244,16 +244,24 @@ def open_results(csv) -> tuple[Path, pd.DataFrame]:
     return csv, table
 
 
+def runs_dir(csv) -> Path:
+    """The folder of the side files (``pipeline.runs``) of the results CSV ``csv``: ``x.csv`` ->
+    ``x.runs/`` beside it (beside the real file when ``csv`` is a symbolic link, where its rows are:
+    ``results_path``)."""
+    csv = results_path(csv)
+    return csv.with_name(f"{csv.stem}.runs")
+
+
 def check_writable(csv) -> None:
     """Fail before any training if the rows or their side files could not be written: the
-    results folder (created), the CSV, and the side-file folder ``<csv stem>.runs`` (created;
-    a read-only one would otherwise be found only after every job had trained)."""
+    results folder (created), the CSV, and the side-file folder ``<csv stem>.runs`` (``runs_dir``,
+    created; a read-only one would otherwise be found only after every job had trained)."""
     csv = results_path(csv)
     make_folder(csv.parent, what="results folder", fix="pass another --results-csv", error=ResultsError)
     if csv.exists() and not os.access(csv, os.W_OK):
         raise ResultsError(f"results file {str(csv)!r} is read-only; make it writable "
                            "or pass another --results-csv (it was left untouched).")
-    side = csv.with_name(f"{csv.stem}.runs")  # runs.runs_dir: the per-row side files go there
+    side = runs_dir(csv)
     if side.exists() and not side.is_dir():
         raise ResultsError(f"{str(side)!r} is a file, but the results' side files (per-image scores, training "
                            "curves) go in a folder of that name next to the CSV; move the file or pass another "

@@ -4,8 +4,9 @@ Next to ``results.csv`` lies ``results.runs/`` (``runs_dir``), one folder per da
 category, holding:
 
 - ``<model>-<config_hash>.scores.npz`` per row: the test labels, image scores, val scores and
-  per-image pixel histograms (``stats.pixel_histograms``) -- what the paired bootstrap of
-  ``stats`` resamples, so verdicts between models are computed, never written by hand;
+  per-image pixel histograms (``stats.pixel_histograms``), read back as the row's score set
+  (``stats.ScoreSet``) -- what the paired bootstrap of ``stats`` resamples, so verdicts between
+  models are computed, never written by hand;
 - ``<model>-<train_hash>.curves.json`` per trained model: train and val loss and each loss
   term per epoch (the training curves figure); the checkpoint keeps the same history;
 - ``data-<fingerprint>.json`` per category version: its files' content hashes, so a rerun
@@ -35,15 +36,8 @@ import pandas as pd
 from models.errors import UserError
 
 from .files import atomic_write, plain_name
-from .results import ResultsError, results_path
-from .stats import RunScores
-
-
-def runs_dir(csv) -> Path:
-    """The side-file folder of the results CSV ``csv``: ``x.csv`` -> ``x.runs/`` beside it (beside
-    the real file when ``csv`` is a symbolic link, where its rows are: ``results.results_path``)."""
-    csv = results_path(csv)
-    return csv.with_name(f"{csv.stem}.runs")
+from .results import ResultsError, runs_dir  # runs_dir: the folder's name, beside the CSV's other neighbours
+from .stats import ScoreSet
 
 
 def _folder(runs: Path, dataset: str, category: str) -> Path:
@@ -107,8 +101,8 @@ class DamagedSideFile(UserError, ValueError):
 READ_ERRORS = (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
-def load_scores(path) -> RunScores:
-    """A row's per-image test data as ``stats.RunScores``; ``DamagedSideFile`` (saying why) for a file
+def load_scores(path) -> ScoreSet:
+    """A row's per-image test data as a ``stats.ScoreSet``; ``DamagedSideFile`` (saying why) for a file
     that is not what ``save_scores`` wrote, whatever is wrong with it."""
     try:
         archive = np.load(path, allow_pickle=False)
@@ -119,7 +113,7 @@ def load_scores(path) -> RunScores:
         lacks = [k for k in ("labels", "test_scores") if k not in arrays]
         if lacks:
             raise ValueError(f"it lacks {' and '.join(lacks)}")
-        return RunScores(labels=arrays["labels"], scores=arrays["test_scores"], pixel_pos=arrays.get("pixel_pos"),
+        return ScoreSet(labels=arrays["labels"], scores=arrays["test_scores"], pixel_pos=arrays.get("pixel_pos"),
                          pixel_neg=arrays.get("pixel_neg"))  # checks the shapes; makes them int64 / float64
     except READ_ERRORS as e:
         raise _damaged(path, e) from None
@@ -140,11 +134,11 @@ def _seed(row) -> int | None:
     return int(seed) if pd.notna(seed) else None
 
 
-def read_runs(rows: pd.DataFrame, csv) -> tuple[dict, list[str]]:
-    """{(model, category, seed): RunScores} of the ``rows`` whose side file exists and can be read,
-    and the descriptions of the rows left out: without a side file (rows of an older version, or a
-    deleted folder), with a damaged one (why), or without a seed."""
-    runs, missing = {}, []
+def read_score_sets(rows: pd.DataFrame, csv) -> tuple[dict, list[str]]:
+    """{(model, category, seed): ScoreSet} of the ``rows`` whose side file exists and can be read,
+    and the descriptions of the rows left out: without a side file (deleted, or never written),
+    with a damaged one (why), or without a seed."""
+    score_sets, missing = {}, []
     folder = runs_dir(csv)
     for _, row in rows.iterrows():
         seed = _seed(row)
@@ -155,10 +149,10 @@ def read_runs(rows: pd.DataFrame, csv) -> tuple[dict, list[str]]:
             missing.append(what + ")")
             continue
         try:
-            runs[(row["model"], row["category"], seed)] = load_scores(path)
+            score_sets[(row["model"], row["category"], seed)] = load_scores(path)
         except DamagedSideFile as e:
             missing.append(f"{what}; {e})")
-    return runs, missing
+    return score_sets, missing
 
 
 # ------------------------------------------------------------------ training curves
@@ -182,8 +176,8 @@ def save_curves(path, history: dict) -> Path:
 def read_curves(rows: pd.DataFrame, csv) -> pd.DataFrame:
     """The training curves of ``rows`` in long format: dataset, category, category_type, model,
     seed, train_hash (the trained model's, which names its curves file), epoch, train_loss,
-    val_loss and one column per loss term. Rows without a curves file
-    (older versions) are left out; one curve per trained model even if several rows share it."""
+    val_loss and one column per loss term. Rows without a curves file (or a ``train_hash`` to
+    name it) are left out; one curve per trained model even if several rows share it."""
     frames, seen = [], set()
     folder = runs_dir(csv)
     for _, row in rows.iterrows():

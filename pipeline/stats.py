@@ -3,13 +3,13 @@
 For two models A and B, the question is whether the difference of their mean image AUROC
 (and mean pixel AUROC), mean over categories and over training seeds, is larger than what
 seed-to-seed and test-sample variation produce. All of it is computed from stored per-image
-data (one ``RunScores`` per model, category and seed), never from numbers written by hand.
+data (one ``ScoreSet`` per model, category and seed), never from numbers written by hand.
 
 Per-image data
   - image scores and labels (0 good, 1 defective);
   - compact pixel summaries: per image, the counts of defect pixels and of normal pixels in
     each of K bins of the anomaly map (``pixel_histograms``), the bins cut at quantiles of
-    the run's pooled map values (``histogram_edges``). The pooled pixel AUROC follows from
+    the score set's pooled map values (``histogram_edges``). The pooled pixel AUROC follows from
     the summed counts (``auroc_from_histograms``) with pixels in the same bin counted as
     ties, so the pixel AUROC of any resample of the test images costs no map.
 
@@ -28,9 +28,9 @@ Weighted AUROCs (bootstrap replicates, vectorised)
   image:  M_ij = [s_i > s_j] + 1/2 [s_i = s_j] for defective i, good j; p, n = labels, 1 - labels;
   pixel:  M_ij = sum_k pos_ik (N_j,<k + neg_jk / 2), p_i, n_j = defect / normal pixels of image i, j
   (the pixel one is sum_k P_k (N_<k + N_k/2) / (P N) of the weighted histogram sums). M is
-  built once per run (rows: images with positives, columns: images with negatives, at most
-  N x N); the runs of one category share the resamples, so their M are stacked side by side
-  and B replicates of R runs cost one (B, N) @ (N, R N) product, chunked to 32 MiB
+  built once per score set (rows: images with positives, columns: images with negatives, at
+  most N x N); the score sets of one category share the resamples, so their M are stacked side
+  by side and B replicates of R score sets cost one (B, N) @ (N, R N) product, chunked to 32 MiB
   (``weighted_aurocs``): memory O(B N + R N^2), bounded for N ~ 500, B = 2000.
 
 Paired bootstrap (``paired_bootstrap``)
@@ -50,12 +50,9 @@ Paired bootstrap (``paired_bootstrap``)
   seeds resampled show only (S-1)/S of the seed variance. So "A > B" is a cautious verdict,
   and more seeds sharpen it most when seeds disagree.
 
-Speed: ``pairwise_verdicts`` for 4 models (6 pairs) x 2 metrics x 15 categories x 3 seeds,
-N = 100-170 test images, K = 512, B = 2000 replicates: 0.6-1.5 s on 2 shared, busy CPU
-cores with single-threaded BLAS (OMP_NUM_THREADS=1); with 2
-OpenBLAS threads on the same busy cores 2-12 s (the threads wait on each other when other
-processes hold the cores). Each run's replicates are computed once, in one batch per
-category and metric, and shared by the pairs.
+Each score set's replicates are computed once, in one batch per category and metric, and
+shared by the pairs; how long ``pairwise_verdicts`` takes: bench/README.md, "Train once,
+evaluate many".
 
 numpy only (pandas for the table).
 """
@@ -162,12 +159,12 @@ def histogram_auroc_error_bound(pos_counts, neg_counts) -> float:
     return float(pos @ neg / (2 * pos.sum() * neg.sum()))
 
 
-# --- per-run data -------------------------------------------------------------------------------
+# --- score sets: the per-image data of one row ---------------------------------------------------
 
 
 @dataclass
-class RunScores:
-    """Per-image test data of one run (model, category, seed).
+class ScoreSet:
+    """The per-image test data of one model on one category with one seed (one results row).
 
     labels (N,) 0 good / 1 defective; scores (N,) image scores; pixel_pos / pixel_neg (N, K)
     defect / normal pixel counts per map bin (``pixel_histograms``), or None without masks.
@@ -201,7 +198,7 @@ class RunScores:
                 raise ValueError(f"pixel histograms {self.pixel_pos.shape} / {self.pixel_neg.shape} for {n} images")
 
     @classmethod
-    def from_maps(cls, labels, scores, masks, maps, n_bins: int = HISTOGRAM_BINS) -> RunScores:
+    def from_maps(cls, labels, scores, masks, maps, n_bins: int = HISTOGRAM_BINS) -> ScoreSet:
         """From full maps and masks ((N, H, W) or lists of 2-D arrays): histograms at the maps' own quantiles."""
         pos, neg = pixel_histograms(masks, maps, histogram_edges(maps, n_bins))
         return cls(labels, scores, pos, neg)
@@ -276,23 +273,23 @@ def pixel_auroc_form(pos_counts, neg_counts) -> AurocForm:
     return AurocForm(pos[rows] @ neg_below_plus_half.T, pos_units, neg_units)  # matrix (P, Q)
 
 
-def auroc_form(run: RunScores, metric: str) -> AurocForm:
-    """The quadratic form of ``metric`` ("image_auroc" / "pixel_auroc") for ``run``."""
+def auroc_form(score_set: ScoreSet, metric: str) -> AurocForm:
+    """The quadratic form of ``metric`` ("image_auroc" / "pixel_auroc") for ``score_set``."""
     if _check_metric(metric) == "image_auroc":
-        return image_auroc_form(run.labels, run.scores)
-    if not run.has_pixels:
+        return image_auroc_form(score_set.labels, score_set.scores)
+    if not score_set.has_pixels:
         raise ValueError("pixel AUROC needs the run's pixel histograms (pixel_pos, pixel_neg)")
-    return pixel_auroc_form(run.pixel_pos, run.pixel_neg)
+    return pixel_auroc_form(score_set.pixel_pos, score_set.pixel_neg)
 
 
-# Runs evaluated in one matrix product: at most this many (B x runs x Q) float64 elements (32 MiB).
+# Score sets evaluated in one matrix product: at most this many (B x score sets x Q) float64 elements (32 MiB).
 _BATCH_ELEMENTS = 2**22
 
 
 def weighted_aurocs(forms: list[AurocForm], weights) -> np.ndarray:
-    """AUROC of every form (runs on the same N test images) for every row of weights (B, N): (B, R).
+    """AUROC of every form (score sets of the same N test images) for every row of weights (B, N): (B, R).
 
-    The forms are stacked side by side on the union of their rows and columns, so R runs
+    The forms are stacked side by side on the union of their rows and columns, so R score sets
     cost one (B, P) @ (P, R Q) product: few large BLAS calls instead of many small ones,
     which matters most when the cores are shared. Chunked to bound memory. NaN where a
     class has zero weight.
@@ -306,8 +303,8 @@ def weighted_aurocs(forms: list[AurocForm], weights) -> np.ndarray:
         chunk = forms[start : start + per_chunk]
         stacked = np.zeros((rows.size, len(chunk), cols.size))  # (P, R, Q), each form on the common rows / cols
         for r, form in enumerate(chunk):
-            run_slice = stacked[:, r, :]  # a view: (P, Q)
-            run_slice[np.ix_(np.searchsorted(rows, form.rows), np.searchsorted(cols, form.cols))] = form.matrix
+            form_slice = stacked[:, r, :]  # a view: (P, Q)
+            form_slice[np.ix_(np.searchsorted(rows, form.rows), np.searchsorted(cols, form.cols))] = form.matrix
         products = (w[:, rows] @ stacked.reshape(rows.size, -1)).reshape(w.shape[0], len(chunk), cols.size)
         numerators.append(np.einsum("brq,bq->br", products, w[:, cols]))  # (B, R)
     numerator = np.concatenate(numerators, axis=1)
@@ -316,24 +313,6 @@ def weighted_aurocs(forms: list[AurocForm], weights) -> np.ndarray:
     denominator = (w @ pos_units) * (w @ neg_units)  # (B, R)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, numerator / denominator, np.nan)
-
-
-def weighted_image_auroc(labels, scores, weights) -> np.ndarray:
-    """Image AUROC per row of weights (B, N) (per-image resampling counts), (B,).
-
-    AUC_b = sum_{i pos, j neg} w_bi w_bj ([s_i > s_j] + 0.5 [s_i = s_j]) / (sum_pos w_b * sum_neg w_b);
-    NaN where a class has zero weight. The (P, Q) comparison matrix is built once.
-    """
-    return weighted_aurocs([image_auroc_form(labels, scores)], weights)[:, 0]
-
-
-def weighted_pixel_auroc(pos_counts, neg_counts, weights) -> np.ndarray:
-    """Pooled pixel AUROC per row of weights (B, N), (B,): ``auroc_from_histograms`` of the weighted sums.
-
-    With P_bk = sum_i w_bi pos_ik and N_bk likewise, AUC_b = sum_k P_bk (N_b,<k + N_bk / 2) / (P_b N_b),
-    computed as the quadratic form w_b' M w_b / ((w_b . p) (w_b . n)) (``pixel_auroc_form``).
-    """
-    return weighted_aurocs([pixel_auroc_form(pos_counts, neg_counts)], weights)[:, 0]
 
 
 def stratified_counts(labels, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -392,10 +371,10 @@ class BootstrapResult:
 
 
 class _ReplicateCache:
-    """Image draws per category and replicate AUROCs per run, shared by all the pairs of one table.
+    """Image draws per category and replicate AUROCs per score set, shared by all the pairs of one table.
 
     The image draw of a category depends on (seed, category) only, so every pair compares
-    its models on the same resamples, and each run's B AUROCs are computed once.
+    its models on the same resamples, and each score set's B AUROCs are computed once.
     """
 
     def __init__(self, n_boot: int, seed: int):
@@ -409,19 +388,19 @@ class _ReplicateCache:
             self._counts[category] = stratified_counts(labels, self.n_boot, rng)
         return self._counts[category]
 
-    def compute(self, runs: list[RunScores], category, metric: str) -> None:
-        """Replicate AUROCs of the runs not yet cached, all in one batch (they share the test labels)."""
-        todo = [run for run in runs if (id(run), category, metric) not in self._aurocs]
+    def compute(self, score_sets: list[ScoreSet], category, metric: str) -> None:
+        """Replicate AUROCs of the score sets not yet cached, all in one batch (they share the test labels)."""
+        todo = [s for s in score_sets if (id(s), category, metric) not in self._aurocs]
         if not todo:
             return
-        replicates = weighted_aurocs([auroc_form(run, metric) for run in todo], self.counts(category, todo[0].labels))
-        for run, run_replicates in zip(todo, replicates.T):
-            self._aurocs[id(run), category, metric] = (run.auroc(metric), run_replicates)
+        replicates = weighted_aurocs([auroc_form(s, metric) for s in todo], self.counts(category, todo[0].labels))
+        for score_set, its_replicates in zip(todo, replicates.T):
+            self._aurocs[id(score_set), category, metric] = (score_set.auroc(metric), its_replicates)
 
-    def aurocs(self, run: RunScores, category, metric: str) -> tuple[float, np.ndarray]:
-        """(full-sample AUROC, (B,) replicate AUROCs) of one run."""
-        self.compute([run], category, metric)
-        return self._aurocs[id(run), category, metric]
+    def aurocs(self, score_set: ScoreSet, category, metric: str) -> tuple[float, np.ndarray]:
+        """(full-sample AUROC, (B,) replicate AUROCs) of one score set."""
+        self.compute([score_set], category, metric)
+        return self._aurocs[id(score_set), category, metric]
 
 
 def _shared_seeds(a: dict, b: dict) -> dict[Any, list]:
@@ -434,8 +413,8 @@ def _shared_seeds(a: dict, b: dict) -> dict[Any, list]:
 
 def _check_same_test_set(a: dict, b: dict, category, seeds: list) -> None:
     labels = a[category, seeds[0]].labels
-    for run in [a[category, s] for s in seeds] + [b[category, s] for s in seeds]:
-        if not np.array_equal(run.labels, labels):
+    for score_set in [a[category, s] for s in seeds] + [b[category, s] for s in seeds]:
+        if not np.array_equal(score_set.labels, labels):
             raise ValueError(
                 f"category {category!r}: the two models' test labels differ; "
                 "a paired bootstrap needs the same test images"
@@ -444,14 +423,14 @@ def _check_same_test_set(a: dict, b: dict, category, seeds: list) -> None:
 
 def _why_undefined(a: dict, b: dict, category, seeds: list, metric: str) -> str | None:
     """Why ``metric`` cannot be compared in this category (None if it can)."""
-    runs = [a[category, s] for s in seeds] + [b[category, s] for s in seeds]
-    labels = runs[0].labels
+    score_sets = [a[category, s] for s in seeds] + [b[category, s] for s in seeds]
+    labels = score_sets[0].labels
     if labels.min() == labels.max():
         return "one class only in the test set"
     if metric == "pixel_auroc":
-        if not all(run.has_pixels for run in runs):
+        if not all(s.has_pixels for s in score_sets):
             return "no pixel histograms"
-        if any(run.pixel_pos.sum() == 0 or run.pixel_neg.sum() == 0 for run in runs):
+        if any(s.pixel_pos.sum() == 0 or s.pixel_neg.sum() == 0 for s in score_sets):
             return "one pixel class only"
     return None
 
@@ -521,7 +500,7 @@ def paired_bootstrap(a: dict, b: dict, metric: str, *, n_boot: int = 2000, level
                      seed: int = 0) -> BootstrapResult:
     """Mean ``metric`` difference A - B over categories and seeds, with a paired percentile bootstrap interval.
 
-    ``a``, ``b``: (category, seed) -> RunScores of model A and model B; the (category, seed)
+    ``a``, ``b``: (category, seed) -> ScoreSet of model A and model B; the (category, seed)
     keys present in both are used. Per category the test labels must be identical
     (ValueError naming the category otherwise). estimate = mean_c mean_{s in S_c} (AUC_A - AUC_B)(c, s)
     on the full test sets; each of ``n_boot`` replicates redraws the seeds (once for all
@@ -538,35 +517,36 @@ def _named_verdict(result: BootstrapResult, model_a: str, model_b: str) -> str:
 
 
 def _compute_all(by_model: dict[str, dict], metrics, cache: _ReplicateCache) -> None:
-    """Fill the cache with every model's runs per category and metric at once: one batch each
-    (runs whose labels differ from the category's first, or lacking histograms, are left to the pairs)."""
-    by_category: dict[Any, list[RunScores]] = {}
-    for model_runs in by_model.values():
-        for (category, _), run in sorted(model_runs.items(), key=lambda item: repr(item[0])):
-            by_category.setdefault(category, []).append(run)
-    for category, runs in by_category.items():
-        same_test_set = [run for run in runs if np.array_equal(run.labels, runs[0].labels)]
-        if runs[0].labels.min() == runs[0].labels.max():
+    """Fill the cache with every model's score sets per category and metric at once: one batch each
+    (score sets whose labels differ from the category's first, or lacking histograms, are left to the pairs)."""
+    by_category: dict[Any, list[ScoreSet]] = {}
+    for model_score_sets in by_model.values():
+        for (category, _), score_set in sorted(model_score_sets.items(), key=lambda item: repr(item[0])):
+            by_category.setdefault(category, []).append(score_set)
+    for category, score_sets in by_category.items():
+        first = score_sets[0]
+        same_test_set = [s for s in score_sets if np.array_equal(s.labels, first.labels)]
+        if first.labels.min() == first.labels.max():
             continue  # one class: no AUROC to bootstrap
         for metric in metrics:
-            usable = same_test_set if metric == "image_auroc" else [run for run in same_test_set if run.has_pixels]
+            usable = same_test_set if metric == "image_auroc" else [s for s in same_test_set if s.has_pixels]
             if usable:
                 cache.compute(usable, category, metric)
 
 
-def pairwise_verdicts(runs: dict, models: list[str], metrics=METRICS, *, n_boot: int = 2000,
+def pairwise_verdicts(score_sets: dict, models: list[str], metrics=METRICS, *, n_boot: int = 2000,
                       level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """One row per unordered pair of ``models`` (in that order) and metric: the paired bootstrap of a - b.
 
-    ``runs``: (model, category, seed) -> RunScores. Columns: model_a, model_b, metric,
+    ``score_sets``: (model, category, seed) -> ScoreSet. Columns: model_a, model_b, metric,
     estimate (a - b), low, high, n_categories, n_seeds, verdict ("<a> better", "<b> better",
     "no clear difference", or "no data"). Every pair sees the same image draws per category,
-    and each run's replicate AUROCs are computed once. Deterministic for a fixed ``seed``.
+    and each score set's replicate AUROCs are computed once. Deterministic for a fixed ``seed``.
     """
     by_model: dict[str, dict] = {m: {} for m in models}
-    for (model, category, run_seed), run in runs.items():
+    for (model, category, its_seed), score_set in score_sets.items():
         if model in by_model:
-            by_model[model][category, run_seed] = run
+            by_model[model][category, its_seed] = score_set
     cache = _ReplicateCache(n_boot, seed)
     _compute_all(by_model, metrics, cache)
     rows = []

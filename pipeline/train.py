@@ -2,15 +2,13 @@
 
 ``fit`` trains any ``AnomalyModel`` on a dataset's cached uint8 tensor (``ds.images``,
 N x C x S x S, decoded once by ``MVTecAD``): each epoch walks a seeded permutation of the
-indices, gathers a batch, moves it to the device and converts it to float there. No
-``DataLoader``, no per-item PIL or Python per-sample code in the loop: at these sizes the
-whole training set is a few MB and batching it by indexing costs microseconds.
+indices in batches gathered on the device (pipeline/batches.py).
 
 On CUDA: the uint8 set is copied to the GPU once (or gathered into pinned memory and
 copied non-blocking when it is too large), bf16 autocast (``amp``), fused AdamW, optional
 ``torch.compile`` of the loss. On CPU/MPS these are off and the same code runs. channels_last
-(NHWC) is used for the convolutional models on every device: oneDNN's CPU convolutions are
-also faster in NHWC (1.0-1.4x per training step at 128 px here; bench/bench_speed.py).
+(NHWC) is used for the convolutional models on CUDA and on CPU: oneDNN's CPU convolutions are
+also faster in NHWC (bench/README.md, "Speed").
 
 ``fit`` reports each finished epoch to an optional ``on_epoch(epoch, history)`` callback
 (progress displays, tests that need a job to be mid-training at a known moment).
@@ -34,6 +32,7 @@ from models.base import eval_mode
 from models.errors import ConfigError, DatasetError, TrainingError
 
 from .augment import AUGMENTATIONS, augment_batch
+from .batches import BatchSource, autocast, batch_indices, prefers_channels_last
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # torch seeds its CPU generator with the low 32 bits of the seed only (mt19937), so seeds
@@ -125,64 +124,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def has_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())
-
-
-class BatchSource:
-    """Float batches on ``device`` from a uint8 (N, C, S, S) CPU tensor, by index.
-
-    On CUDA the uint8 tensor lives on the GPU when it takes under a quarter of the free
-    memory (MVTec at 256 px: ~80 MB), so a batch is one on-device gather; otherwise each
-    batch is gathered into a pinned buffer and copied non-blocking.
-    """
-
-    def __init__(self, images: torch.Tensor, device: torch.device, *, channels_last: bool = False):
-        assert images.dtype == torch.uint8 and images.ndim == 4, (
-            f"expected uint8 (N, C, S, S), got {images.dtype} {tuple(images.shape)}"
-        )
-        self.device, self.channels_last = device, channels_last
-        self.staging = None
-        if device.type == "cuda" and images.numel() > torch.cuda.mem_get_info(device)[0] // 4:
-            self.images = images if images.is_pinned() else images.pin_memory()
-        else:
-            self.images = images.to(device)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def batch(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.images.device != self.device:  # pinned host memory -> device, non-blocking
-            if self.staging is None or self.staging.shape[0] < idx.numel():
-                self.staging = torch.empty((idx.numel(), *self.images.shape[1:]), dtype=torch.uint8).pin_memory()
-            x = torch.index_select(self.images, 0, idx, out=self.staging[: idx.numel()])
-            x = x.to(self.device, non_blocking=True)
-        else:
-            # non_blocking: a blocking host->GPU copy would wait for the queued steps (no overlap).
-            x = self.images[idx.to(self.device, non_blocking=True)]
-        x = x.float().div_(255.0)  # (B, C, S, S) in [0, 1]
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Index batches of a (seeded) permutation of range(n); in training (``generator`` given),
-    a trailing batch of 1 is dropped when the others are larger: its batch statistics would be
-    one image's (the image comes back in another epoch's order; results depend on this rule).
-    With batch_size 1 every batch is one image and nothing is dropped."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    batches = list(order.split(batch_size))
-    if len(batches) > 1 and batches[-1].numel() == 1 and batch_size > 1 and generator is not None:
-        batches.pop()
-    return batches
-
-
-def autocast(device: torch.device, amp: bool):
-    # bf16 needs no loss scaling; only CUDA gets it (CPU autocast is slower for these convs).
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and amp)
-
-
 @torch.inference_mode()
 def evaluate_loss(model, source: BatchSource, *, batch_size: int, amp: bool = True) -> float:
     """Mean loss over a whole split in eval mode, batched, without gradients."""
@@ -196,10 +137,93 @@ def evaluate_loss(model, source: BatchSource, *, batch_size: int, amp: bool = Tr
     return total.item() / len(source)
 
 
+def _training_images(train_ds, desc: str) -> int:
+    """The number of training images of ``train_ds``; a ``DatasetError`` naming ``desc`` when
+    there are fewer than 2."""
+    n = int(train_ds.images.shape[0])
+    if n >= 2:
+        return n
+    # A dataset that held some of train/good out as val says so: "found 1" of a folder of 2 is a riddle.
+    n_val = getattr(train_ds, "n_val", 0) if getattr(train_ds, "split", "train") == "train" else 0
+    if n_val:
+        raise DatasetError(
+            f"{desc}: training needs at least 2 images, but train/good has {n + n_val} images; {n_val} "
+            f"{'was' if n_val == 1 else 'were'} held out as val (val_fraction {train_ds.val_fraction:g}), "
+            f"leaving {n} for training; add images to train/good."
+        )
+    raise DatasetError(
+        f"{desc}: training needs at least 2 images in the train split, found {n}; add images to train/good."
+    )
+
+
+def _place_model(model, cfg: TrainConfig) -> tuple[torch.device, bool]:
+    """Move ``model`` to ``cfg``'s device (NHWC where it is faster) and set the CPU threads;
+    returns the device and whether batches are NHWC (channels_last) too."""
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    channels_last = cfg.channels_last and prefers_channels_last(model, device)
+    model.to(device)
+    if device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest convolutions once
+        torch.backends.cudnn.benchmark = True
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return device, channels_last
+
+
+def _lr_scheduler(optimiser: torch.optim.Optimizer, lr_schedule: str, total_steps: int):
+    """The per-step learning-rate factor: "cosine" from 1 down to 0.01 over ``total_steps``, else 1."""
+    if lr_schedule == "cosine":
+        schedule = lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    else:
+        schedule = lambda s: 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
+
+
+def _train_epoch(model, source: BatchSource, batches: list[torch.Tensor], *, loss_fn, optimiser, scheduler,
+                 cfg: TrainConfig, history: dict) -> dict[str, float]:
+    """One pass of AdamW steps over ``batches`` (index batches of ``source``); returns the epoch's
+    mean of each loss term. Adds the batching time and the steps to ``history``."""
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    seen = 0
+    for idx in batches:
+        t0 = time.perf_counter()
+        x = source.batch(idx)
+        x = augment_batch(x, cfg.augment)  # a no-op for "none"
+        history["data_seconds"] += time.perf_counter() - t0
+        with autocast(source.device, cfg.amp):
+            out = loss_fn(x)
+        loss = out["loss"]
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimiser.step()
+        scheduler.step()
+        # Accumulate on the device: no host sync per step, one per epoch.
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float() * idx.numel()
+        seen += idx.numel()
+        history["steps"] += 1
+    return {k: float(v) / seen for k, v in sums.items()}
+
+
+def _record_epoch(history: dict, means: dict[str, float], val_loss: float) -> None:
+    """Append one finished epoch's losses (``_train_epoch``'s means, the val loss) to ``history``."""
+    history["train_loss"].append(means["loss"])
+    history["val_loss"].append(val_loss)
+    history["terms"] = means
+    for k, v in means.items():
+        history["term_curves"].setdefault(k, []).append(v)
+
+
 def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: str | None = None,
         on_epoch: Callable[[int, dict], None] | None = None) -> dict:
     """Train ``model`` on ``train_ds.images`` with AdamW; returns the history.
 
+    ``cfg`` is taken as valid: ``TrainConfig.validate`` runs where a job's config is made
+    (docs/design.md, "Style": each setting is validated in one place).
     ``on_epoch(epoch, history)`` is called after each epoch (1-based) with the history so far.
 
     history: train_loss / val_loss per epoch, terms (last epoch's mean of each loss term),
@@ -209,39 +233,15 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
     A non-finite loss raises ``TrainingError`` naming ``desc`` (model and category) and the epoch.
     """
     cfg = cfg or TrainConfig()
-    cfg.validate()
-    category = getattr(train_ds, "category", "?")
-    desc = desc or f"{type(model).__name__.lower()} on {category!r}"
-    images = train_ds.images
-    n = int(images.shape[0])
-    if n < 2:
-        # A dataset that held some of train/good out as val says so: "found 1" of a folder of 2 is a riddle.
-        n_val = getattr(train_ds, "n_val", 0) if getattr(train_ds, "split", "train") == "train" else 0
-        if n_val:
-            raise DatasetError(
-                f"{desc}: training needs at least 2 images, but train/good has {n + n_val} images; {n_val} "
-                f"{'was' if n_val == 1 else 'were'} held out as val (val_fraction {train_ds.val_fraction:g}), "
-                f"leaving {n} for training; add images to train/good."
-            )
-        raise DatasetError(
-            f"{desc}: training needs at least 2 images in the train split, found {n}; add images to train/good."
-        )
-    batch_size = cfg.batch_size
-    if batch_size > n:
-        warnings.warn(f"{desc}: batch_size {batch_size} is larger than the {n} training images; using {n}.",
+    desc = desc or f"{type(model).__name__.lower()} on {getattr(train_ds, 'category', '?')!r}"
+    n = _training_images(train_ds, desc)
+    batch_size = min(cfg.batch_size, n)
+    if batch_size < cfg.batch_size:
+        warnings.warn(f"{desc}: batch_size {cfg.batch_size} is larger than the {n} training images; using {n}.",
                       stacklevel=2)
-        batch_size = n
 
-    device = resolve_device(cfg.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    channels_last = cfg.channels_last and has_conv(model) and device.type in ("cuda", "cpu")
-    model.to(device)
-    if device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest convolutions once
-        torch.backends.cudnn.benchmark = True
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    source = BatchSource(images, device, channels_last=channels_last)
+    device, channels_last = _place_model(model, cfg)
+    source = BatchSource(train_ds.images, device, channels_last=channels_last)
     val_source = None
     if val_ds is not None and len(val_ds.images):
         val_source = BatchSource(val_ds.images, device, channels_last=channels_last)
@@ -249,12 +249,7 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
     steps_per_epoch = len(batch_indices(n, batch_size, torch.Generator().manual_seed(0)))
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.lr_schedule == "cosine":  # from lr down to 1% of it, per step
-        schedule = lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-    else:
-        schedule = lambda s: 1.0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
+    scheduler = _lr_scheduler(optimiser, cfg.lr_schedule, cfg.epochs * steps_per_epoch)
     loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
     generator = torch.Generator().manual_seed(cfg.seed)  # the data order, independent of model RNG use
 
@@ -265,42 +260,16 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
                dynamic_ncols=True)
     try:
         for epoch in bar:
-            model.train()
-            sums: dict[str, torch.Tensor] = {}
-            seen = 0
-            for idx in batch_indices(n, batch_size, generator):
-                t0 = time.perf_counter()
-                x = source.batch(idx)
-                x = augment_batch(x, cfg.augment)  # a no-op for "none"
-                history["data_seconds"] += time.perf_counter() - t0
-                with autocast(device, cfg.amp):
-                    out = loss_fn(x)
-                loss = out["loss"]
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimiser.step()
-                scheduler.step()
-                # Accumulate on the device: no host sync per step, one per epoch.
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().float() * idx.numel()
-                seen += idx.numel()
-                history["steps"] += 1
-            means = {k: float(v) / seen for k, v in sums.items()}
-            train_loss = means["loss"]
-            if not math.isfinite(train_loss):
+            means = _train_epoch(model, source, batch_indices(n, batch_size, generator), loss_fn=loss_fn,
+                                 optimiser=optimiser, scheduler=scheduler, cfg=cfg, history=history)
+            if not math.isfinite(means["loss"]):
                 raise TrainingError(
-                    f"{desc}: the training loss became {train_loss} at epoch {epoch}; "
+                    f"{desc}: the training loss became {means['loss']} at epoch {epoch}; "
                     f"lower the learning rate (now {cfg.lr:g}) or keep gradient clipping on."
                 )
             val_loss = evaluate_loss(model, val_source, batch_size=batch_size, amp=cfg.amp) if val_source else math.nan
-            history["train_loss"].append(train_loss)
-            history["val_loss"].append(val_loss)
-            history["terms"] = means
-            for k, v in means.items():
-                history["term_curves"].setdefault(k, []).append(v)
-            bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+            _record_epoch(history, means, val_loss)
+            bar.set_postfix(loss=f"{means['loss']:.4g}", val=f"{val_loss:.4g}")
             if on_epoch is not None:
                 on_epoch(epoch, history)
     finally:
