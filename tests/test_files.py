@@ -2,12 +2,16 @@
 of the files and folders built from data."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+from helpers import make_tiny_mvtec, one_error_line, run_args, tree
+from models.mvtec import dataset_name
 from pipeline import runs
+from pipeline.__main__ import main
 from pipeline.checkpoints import checkpoint_path
 from pipeline.files import atomic_write, current_umask, is_plain_name, plain_name
 from pipeline.results import read_results
@@ -77,3 +81,18 @@ def test_the_committed_rows_find_their_side_files_by_these_names():
         where = dict(dataset=row["dataset"], category=row["category"], model=row["model"])
         assert runs.scores_path(folder, **where, config_hash=row["config_hash"]).is_file()
         assert runs.curves_path(folder, **where, train_hash=row["train_hash"]).is_file()
+
+
+def test_a_dataset_marker_named_dotdot_is_refused_and_nothing_is_written_outside(tmp_path, capsys):
+    data = make_tiny_mvtec(tmp_path / "work" / "data", categories=("widget",), n_train=4, n_test_good=1,
+                           n_per_defect=1)
+    work = tmp_path / "work"
+    for name in ("..", "../..", "a/../../b", ".", "a\\b"):
+        (data / "DATASET.json").write_text(json.dumps({"name": name}))
+        before = tree(tmp_path)
+        assert main(run_args(data, work / "out" / "r.csv", work / "out", models=("cae",))) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "DATASET.json" in line and repr(name) in line and "plain name" in line, line
+        assert tree(tmp_path) == before
+    (data / "DATASET.json").write_text(json.dumps({"name": ""}))  # no name: the folder's, as without a marker
+    assert dataset_name(data) == "data"

@@ -129,3 +129,11 @@ def test_f1_at_threshold_and_f1_max_match_sklearn():
         warnings.simplefilter("error")
         assert metrics.f1_at_threshold(labels, scores, 10.0) == {"f1": 0.0, "precision": 0.0, "recall": 0.0}
     assert all(math.isnan(v) for v in metrics.f1_at_threshold(labels, scores, math.nan).values())
+
+
+def test_f1_floor_is_the_f1_of_calling_every_image_defective():
+    for labels in ([0, 0, 1], [0, 1, 1, 1, 1], [1, 0, 1, 0, 0, 0, 0]):
+        p = np.mean(labels)
+        assert metrics.f1_floor(labels) == pytest.approx(2 * p / (1 + p))
+        assert metrics.f1_floor(labels) == pytest.approx(metrics.f1_at_threshold(labels, np.zeros(len(labels)),
+                                                                                 -1.0)["f1"])

@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 import models
 from models.base import AnomalyModel
 from models.errors import ConfigError
+from models.layers import BatchNorm2d
 
 SIZE = 32  # px; every model's stride / patch divides it
 
@@ -320,3 +321,21 @@ def test_detection_sanity(name):
     assert torch.isfinite(scores).all() and scores.std() > 0
     auroc = roc_auc_score([0] * 32 + [1] * 32, scores.numpy())
     assert auroc > 0.9 and not math.isnan(auroc), f"{name}: image AUROC {auroc:.3f} after short training"
+
+
+def test_models_size_multiple_is_the_lcm_of_strides_and_patches():
+    assert models.size_multiple(models.MODEL_NAMES) == 16  # CNNs 16, VAE-GRF 8, ViT patch 16
+    assert models.size_multiple(["vae_grf"]) == 8
+    assert models.size_multiple(["vae_grf", "vit_vae"], {"vit_vae": {"patch_size": 12}}) == 24
+
+
+def test_batchnorm_is_unchanged_wherever_torch_could_train_it():
+    """The fix touches only the one-value case: elsewhere outputs, running statistics and
+    state_dict keys are torch's own (committed results stay reproducible)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 2, 2)
+    ours, theirs = BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    assert torch.equal(ours(x), theirs(x)) and torch.equal(ours.running_var, theirs.running_var)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    one = torch.randn(1, 3, 1, 1)
+    assert torch.equal(ours(one), ours.eval()(one))  # one value: normalised as in evaluation

@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import make_tiny_mvtec
+from helpers import make_specs, make_tiny_mvtec
 from models import MODEL_NAMES
 from models.errors import ConfigError
-from pipeline import grid, report
+from pipeline import demo_data, report
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -65,11 +65,11 @@ def test_the_known_parameter_names_are_the_cells():
     ("AD_MODEL_OVERRIDES", '{"cea": {}}', dict(keys=MODEL_NAMES, values=dict),
      "environment variable AD_MODEL_OVERRIDES='{\"cea\": {}}' has the unknown key 'cea'; valid keys: cae, vae, "
      "vit_vae, vae_grf; unset it or fix its value."),
-    ("AD_DEMO_OPTIONS", '{"n_trian": 8}', dict(keys=report.DEMO_OPTION_NAMES),
+    ("AD_DEMO_OPTIONS", '{"n_trian": 8}', dict(keys=demo_data.DEMO_OPTION_NAMES),
      "environment variable AD_DEMO_OPTIONS='{\"n_trian\": 8}' has the unknown key 'n_trian'; valid keys: seed, "
      "image_size, n_train, n_test_good, n_per_defect, categories, workers; unset it or fix its value."),
-    ("AD_DEMO_OPTIONS", "[8]", dict(keys=report.DEMO_OPTION_NAMES), "is not a JSON object"),
-    ("AD_DEMO_OPTIONS", "{n_train: 8}", dict(keys=report.DEMO_OPTION_NAMES), "is not a JSON object"),
+    ("AD_DEMO_OPTIONS", "[8]", dict(keys=demo_data.DEMO_OPTION_NAMES), "is not a JSON object"),
+    ("AD_DEMO_OPTIONS", "{n_train: 8}", dict(keys=demo_data.DEMO_OPTION_NAMES), "is not a JSON object"),
     ("AD_CATEGORIES", '["bottle", 1.5]', {}, "is not a JSON list of names"),
 ])
 def test_a_bad_dict_or_list_parameter_is_one_sentence_naming_its_variable(monkeypatch, name, value, kw, message):
@@ -83,9 +83,9 @@ def test_a_bad_dict_or_list_parameter_is_one_sentence_naming_its_variable(monkey
 def test_a_model_override_that_is_not_a_dict_is_a_config_error_from_python_too(tmp_path):
     root = make_tiny_mvtec(tmp_path, categories=("widget",))
     with pytest.raises(ConfigError, match=r"the overrides of cae must be a dict of its settings .* got 5\."):
-        grid.make_specs(root, ["widget"], ["cae"], model_overrides={"cae": 5})
+        make_specs(root, ["widget"], ["cae"], model_overrides={"cae": 5})
     with pytest.raises(ConfigError, match=r"unknown demo option 'n_trian' \(DEMO_OPTIONS\); valid: seed, "):
-        report.find_or_make_dataset("", tmp_path / "demo", n_trian=8)
+        demo_data.find_or_make_dataset("", tmp_path / "demo", n_trian=8)
     assert not (tmp_path / "demo").exists()
 
 
@@ -117,6 +117,7 @@ def test_misspelt_ad_variables_are_named_with_the_known_ones(monkeypatch):
         report.warn_unknown_env()  # nothing unknown: no warning
 
 
+@pytest.mark.slow  # a real kernel executes the notebook
 def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "out"
     env = {

@@ -1,45 +1,15 @@
-"""Figures and report tables from small synthetic inputs (no training, seconds)."""
+"""Figures (pipeline/plots.py) from small synthetic inputs, and the report's tables beside them (no training)."""
 from __future__ import annotations
-
-import json
-import types
 
 import numpy as np
 import pandas as pd
 import pytest
 import seaborn as sns
-import torch
+from PIL import Image
 
 import models
-from pipeline import examples, plots, report
-from pipeline.checkpoints import checkpoint_path
-
-CATEGORIES = {"carpet": "texture", "grid": "texture", "bottle": "object", "screw": "object", "widget": "custom"}
-
-
-def fake_results(categories=CATEGORIES, model_names=models.MODEL_NAMES, seed=0, nan_category=None) -> pd.DataFrame:
-    """A results table shaped like the CSV (docs/design.md, "The results CSV"), with random metrics."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for cat, kind in categories.items():
-        for name in model_names:
-            f1 = rng.uniform(0.3, 0.9)
-            no_mask = cat == nan_category
-            rows.append(dict(
-                dataset="demo", category=cat, category_type=kind, model=name,
-                image_auroc=rng.uniform(0.4, 1.0), pixel_auroc=np.nan if no_mask else rng.uniform(0.5, 1.0),
-                aupro=np.nan if no_mask else rng.uniform(0.2, 0.9), f1=f1, precision=0.5, recall=0.5,
-                threshold=0.1, threshold_rule="val_max", f1_max=min(1.0, f1 + 0.05), score="l2|sigma4|mean",
-                epochs=1, image_size=32, seed=0, train_seconds=1.0, infer_ms_per_image=1.0, params=1000,
-                config_hash="h", device="cpu", torch_version=torch.__version__, finished_at="2024-01-01T00:00:00",
-            ))
-    return pd.DataFrame(rows)
-
-
-def fake_seeds(n_seeds=3, categories=CATEGORIES, model_names=models.MODEL_NAMES, **kw) -> pd.DataFrame:
-    """``fake_results`` for seeds 0 .. n_seeds - 1 of one config (each seed its own random metrics)."""
-    return pd.concat([fake_results(categories, model_names, seed=s, **kw).assign(seed=s, config_hash=f"h{s}")
-                      for s in range(n_seeds)], ignore_index=True)
+from pipeline import examples, plots, report, tables
+from table_helpers import CATEGORIES, fake_results, fake_seeds, toy_test_split
 
 
 def fake_curves(categories=CATEGORIES, model_names=models.MODEL_NAMES, seeds=(0, 1), epochs=5,
@@ -73,74 +43,6 @@ def test_make_all_figures_writes_the_four_figures(tmp_path):
 def test_figures_with_one_category_and_one_model(tmp_path):
     paths = plots.make_all_figures(fake_results({"stripes": "texture"}, ("cae",)), tmp_path)
     assert all(p.stat().st_size > 5_000 for p in paths)
-
-
-def test_prepare_results_keeps_latest_row_and_labels_datasets():
-    df = fake_results({"carpet": "texture"}, ("cae",))
-    newer = df.assign(image_auroc=0.123, finished_at="2025-01-01T00:00:00")
-    other = df.assign(dataset="mvtec_ad")
-    d = plots.prepare_results(pd.concat([newer, df, other]))
-    assert len(d) == 2
-    assert d.loc[d["dataset"] == "demo", "image_auroc"].item() == 0.123
-    assert set(d["label"]) == {"carpet (demo)", "carpet (mvtec_ad)"}
-
-
-def test_bad_results_table_is_one_clear_error():
-    with pytest.raises(models.UserError, match="lacks column"):
-        plots.prepare_results(pd.DataFrame({"category": ["a"]}))
-    with pytest.raises(models.UserError, match="empty"):
-        plots.prepare_results(fake_results().iloc[:0])
-
-
-def test_results_table_means():
-    df = fake_results()
-    t = plots.results_table(df, "image_auroc")
-    assert list(t.index[-3:]) == ["texture mean", "object mean", "overall mean"]
-    assert list(t.columns) == ["CAE", "VAE", "ViT-VAE", "VAE-GRF"]
-    cae = df[df["model"] == "cae"].set_index("category")["image_auroc"]
-    assert t.loc["texture mean", "CAE"] == pytest.approx(cae[["carpet", "grid"]].mean())
-    assert t.loc["overall mean", "CAE"] == pytest.approx(cae.mean())
-
-
-def test_summary_is_computed_from_the_table():
-    df = fake_results({"a": "texture", "b": "object"}, ("cae", "vae"))
-    df.loc[df["model"] == "vae", "image_auroc"] = 0.99
-    df.loc[df["model"] == "cae", "image_auroc"] = 0.60
-    text = report.summary(df)
-    assert "| texture | VAE (0.990)" in text and "| object | VAE (0.990)" in text
-    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()
-            if line.startswith("| CAE") or line.startswith("| VAE")}
-    assert rows == {"CAE": "0", "VAE": "2"}
-    assert report.metric_tables(df).shape[1] == 2 * len(report.SUMMARY_METRICS) + 1  # + the F1 floor
-
-
-def test_env_parameters(monkeypatch):
-    monkeypatch.setenv("AD_TEST_INT", "3")
-    monkeypatch.setenv("AD_TEST_LIST", "cae, vae")
-    monkeypatch.setenv("AD_TEST_DICT", '{"cae": {"latent_dim": 8}}')
-    assert report.env("AD_TEST_INT", 30) == 3
-    assert report.env("AD_TEST_LIST", None) == ["cae", "vae"]
-    assert report.env("AD_TEST_DICT", {}) == {"cae": {"latent_dim": 8}}
-    assert report.env("AD_TEST_UNSET", "x") == "x"
-    monkeypatch.setenv("AD_TEST_INT", "three")
-    with pytest.raises(models.ConfigError, match="AD_TEST_INT"):
-        report.env("AD_TEST_INT", 30)
-
-
-def _toy_test_split(size=32, channels=3):
-    """The attributes of an MVTecAD test split that the gallery reads."""
-    g = torch.Generator().manual_seed(0)
-    n_good, n_bad = 4, 6
-    images = (torch.rand(n_good + n_bad, channels, size, size, generator=g) * 80 + 80).to(torch.uint8)
-    masks = torch.zeros(n_good + n_bad, size, size, dtype=torch.uint8)
-    kinds = ["good"] * n_good
-    for k in range(n_bad):
-        y = x = 4 + 3 * k
-        masks[n_good + k, y:y + 6, x:x + 6] = 1
-        images[n_good + k, :, y:y + 6, x:x + 6] = 255
-        kinds.append(("hole", "scratch")[k % 2])
-    return types.SimpleNamespace(images=images, masks=masks, labels=torch.tensor([0] * n_good + [1] * n_bad),
-                                 defect_types=kinds, image_size=size, in_channels=channels, category="toy")
 
 
 def _capture_figures(monkeypatch) -> list:
@@ -188,74 +90,6 @@ def test_anomaly_gallery_draws_the_arrays_it_is_given(tmp_path, monkeypatch, cha
                               row_labels=["a"] * n, reconstructions=recons, maps=maps)
 
 
-def test_gallery_examples_are_each_models_own_maps():
-    torch.manual_seed(0)
-    tiny = {"cae": dict(widths=(8, 16), latent_dim=8), "vae_grf": dict(widths=(8, 16), latent_channels=2)}
-    trained = {n: models.build_model(n, image_size=32, in_channels=3, **o) for n, o in tiny.items()}
-    trained["cae"].train()  # each model is left in the mode it was in
-    trained["vae_grf"].eval()
-    split = _toy_test_split(channels=3)
-    ex = examples.gallery_examples(trained, split, n_good=2, n_defect=3)
-    idx = examples.pick_examples(np.asarray(split.labels), split.defect_types, 2, 3)
-    x = split.images[idx].float() / 255.0
-    assert ex.category == "toy" and ex.row_labels == ["good", "good", "hole", "scratch", "hole"]
-    assert ex.images.dtype == np.float32 and ex.images.shape == (5, 3, 32, 32)
-    np.testing.assert_array_equal(ex.images, x.numpy())
-    assert ex.masks.dtype == bool and ex.masks.shape == (5, 32, 32) and ex.masks[2:].any(axis=(1, 2)).all()
-    assert list(ex.maps) == list(ex.reconstructions) == ["cae", "vae_grf"]
-    for name, m in trained.items():
-        assert ex.maps[name].dtype == np.float32 and ex.maps[name].shape == (5, 32, 32)
-        assert ex.reconstructions[name].shape == (5, 3, 32, 32)
-        np.testing.assert_allclose(ex.maps[name], m.anomaly_map(x).numpy(), rtol=1e-5, atol=1e-7)
-    assert trained["cae"].training and not trained["vae_grf"].training
-    with pytest.raises(models.ConfigError, match="1-channel"):
-        examples.gallery_examples(trained, _toy_test_split(channels=1))
-    with pytest.raises(models.ConfigError, match="at least one"):
-        examples.gallery_examples({}, split)
-
-
-def test_pick_examples_spreads_over_defect_types():
-    labels = np.array([0, 0, 0, 1, 1, 1, 1])
-    kinds = ["good"] * 3 + ["a", "a", "b", "c"]
-    assert examples.pick_examples(labels, kinds, 2, 3) == [0, 2, 3, 5, 6]
-
-
-def test_grf_prior_samples_and_figure(tmp_path):
-    prior = examples.grf_prior_samples(size=16, rhos=(0.5, 1.0))
-    assert prior.kernels == examples.GRF_KERNELS and prior.rhos == (0.5, 1.0)
-    assert prior.samples.shape == (3, 2, 16, 16) and prior.kernel_values.shape == (3, 2, len(prior.distances))
-    assert prior.kernel_values[:, :, 0] == pytest.approx(1.0)  # k(0) = s^2 = 1
-    # Same white noise in every panel: each sample is the prior's own draw from that seed.
-    again = models.grf.GRFPrior(16, 16, kernel="gaussian", rho=1.0).sample(
-        1, 1, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_array_equal(prior.samples[2, 1], again[0, 0].numpy())
-    p = plots.grf_prior_figure(tmp_path / "grf.png", samples=prior.samples, kernels=prior.kernels, rhos=prior.rhos,
-                               distances=prior.distances, kernel_values=prior.kernel_values)
-    assert p.is_file() and p.stat().st_size > 20_000
-
-
-def test_latent_examples_and_vae_vs_grf_figure(tmp_path):
-    torch.manual_seed(0)
-    vae = models.build_model("vae", image_size=32, widths=(8, 16), latent_dim=8)
-    vae_grf = models.build_model("vae_grf", image_size=32, widths=(8, 16), latent_channels=2)
-    images = torch.rand(3, 3, 32, 32)
-    state = torch.get_rng_state()
-    ex = examples.latent_examples(vae, vae_grf, images, n_samples=2)
-    assert torch.equal(torch.get_rng_state(), state)  # sampling is seeded, the caller's RNG untouched
-    assert ex.images.shape == (3, 3, 32, 32)
-    assert ex.vae_z.shape == (5, 8) and ex.grf_z.shape == (5, 2, 8, 8)  # 32 px / stride 4
-    assert ex.vae_decoded.shape == ex.grf_decoded.shape == (5, 3, 32, 32)
-    vae.eval()
-    np.testing.assert_allclose(ex.vae_z[:3], vae.encode(images)[0].detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(ex.vae_z[3:], examples.latent_examples(vae, vae_grf, images).vae_z[3:])
-    p = plots.vae_vs_grf_figure(tmp_path / "vae-vae-grf.png", images=ex.images, vae_z=ex.vae_z,
-                                vae_decoded=ex.vae_decoded, grf_z=ex.grf_z, grf_decoded=ex.grf_decoded, note="test")
-    assert p.is_file() and p.stat().st_size > 20_000
-    # Without models: freshly initialised ones at 64 px on two procedural images.
-    fresh = examples.latent_examples(n_samples=1)
-    assert fresh.images.shape == (2, 3, 64, 64) and len(fresh.vae_z) == len(fresh.grf_z) == 3
-
-
 def test_figures_never_build_or_run_models():
     """plots draws arrays: no torch, no registry lookups of networks, no model calls."""
     import ast
@@ -290,7 +124,7 @@ def test_a_fifth_registered_model_is_picked_up(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "MODEL_NAMES", names)
     order = ["CAE", "VAE", "Fifth", "ViT-VAE", "VAE-GRF"]
     df = fake_results({"carpet": "texture", "bottle": "object"}, ("fifth", "cae", "vae", "vit_vae", "vae_grf"))
-    assert list(plots.results_table(df).columns) == order  # registry order, not the CSV's
+    assert list(tables.results_table(df).columns) == order  # registry order, not the CSV's
     assert "| Fifth |" in report.summary(df)
     colors = plots.model_colors(names)
     assert list(colors.values()) == sns.color_palette("colorblind", 10)[:5]  # the palette in registry order
@@ -303,103 +137,19 @@ def test_a_fifth_registered_model_is_picked_up(tmp_path, monkeypatch):
     assert tuple(bars.patches[0].get_facecolor()[:3]) == pytest.approx(colors["fifth"])
     # Built from the registry, it runs through the gallery like the four.
     fifth = models.build_model("fifth", image_size=32, widths=(8, 16), latent_dim=8)
-    ex = examples.gallery_examples({"fifth": fifth}, _toy_test_split())
+    ex = examples.gallery_examples({"fifth": fifth}, toy_test_split())
     plots.anomaly_gallery(tmp_path / "gallery.png", images=ex.images, masks=ex.masks, row_labels=ex.row_labels,
                           reconstructions=ex.reconstructions, maps=ex.maps)
     assert "Fifth\nerror map" in _texts(figures[-1])
-
-
-def test_find_checkpoint_is_the_jobs_own_path(tmp_path):
-    """The checkpoint of a row is at checkpoints.checkpoint_path of its own dataset and category
-    (names made file-system safe), never a same-named file of another dataset."""
-    row = {"dataset": "my data", "category": "widget ä/1", "model": "cae", "train_hash": "abc123"}
-    assert report.find_checkpoint({**row, "config_hash": "def456"}, tmp_path) is None
-    other = checkpoint_path(tmp_path, **{**row, "dataset": "other"})
-    other.parent.mkdir(parents=True)
-    other.write_bytes(b"x")
-    assert report.find_checkpoint(row, tmp_path) is None  # same model and hash, another dataset
-    own = checkpoint_path(tmp_path, **row)
-    own.parent.mkdir(parents=True)
-    own.write_bytes(b"x")
-    assert report.find_checkpoint(row, tmp_path) == own and own.parent.name == "widget_ä_1"
-    # a row of version 1 (no train_hash) named its checkpoint by its config_hash
-    legacy = {**row, "train_hash": "", "config_hash": "abc123"}
-    assert report.find_checkpoint(legacy, tmp_path) == own
-
-
-def test_grf_figures_without_checkpoints_keep_the_latent_figure(tmp_path, capsys):
-    """Rows reused from the CSV on a machine without their checkpoints: the prior figure is
-    drawn, the VAE vs VAE-GRF figure of trained models is not replaced by one of untrained models."""
-    latent = tmp_path / "vae-vae-grf.png"
-    latent.write_bytes(b"figure of trained models")
-    paths = report.grf_figures(fake_results(), tmp_path / "no_data", tmp_path, tmp_path / "no_checkpoints")
-    assert paths == [tmp_path / "grf.png"] and (tmp_path / "grf.png").stat().st_size > 10_000
-    assert latent.read_bytes() == b"figure of trained models"
-    assert "vae-vae-grf.png is left as it is" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------
 # Several seeds, the F1 floor, training curves
 
 
-def _three_seeds_of_known_values() -> pd.DataFrame:
-    """carpet (texture) and bottle (object), CAE and VAE, seeds 0-2, image AUROC known; the
-    VAE's seed 1 on carpet has no value and its bottle row only seed 0."""
-    df = fake_seeds(3, {"carpet": "texture", "bottle": "object"}, ("cae", "vae"))
-    values = {("carpet", "cae"): [0.6, 0.7, 0.8], ("carpet", "vae"): [0.5, np.nan, 0.9],
-              ("bottle", "cae"): [0.2, 0.4, 0.6], ("bottle", "vae"): [0.3, 0.3, 0.3]}
-    for (cat, name), per_seed in values.items():
-        for seed, v in enumerate(per_seed):
-            df.loc[(df["category"] == cat) & (df["model"] == name) & (df["seed"] == seed), "image_auroc"] = v
-    return df[~((df["category"] == "bottle") & (df["model"] == "vae") & (df["seed"] > 0))]
-
-
-def test_aggregate_seeds_means_sds_and_nans():
-    agg = plots.aggregate_seeds(_three_seeds_of_known_values())
-    assert list(zip(agg["category"], agg["model"])) == [("carpet", "cae"), ("carpet", "vae"),
-                                                        ("bottle", "cae"), ("bottle", "vae")]  # textures first
-    assert {"category_type", "label"} <= set(agg.columns)
-    assert agg["n_seeds"].tolist() == [3, 3, 3, 1]
-    assert agg["image_auroc"].tolist() == pytest.approx([0.7, 0.7, 0.4, 0.3])
-    assert agg["image_auroc_sd"].iloc[:3].tolist() == pytest.approx([0.1, np.std([0.5, 0.9], ddof=1), 0.2])
-    assert np.isnan(agg["image_auroc_sd"].iloc[3])  # one seed: no sd
-    assert agg["f1_floor"].isna().all() and "f1_floor_sd" in agg.columns  # a CSV without the column
-
-
-def test_prepare_results_keeps_every_seed_of_the_latest_config():
-    def rows(seed, epochs, finished, auroc):
-        config = {"model": "cae", "train": {"epochs": epochs, "seed": seed}}
-        return fake_results({"carpet": "texture"}, ("cae",)).assign(
-            seed=seed, epochs=epochs, finished_at=finished, image_auroc=auroc, config_json=json.dumps(config))
-
-    old_config = [rows(s, 10, f"2024-01-0{s + 1}", 0.1) for s in range(3)]
-    new_config = [rows(s, 20, f"2025-01-0{s + 1}", 0.5 + 0.1 * s) for s in range(2)]
-    rerun = rows(1, 20, "2025-02-01", 0.9)  # seed 1 of the new config again: the newer row counts
-    d = plots.prepare_results(pd.concat([*old_config, *new_config, rerun]))
-    assert d["seed"].tolist() == [0, 1] and d["epochs"].tolist() == [20, 20]
-    assert d["image_auroc"].tolist() == [0.5, 0.9]
-    assert plots.aggregate_seeds(d)["image_auroc"].item() == pytest.approx(0.7)
-
-
-def test_results_table_is_the_mean_over_seeds_and_can_give_the_sd():
-    df = _three_seeds_of_known_values()
-    mean = plots.results_table(df, "image_auroc")
-    assert mean.loc["carpet", "CAE"] == pytest.approx(0.7) and mean.loc["bottle", "VAE"] == pytest.approx(0.3)
-    assert mean.loc["overall mean", "CAE"] == pytest.approx((0.7 + 0.4) / 2)
-    assert list(mean.index) == ["carpet", "bottle", "texture mean", "object mean", "overall mean"]
-    sd = plots.results_table(df, "image_auroc", stat="sd")
-    assert sd.index.equals(mean.index) and list(sd.columns) == ["CAE", "VAE"]
-    assert sd.loc["carpet", "CAE"] == pytest.approx(0.1) and np.isnan(sd.loc["bottle", "VAE"])
-    # A mean row's sd is the spread over seeds of that seed's mean: CAE's overall means are 0.4, 0.55, 0.7.
-    assert sd.loc["overall mean", "CAE"] == pytest.approx(0.15)
-    assert "sd over seeds" in sd.columns.name
-    with pytest.raises(ValueError, match="stat"):
-        plots.results_table(df, "image_auroc", stat="median")
-
-
 def test_bar_figures_show_each_seed_and_the_sd(tmp_path, monkeypatch):
     df = fake_seeds(3, {"carpet": "texture", "bottle": "object"}, ("cae", "vae_grf"))
-    agg = plots.aggregate_seeds(df)
+    agg = tables.aggregate_seeds(df)
     figures = _capture_figures(monkeypatch)
     plots.f1_score_comparison(df, tmp_path / "f1.png")
     plots.roc_auc_comparison(df, tmp_path / "roc.png")
@@ -519,8 +269,8 @@ def test_make_all_figures_with_and_without_curves(tmp_path, monkeypatch):
     assert [p.name for p in plots.make_all_figures(df, tmp_path / "stale", stale)] == list(plots.FIGURE_NAMES)
 
 
-# Issue 20, item 15: every figure and table survives metrics that are NaN (a category without
-# defective test images has every label-based metric NaN, docs/faults.md), with any number of seeds.
+# Every figure and table survives metrics that are NaN (a category without defective test
+# images has every label-based metric NaN, docs/faults.md), with any number of seeds.
 
 
 def _rows_with_nan_metrics(n_seeds: int, where: str) -> pd.DataFrame:
@@ -529,7 +279,7 @@ def _rows_with_nan_metrics(n_seeds: int, where: str) -> pd.DataFrame:
     df = fake_seeds(n_seeds, {"carpet": "texture", "bottle": "object", "widget": "custom"}, ("cae", "vae"))
     df["f1_floor"] = 0.5
     rows = df["category"] == "bottle" if where == "one category" else df["category"].notna()
-    df.loc[rows, list(plots.AGGREGATED_METRICS)] = np.nan
+    df.loc[rows, list(tables.AGGREGATED_METRICS)] = np.nan
     return df
 
 
@@ -557,8 +307,8 @@ def test_every_figure_and_table_survives_nan_metrics(tmp_path, monkeypatch, n_se
     assert "Best model per category type" in report.summary(df)
 
 
-# Issue 20, item 11: a model whose job failed on the hardest category must not rank above a
-# model that is better on every category both have.
+# A model whose job failed on the hardest category must not rank above a model that is
+# better on every category both have.
 
 
 def _one_model_lacks_the_hardest_category() -> pd.DataFrame:
@@ -573,22 +323,22 @@ def _one_model_lacks_the_hardest_category() -> pd.DataFrame:
 
 def test_means_that_rank_models_cover_the_categories_every_model_has(tmp_path, monkeypatch):
     df = _one_model_lacks_the_hardest_category()
-    table = plots.results_table(df, "image_auroc")
+    table = tables.results_table(df, "image_auroc")
     # Over carpet and grid, the categories both have (was: CAE 0.817 over three, VAE 0.875 over two).
     assert table.loc["overall mean", "CAE"] == pytest.approx(0.925)
     assert table.loc["overall mean", "VAE"] == pytest.approx(0.875)
     assert np.isnan(table.loc["object mean", "CAE"])  # no object category that both models have
-    note = plots.means_note(table)
+    note = tables.means_note(table)
     assert "every model has a value" in note and "screw (no value for VAE)" in note
-    assert plots.means_note(plots.results_table(fake_results(), "image_auroc")) == ""  # nothing left out
+    assert tables.means_note(tables.results_table(fake_results(), "image_auroc")) == ""  # nothing left out
     figures = _capture_figures(monkeypatch)
     plots.roc_auc_heatmap(df, tmp_path / "heatmap.png")
     assert "screw (no value for VAE)" in figures[-1].get_supxlabel()
     plots.metrics_distribution(df, tmp_path / "distribution.png")  # its mean lines (fewer than 4 categories)
     assert "screw (no value for VAE)" in figures[-1].legends[0].get_title().get_text()
-    tables = report.metric_tables(df)
-    assert tables.loc["overall mean", ("Image AUROC", "CAE")] == pytest.approx(0.925)
-    assert "screw (no value for VAE)" in repr(tables) and "screw (no value for VAE)" in tables._repr_html_()
+    shown = report.metric_tables(df)
+    assert shown.loc["overall mean", ("Image AUROC", "CAE")] == pytest.approx(0.925)
+    assert "screw (no value for VAE)" in repr(shown) and "screw (no value for VAE)" in shown._repr_html_()
     text = report.summary(df)
     assert "| all | CAE (0.925)" in text and "| texture | CAE (0.925)" in text
     assert "screw (no value for VAE)" in text
@@ -606,3 +356,16 @@ def test_gallery_of_a_category_without_defects_or_with_flat_maps(tmp_path):
                                 maps=maps, category="no_defects")
     assert out.stat().st_size > 5_000
     assert examples.pick_examples(np.zeros(4, int), ["good"] * 4, n_good=2, n_defect=4) == [0, 3]
+
+
+def test_gallery_panels_follow_the_images_aspect(tmp_path):
+    n, h, w = 2, 16, 40
+    rng = np.random.default_rng(0)
+    arrays = dict(images=rng.random((n, 3, h, w)), masks=rng.random((n, h, w)) > 0.9, row_labels=["good", "cut"],
+                  reconstructions={"cae": rng.random((n, 3, h, w))}, maps={"cae": rng.random((n, h, w))})
+    wide = Image.open(plots.anomaly_gallery(tmp_path / "wide.png", **arrays))
+    crop = {"images": arrays["images"][..., :h], "masks": arrays["masks"][..., :h],  # the same, h x h
+            "reconstructions": {"cae": arrays["reconstructions"]["cae"][..., :h]},
+            "maps": {"cae": arrays["maps"]["cae"][..., :h]}}
+    square = Image.open(plots.anomaly_gallery(tmp_path / "square.png", **{**arrays, **crop}))
+    assert wide.width / wide.height > 1.5 * square.width / square.height

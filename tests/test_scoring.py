@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import models
+from helpers import TINY
 from models import scoring
 
 
@@ -121,3 +123,18 @@ def test_blur_matches_scipy_gaussian_filter():
     ours = scoring.gaussian_blur(x, 4.0)[0, 0].numpy()
     ref = gaussian_filter(x[0, 0].numpy(), 4.0, mode="reflect", truncate=3.0)  # scipy's reflect = symmetric
     assert abs(ours - ref).max() < 1e-5
+
+
+def test_maps_are_float32_under_autocast():
+    torch.manual_seed(0)
+    m = models.build_model("cae", image_size=32, **TINY["cae"]).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = m.anomaly_map(x)
+        scores = m.anomaly_score(x)
+        x_hat = m.reconstruct(x)
+        assert x_hat.dtype == torch.bfloat16  # the network itself did run in bf16
+        blurred = scoring.anomaly_map(x, x_hat, score_sigma=4.0)
+    assert maps.dtype == scores.dtype == blurred.dtype == torch.float32
+    assert torch.equal(blurred, scoring.anomaly_map(x, x_hat, score_sigma=4.0))  # as if autocast were off
+    assert maps.unique().numel() > 1000  # not a few hundred bf16 levels

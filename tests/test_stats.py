@@ -91,11 +91,24 @@ def test_list_of_different_sizes():
     flat_masks = np.concatenate([m.ravel() for m in masks])[None]  # one "image" of all pixels pooled
     flat_maps = np.concatenate([a.ravel() for a in maps])[None]
     assert abs(stats.auroc_from_histograms(pos, neg) - pixel_auroc(flat_masks, flat_maps)) < 1e-3
-    run = stats.RunScores.from_maps([1, 0, 1, 0], [a.max() for a in maps], masks, maps)
-    assert run.pixel_auroc() == stats.auroc_from_histograms(pos, neg)
+    score_set = stats.ScoreSet.from_maps([1, 0, 1, 0], [a.max() for a in maps], masks, maps)
+    assert score_set.pixel_auroc() == stats.auroc_from_histograms(pos, neg)
 
 
 # --- weighted AUROCs ----------------------------------------------------------------------------
+
+
+def weighted_image_auroc(labels, scores, weights) -> np.ndarray:
+    """Image AUROC per row of weights (B, N) (per-image resampling counts), (B,): the bootstrap's
+    quadratic form of one score set (``stats.weighted_aurocs`` of ``stats.image_auroc_form``)."""
+    return stats.weighted_aurocs([stats.image_auroc_form(labels, scores)], weights)[:, 0]
+
+
+def weighted_pixel_auroc(pos_counts, neg_counts, weights) -> np.ndarray:
+    """Pooled pixel AUROC per row of weights (B, N), (B,), from the per-image histograms
+    (``stats.weighted_aurocs`` of ``stats.pixel_auroc_form``)."""
+    return stats.weighted_aurocs([stats.pixel_auroc_form(pos_counts, neg_counts)], weights)[:, 0]
+
 
 
 def test_weighted_image_auroc_equals_sklearn_on_repeated_sample():
@@ -104,10 +117,10 @@ def test_weighted_image_auroc_equals_sklearn_on_repeated_sample():
     scores = np.round(rng.normal(size=50) + labels, 1)  # rounded: ties within and across classes
     weights = rng.integers(0, 4, size=(25, 50))
     weights[:, 0] = weights[:, -1] = 1  # both classes present in every row
-    got = stats.weighted_image_auroc(labels, scores, weights)
+    got = weighted_image_auroc(labels, scores, weights)
     expected = [roc_auc_score(np.repeat(labels, w), np.repeat(scores, w)) for w in weights]
     np.testing.assert_allclose(got, expected, atol=1e-12)
-    assert stats.RunScores(labels, scores).image_auroc() == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert stats.ScoreSet(labels, scores).image_auroc() == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 
 
 def test_weighted_pixel_auroc_equals_repeated_images():
@@ -117,7 +130,7 @@ def test_weighted_pixel_auroc_equals_repeated_images():
     rng = np.random.default_rng(8)
     weights = rng.integers(0, 3, size=(12, 10))
     weights[:, 0] = 1  # a defective image in every row
-    got = stats.weighted_pixel_auroc(pos, neg, weights)
+    got = weighted_pixel_auroc(pos, neg, weights)
     for w, auc in zip(weights, got):
         assert auc == pytest.approx(stats.auroc_from_histograms(w @ pos, w @ neg), abs=1e-12)
         assert auc == pytest.approx(pixel_auroc(np.repeat(masks, w, axis=0), np.repeat(maps, w, axis=0)), abs=1e-12)
@@ -146,7 +159,7 @@ def simulate(rng, shift_a, shift_b, seed_sd=0.1, shared=0.5, with_pixels=False):
     for category in CATEGORIES:
         image_effect = rng.normal(scale=math.sqrt(shared), size=labels.size)
         for seed in SEEDS:
-            for runs, shift in zip(models, (shift_a, shift_b)):
+            for score_sets, shift in zip(models, (shift_a, shift_b)):
                 own = rng.normal(scale=math.sqrt(1 - shared), size=labels.size)
                 scores = (shift + rng.normal(scale=seed_sd)) * labels + image_effect + own
                 pos = neg = None
@@ -156,7 +169,7 @@ def simulate(rng, shift_a, shift_b, seed_sd=0.1, shared=0.5, with_pixels=False):
                     pixel_masks[labels == 1, 0, :2] = 1
                     edges = stats.histogram_edges(pixel_scores, n_bins=64)
                     pos, neg = stats.pixel_histograms(pixel_masks, pixel_scores, edges)
-                runs[category, seed] = stats.RunScores(labels, scores, pos, neg)
+                score_sets[category, seed] = stats.ScoreSet(labels, scores, pos, neg)
     return models
 
 
@@ -182,7 +195,7 @@ def test_interval_covers_true_difference():
 
 def test_identical_models_no_difference():
     a, _ = simulate(np.random.default_rng(10), 1.0, 1.0, with_pixels=True)
-    b = {key: stats.RunScores(r.labels, r.scores.copy(), r.pixel_pos, r.pixel_neg) for key, r in a.items()}
+    b = {key: stats.ScoreSet(r.labels, r.scores.copy(), r.pixel_pos, r.pixel_neg) for key, r in a.items()}
     for metric in stats.METRICS:
         result = stats.paired_bootstrap(a, b, metric, n_boot=200)
         assert result.estimate == 0 and result.low <= 0 <= result.high
@@ -196,10 +209,10 @@ def test_clearly_better_model_and_table():
     assert stats.paired_bootstrap(worse, better, "image_auroc", n_boot=300).verdict == "B > A"
 
     _, similar = simulate(np.random.default_rng(12), 2.0, 2.0, with_pixels=True)
-    runs = {}
-    for model, model_runs in (("good", better), ("bad", worse), ("also_good", similar)):
-        runs.update({(model, category, seed): r for (category, seed), r in model_runs.items()})
-    table = stats.pairwise_verdicts(runs, ["good", "bad", "also_good"], n_boot=300)
+    score_sets = {}
+    for model, model_score_sets in (("good", better), ("bad", worse), ("also_good", similar)):
+        score_sets.update({(model, category, seed): s for (category, seed), s in model_score_sets.items()})
+    table = stats.pairwise_verdicts(score_sets, ["good", "bad", "also_good"], n_boot=300)
     assert list(table.columns) == [
         "model_a", "model_b", "metric", "estimate", "low", "high", "n_categories", "n_seeds", "verdict"
     ]
@@ -209,7 +222,7 @@ def test_clearly_better_model_and_table():
     assert verdicts["good", "bad", "pixel_auroc"] == "good better"
     assert verdicts["bad", "also_good", "image_auroc"] == "also_good better"
     assert (table["estimate"] > table["low"]).all() and (table["estimate"] < table["high"]).all()
-    assert table.equals(stats.pairwise_verdicts(runs, ["good", "bad", "also_good"], n_boot=300))  # deterministic
+    assert table.equals(stats.pairwise_verdicts(score_sets, ["good", "bad", "also_good"], n_boot=300))  # deterministic
     # the table and paired_bootstrap draw the same replicates
     single = stats.paired_bootstrap(better, worse, "pixel_auroc", n_boot=300)
     row = table[(table.model_a == "good") & (table.model_b == "bad") & (table.metric == "pixel_auroc")].iloc[0]
@@ -218,7 +231,7 @@ def test_clearly_better_model_and_table():
 
 def test_categories_without_pixels_or_seeds_are_left_out():
     a, b = simulate(np.random.default_rng(13), 1.5, 1.0, with_pixels=True)
-    a["c", 0] = stats.RunScores(a["c", 0].labels, a["c", 0].scores)  # no histograms for one run
+    a["c", 0] = stats.ScoreSet(a["c", 0].labels, a["c", 0].scores)  # no histograms for one score set
     del b["b", 2]  # category b: seeds 0, 1 only, so the seed lists differ
     image = stats.paired_bootstrap(a, b, "image_auroc", n_boot=200)
     pixel = stats.paired_bootstrap(a, b, "pixel_auroc", n_boot=200)
@@ -231,7 +244,7 @@ def test_mismatched_labels_raise():
     a, b = simulate(np.random.default_rng(14), 1.0, 1.0)
     labels = b["b", 1].labels.copy()
     labels[0] = 1
-    b["b", 1] = stats.RunScores(labels, b["b", 1].scores)
+    b["b", 1] = stats.ScoreSet(labels, b["b", 1].scores)
     with pytest.raises(ValueError, match="'b'"):
         stats.paired_bootstrap(a, b, "image_auroc", n_boot=50)
     with pytest.raises(ValueError, match="unknown metric"):

@@ -1,5 +1,5 @@
 """The Ray executor: the same rows as the local loop, a killed worker retried, reruns send
-nothing, an unreachable cluster is exit 2 (a real local Ray with 2 CPUs)."""
+nothing, an unreachable cluster is exit 2 (a real local Ray with 2 CPUs: every test is slow)."""
 import os
 import signal
 import sys
@@ -8,16 +8,15 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from test_experiment import grid  # noqa: E402
-from test_faults import other_runs_files  # noqa: E402
-
 import pipeline.executor_ray  # noqa: E402
 import pipeline.grid  # noqa: E402
 import pipeline.job  # noqa: E402
-from helpers import make_tiny_mvtec  # noqa: E402
+from helpers import make_tiny_mvtec, other_runs_files, tiny_grid  # noqa: E402
 from pipeline.__main__ import main  # noqa: E402
 from pipeline.evaluate import METRIC_NAMES  # noqa: E402
 from pipeline.results import read_results  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 # On a loaded 2-core machine Ray's agents can take over a minute to start: wait for them rather than
 # fail the setup (set before any ray.init, here or in a subprocess, reads them).
@@ -40,8 +39,8 @@ def runs(cluster, tmp_path_factory):
     """One grid of the four tiny models, run locally and on Ray."""
     tmp = tmp_path_factory.mktemp("ray")
     root = make_tiny_mvtec(tmp / "data", categories=("widget",))
-    local = grid(root, tmp / "local.csv", tmp / "local")
-    remote = grid(root, tmp / "ray.csv", tmp / "ray", executor="ray")
+    local = tiny_grid(root, tmp / "local.csv", tmp / "local")
+    remote = tiny_grid(root, tmp / "ray.csv", tmp / "ray", executor="ray")
     return root, tmp, local, remote
 
 
@@ -65,44 +64,44 @@ def test_ray_rows_equal_the_local_rows(runs):
 def test_rerun_sends_nothing(runs, monkeypatch):
     root, tmp, _, _ = runs
     before = (tmp / "ray.csv").read_bytes()
-    monkeypatch.setattr(pipeline.executor_ray, "run_jobs_on_ray", lambda *a, **k: pytest.fail("sent a job"))
-    df = grid(root, tmp / "ray.csv", tmp / "ray", executor="ray")
+    monkeypatch.setattr(pipeline.executor_ray, "connect", lambda *a, **k: pytest.fail("started Ray for a rerun"))
+    df = tiny_grid(root, tmp / "ray.csv", tmp / "ray", executor="ray")
     assert df.attrs["ran"] == 0 and len(df) == 4
     assert (tmp / "ray.csv").read_bytes() == before
 
 
 def kill_once(marker):
-    """A job that SIGKILLs its worker the first time it runs (``marker`` remembers it did)."""
-    def job(spec, data, *, kind=None):
+    """A task body that SIGKILLs its worker the first time it runs (``marker`` remembers it did)."""
+    def task(spec, data, cpus):
         if spec.model == "cae" and not os.path.exists(marker):
             open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
-        return pipeline.job.compute_job(spec, data, kind=kind)
-    return job
+        return pipeline.job.compute_job(spec, data)
+    return task
 
 
 def test_a_killed_worker_is_retried_and_every_row_written(cluster, tmp_path, monkeypatch):
     root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
     marker = tmp_path / "killed"
-    monkeypatch.setattr(pipeline.executor_ray, "compute_job", kill_once(str(marker)))
-    df = grid(root, tmp_path / "r.csv", tmp_path, models=["cae", "vae"], executor="ray")
+    monkeypatch.setattr(pipeline.executor_ray, "run_task", kill_once(str(marker)))
+    df = tiny_grid(root, tmp_path / "r.csv", tmp_path, models=["cae", "vae"], executor="ray")
     assert marker.exists()  # the worker was killed once ...
     assert not df.attrs["failures"] and sorted(read_results(tmp_path / "r.csv")["model"]) == ["cae", "vae"]
 
 
 def test_a_failing_job_is_reported_and_the_others_go_on(cluster, tmp_path, monkeypatch):
     root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
-    monkeypatch.setattr(pipeline.executor_ray, "compute_job", fail_vae)
-    df = grid(root, tmp_path / "r.csv", tmp_path, models=["cae", "vae"], executor="ray")
+    monkeypatch.setattr(pipeline.executor_ray, "run_task", fail_vae)
+    df = tiny_grid(root, tmp_path / "r.csv", tmp_path, models=["cae", "vae"], executor="ray")
     assert [(f["model"], f["error"]) for f in df.attrs["failures"]] == [("vae", "vae is broken; fix it.")]
     assert list(read_results(tmp_path / "r.csv")["model"]) == ["cae"]
 
 
-def fail_vae(spec, data, *, kind=None):
+def fail_vae(spec, data, cpus):
     if spec.model == "vae":
         from models.errors import ConfigError
         raise ConfigError("vae is broken; fix it.")
-    return pipeline.job.compute_job(spec, data, kind=kind)
+    return pipeline.job.compute_job(spec, data)
 
 
 def test_unreachable_address_is_exit_2_before_any_data(tmp_path, monkeypatch, capsys):
@@ -123,17 +122,16 @@ def test_local_executor_does_not_import_ray():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
 
 
-
-def kill_always(spec, data, *, kind=None):
+def kill_always(spec, data, cpus):
     if spec.model == "cae":
         os.kill(os.getpid(), signal.SIGKILL)
-    return pipeline.job.compute_job(spec, data, kind=kind)
+    return pipeline.job.compute_job(spec, data)
 
 
 def test_a_job_whose_worker_dies_twice_fails_and_the_others_go_on(cluster, tmp_path, monkeypatch):
     root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
-    monkeypatch.setattr(pipeline.executor_ray, "compute_job", kill_always)
-    df = grid(root, tmp_path / "r.csv", tmp_path, models=["cae", "vae"], executor="ray")
+    monkeypatch.setattr(pipeline.executor_ray, "run_task", kill_always)
+    df = tiny_grid(root, tmp_path / "r.csv", tmp_path, models=["cae", "vae"], executor="ray")
     assert [f["model"] for f in df.attrs["failures"]] == ["cae"]
     assert "WorkerCrashedError" in df.attrs["failures"][0]["error"]
     assert list(read_results(tmp_path / "r.csv")["model"]) == ["vae"]
@@ -169,19 +167,22 @@ def test_a_job_larger_than_the_cluster_is_exit_2(cluster, tmp_path, capsys, flag
 
 
 def test_a_row_another_run_wrote_meanwhile_keeps_that_runs_files(cluster, tmp_path, monkeypatch):
-    """test_faults.py's case on Ray: another run writes the job's row (and its files) while the
+    """test_grid_files.py's case on Ray: another run writes the job's row (and its files) while the
     task runs; the driver keeps that row and writes none of its own files over theirs."""
     root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
     csv, theirs = tmp_path / "r.csv", {}
     real = pipeline.executor_ray.run_jobs_on_ray
 
-    def other_run_first(specs, load, *, on_output, **kw):
+    def other_run_first(tasks, load, events, options):
+        real_output = events.output
+
         def after_theirs(spec, data, output):  # the task is done, the driver has not written yet
             theirs.update(other_runs_files(spec, csv, tmp_path / "ck"))
-            on_output(spec, data, output)
-        real(specs, load, on_output=after_theirs, **kw)
+            real_output(spec, data, output)
+        events.output = after_theirs
+        real(tasks, load, events, options)
 
     monkeypatch.setattr(pipeline.executor_ray, "run_jobs_on_ray", other_run_first)
-    df = grid(root, csv, tmp_path, models=["cae"], executor="ray")
+    df = tiny_grid(root, csv, tmp_path, models=["cae"], executor="ray")
     assert not df.attrs["failures"] and read_results(csv)["finished_at"].tolist() == ["theirs"]
     assert len(theirs) == 3 and {path: path.read_bytes() for path in theirs} == theirs
