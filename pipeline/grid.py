@@ -176,6 +176,7 @@ class Plan:
     """What a run does: its jobs, the rows already in its CSV, and the tasks to run."""
 
     csv: Path
+    runs_dir: Path  # the CSV's side-file folder (runs.runs_dir)
     table: pd.DataFrame  # the rows already in the CSV, read once
     specs: list[JobSpec]
     tasks: list[Task]  # the jobs whose row the CSV lacks (all with --force), in grid order
@@ -199,7 +200,7 @@ def plan_jobs(specs: list[JobSpec], settings: Settings) -> Plan:
         checkpoint = None if settings.checkpoint_dir is None else spec.checkpoint_path(settings.checkpoint_dir)
         reusable = not settings.force and (spec.model, spec.train_hash()) in trained
         tasks.append(Task(spec, checkpoint if reusable and checkpoint.is_file() else None))
-    return Plan(csv=csv, table=table, specs=specs, tasks=tasks)
+    return Plan(csv=csv, runs_dir=runs.runs_dir(csv), table=table, specs=specs, tasks=tasks)
 
 
 def prepare(plan: Plan, settings: Settings) -> None:
@@ -215,8 +216,7 @@ def prepare(plan: Plan, settings: Settings) -> None:
                  + (f", {n_eval} to evaluate from their checkpoints" if n_eval else "") + ".")
     if not todo:
         return
-    runs_folder = runs.runs_dir(plan.csv)
-    manifests = {s.category: runs.manifest_path(runs_folder, dataset=s.dataset, category=s.category,
+    manifests = {s.category: runs.manifest_path(plan.runs_dir, dataset=s.dataset, category=s.category,
                                                 fingerprint=s.data_fingerprint) for s in todo}
     check_writable(plan.csv)
     for path in manifests.values():
@@ -229,7 +229,7 @@ def prepare(plan: Plan, settings: Settings) -> None:
         make_folder(settings.cache_dir, what="image cache folder", fix="pass another --cache-dir, or none",
                     error=ConfigError)
     if not settings.force:
-        explain_reruns(plan.table, todo, runs_folder, settings.log)
+        explain_reruns(plan.table, todo, plan.runs_dir, settings.log)
     for spec in {s.category: s for s in todo}.values():
         if not manifests[spec.category].is_file():
             runs.save_manifest(manifests[spec.category], data_fingerprint(spec.data_root, spec.category).files)
@@ -278,7 +278,7 @@ class Recorder:
 
         def write_files() -> None:
             errors.extend(write_output(spec, data, output, checkpoint_dir=self.settings.checkpoint_dir,
-                                       runs_dir=runs.runs_dir(self.plan.csv)))
+                                       runs_dir=self.plan.runs_dir))
 
         at, row = self.label(spec), output.row
         kept = append_row(self.plan.csv, row, replace=self.settings.force, write_files=write_files)

@@ -146,6 +146,15 @@ def spawn_pipeline(args, *, env=None, code=None, epoch_sleep: float = 0) -> subp
                             preexec_fn=_default_signals)
 
 
+def wait_for_line(proc: subprocess.Popen, prefix: str, what: str) -> None:
+    """Read ``proc``'s stdout up to a line starting with ``prefix`` (e.g. a job announcing
+    itself); fail the test, with the process's stderr, if it ends first (``what`` never happened)."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return
+    pytest.fail(f"{what}: {proc.stderr.read()}")
+
+
 def _default_signals():
     """Give the child the default SIGINT, SIGTERM and SIGHUP dispositions. A test run started in
     the background of a non-interactive shell (CI, nohup) inherits SIGINT (and under nohup SIGHUP)

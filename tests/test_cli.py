@@ -20,7 +20,16 @@ import pipeline.executor_local
 import pipeline.grid
 import pipeline.plots
 import pipeline.results
-from helpers import TINY_CAE_SET, cae_run_args, fake_row, one_error_line, refused, run_args, spawn_pipeline
+from helpers import (
+    TINY_CAE_SET,
+    cae_run_args,
+    fake_row,
+    one_error_line,
+    refused,
+    run_args,
+    spawn_pipeline,
+    wait_for_line,
+)
 from pipeline.__main__ import main
 from pipeline.results import append_row, read_results
 
@@ -206,11 +215,7 @@ def test_a_signal_in_a_real_run_ends_it_with_one_line_and_keeps_finished_rows(ro
     before = csv.read_bytes()
     proc = spawn_pipeline(run_args(root, csv, tmp_path, "--models", "cae"), epoch_sleep=2)
     try:
-        for line in proc.stdout:
-            if line.startswith("[1/1] cae on widget"):
-                break
-        else:
-            pytest.fail(f"the job never started: {proc.stderr.read()}")
+        wait_for_line(proc, "[1/1] cae on widget", "the job never started")
         proc.send_signal(sig)  # while the job trains (it sleeps 2 s after its epoch)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -228,11 +233,7 @@ def test_sigkill_during_second_job_keeps_first_row_and_resumes(root, tmp_path):
     # right after it announces itself.
     proc = spawn_pipeline(args, epoch_sleep=3)
     try:
-        for line in proc.stdout:
-            if line.startswith("[2/2] vae on widget"):
-                break
-        else:
-            pytest.fail(f"job 2 never started: {proc.stderr.read()}")
+        wait_for_line(proc, "[2/2] vae on widget", "job 2 never started")
         assert len(pd.read_csv(csv)) == 1  # the first row is written the moment job 1 ends
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
