@@ -8,13 +8,15 @@ that file and prints, for each metric, a table of category x model with one "mea
 cell per label (seeds pooled), then the mean over categories, so settings run one after
 another (e.g. square vs kept aspect) can be read side by side. Only rows of the default
 scoring rule are used unless --rule names another (as accuracy.py prints it, e.g.
-"l2|sigma4|top0.01").
+"l2|sigma4|top0.01"). Rows of a run without ``--label`` are labelled ``NO_LABEL``.
 """
 from __future__ import annotations
 
 import argparse
 
 import pandas as pd
+
+NO_LABEL = "(no label)"  # the label of rows bench/accuracy.py wrote without --label (an empty cell)
 
 
 def cell(values: pd.Series) -> str:
@@ -24,11 +26,13 @@ def cell(values: pd.Series) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scores-csv", default="/tmp/accuracy_scores.csv", help="bench/accuracy.py's --out-csv")
-    p.add_argument("--labels", nargs="+", help="labels to compare, in this order (default: all, as first seen)")
+    p.add_argument("--labels", nargs="+", help=f"labels to compare, in this order (default: all, as first seen; "
+                                                f"{NO_LABEL!r} for rows written without --label)")
     p.add_argument("--metrics", nargs="+", default=["image_auroc", "pixel_auroc", "aupro"])
     p.add_argument("--rule", help="scoring rule (default: the default rule, marked '*' by accuracy.py)")
     a = p.parse_args(argv)
-    df = pd.read_csv(a.scores_csv, dtype={"image_size": str, "eval_size": str})
+    df = pd.read_csv(a.scores_csv, dtype={"image_size": str, "eval_size": str, "label": str})
+    df["label"] = df["label"].fillna(NO_LABEL)  # an empty label reads back as NaN, which no column can be named
     df = df[df["rule"] == a.rule] if a.rule else df[df["rule"].str.endswith(" *")]
     labels = a.labels or list(dict.fromkeys(df["label"]))
     df = df[df["label"].isin(labels)]

@@ -2,7 +2,9 @@
 
 A model subclasses ``AnomalyModel`` and implements two methods:
 
-- ``loss(x)``: dict with ``"loss"`` (the scalar to minimise) and its named terms;
+- ``loss(x, target=None)``: dict with ``"loss"`` (the scalar to minimise) and its named terms;
+  the reconstruction of ``x`` is compared with ``target`` (None = ``x``: plain reconstruction;
+  repair training passes the clean image while ``x`` carries synthetic defects);
 - ``reconstruct(x)``: the deterministic reconstruction used at test time (a VAE decodes
   the posterior mean, never a sample).
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import numbers
 from dataclasses import dataclass
 from typing import ClassVar
@@ -105,6 +108,21 @@ def eval_mode(*modules: nn.Module):
             m.train(mode)
 
 
+def accepts_target(model_cls) -> bool:
+    """Whether ``model_cls.loss`` (a class or a model) takes ``target``: repair training needs it,
+    a model written with ``loss(x)`` alone still trains without repair."""
+    params = inspect.signature(model_cls.loss).parameters
+    return "target" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def loss_target(x: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """What a loss compares the reconstruction of ``x`` with: ``target``, or ``x`` itself when None."""
+    if target is None:
+        return x
+    assert target.shape == x.shape, f"target {tuple(target.shape)} and input {tuple(x.shape)} differ in shape"
+    return target
+
+
 class AnomalyModel(nn.Module):
     """Base of the four models: a reconstruction model scored by its residual."""
 
@@ -122,7 +140,8 @@ class AnomalyModel(nn.Module):
         config.validate()
         self.config = config
 
-    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The training loss of ``x``'s reconstruction against ``target`` (``loss_target``: None = x)."""
         raise NotImplementedError
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import AnomalyModel, ModelConfig
+from .base import AnomalyModel, ModelConfig, loss_target
 from .errors import ConfigError
 from .layers import ConvDecoder, ConvEncoder, MapToVector, VectorToMap, check_conv_size
 
@@ -67,6 +67,7 @@ class CAE(AnomalyModel):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
-    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        recon = F.mse_loss(self.reconstruct(x).float(), x.float())  # mean over B, C, H, W
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        target = loss_target(x, target)  # the clean image in repair training, else x
+        recon = F.mse_loss(self.reconstruct(x).float(), target.float())  # mean over B, C, H, W
         return {"loss": recon, "recon": recon.detach()}

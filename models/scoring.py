@@ -7,6 +7,16 @@ per-pixel dissimilarity between x and x_hat:
 - ``"ssim"``: (1 - SSIM(x, x_hat)) / 2 per pixel, SSIM with an 11-px Gaussian window
   (sigma 1.5), as in Bergmann et al., "Improving Unsupervised Defect Segmentation by
   Applying Structural Similarity to Autoencoders", VISAPP 2019;
+- ``"msgms"``: 1 - the multi-scale gradient-magnitude similarity (``msgms_map``), the map of
+  RIAD (Zavrtanik et al., "Reconstruction by inpainting for visual anomaly detection",
+  Pattern Recognition 2021) and DRAEM (ICCV 2021): it compares the local structure (edges,
+  texture) of x and x_hat at 1, 1/2, 1/4 and 1/8 scale, so a uniform change of brightness
+  leaves it at 0 and a lost or added edge raises it, however faint in intensity;
+- ``"l2msgms"``: the geometric mean sqrt(l2 * msgms) per pixel: high only where intensity and
+  structure both differ. Of the ways to combine two maps of unrelated units it is the one
+  that needs no scale: scaling either map by a constant scales the result by a constant
+  and changes no ranking, so no normaliser is fitted, and the maps of all images stay on
+  one scale (a per-image normalisation would make every normal image's map peak at 1);
 
 optionally smoothed by a Gaussian of ``score_sigma`` px (0 = off), which suppresses
 single-pixel reconstruction noise that is not a defect. The image score reduces the map:
@@ -16,7 +26,7 @@ single-pixel reconstruction noise that is not a defect. The image score reduces 
 A ``ScoreConfig`` names one such rule. It is an evaluation setting, not a model setting:
 the same trained weights are scored under any rule (docs/design.md, "The cache key"), so
 re-scoring never retrains. Maps are computed in float32 even under autocast: the residual
-of a bf16 reconstruction is upcast first, and the blur runs with autocast off (a bf16 map
+of a bf16 reconstruction is upcast first, and the filters run with autocast off (a bf16 map
 would hold a few hundred distinct values, ties that bend AUROC and AU-PRO).
 """
 from __future__ import annotations
@@ -31,7 +41,11 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 
-SCORE_MAPS = ("l2", "ssim")
+SCORE_MAPS = ("l2", "ssim", "msgms", "l2msgms")
+MSGMS_SCALES = 4  # 1, 1/2, 1/4, 1/8 of the input, as RIAD and DRAEM
+# The GMS stabiliser of Xue et al., "Gradient Magnitude Similarity Deviation", IEEE TIP 2014:
+# T = 170 for [0, 255] images with Prewitt filters / 3, i.e. 170 / 255^2 = 0.0026 for [0, 1].
+GMS_C = 0.0026
 SCORE_REDUCTIONS = ("mean", "max", "topk")
 
 
@@ -39,7 +53,9 @@ SCORE_REDUCTIONS = ("mean", "max", "topk")
 class ScoreConfig:
     """How a reconstruction becomes an anomaly map and an image score."""
 
-    score_map: str = "l2"  # "l2" (mean_c squared residual) or "ssim" (1 - SSIM) / 2
+    # "l2" (mean_c squared residual), "ssim" (1 - SSIM) / 2, "msgms" (1 - multi-scale gradient-magnitude
+    # similarity) or "l2msgms" (sqrt(l2 * msgms))
+    score_map: str = "l2"
     score_sigma: float = 4.0  # Gaussian smoothing of the map in px; 0 = raw map
     # Image score = mean of the top 1 % of the smoothed l2 map: a defect is local, and the mean
     # over all pixels dilutes it (+0.07-0.13 image AUROC on the demo for all three CNN models,
@@ -124,16 +140,49 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, sigma: float = 1.5) -> torch.Tens
     return s.mean(dim=1)
 
 
+def gradient_magnitude(gray: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, 1, H, W) gradient magnitude with the 3 x 3 Prewitt filters (each / 3),
+    edges replicated: the border is not an edge against a zero frame."""
+    prewitt = torch.tensor([[1.0, 0.0, -1.0]] * 3, device=gray.device, dtype=gray.dtype) / 3.0
+    kernels = torch.stack([prewitt, prewitt.t()]).unsqueeze(1)  # (2, 1, 3, 3): d/dx, d/dy
+    g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernels)  # (B, 2, H, W)
+    return (g[:, :1].square() + g[:, 1:].square()).sqrt()  # not torch.hypot: ONNX has no operator for it
+
+
+def msgms_map(x: torch.Tensor, y: torch.Tensor, scales: int = MSGMS_SCALES) -> torch.Tensor:
+    """1 - multi-scale gradient-magnitude similarity of two (B, C, H, W) images in [0, 1] -> (B, H, W).
+
+    Channels are averaged to gray; at each scale (1, 1/2, ... 1/2^(scales-1), by 2 x 2
+    average pooling) GMS = (2 g_x g_y + c) / (g_x^2 + g_y^2 + c) per pixel (g the gradient
+    magnitude, c = ``GMS_C``), and 1 - GMS is upsampled bilinearly to H x W; the map is
+    the mean over scales, in [0, 1], 0 where the two agree.
+    """
+    height, width = x.shape[-2:]
+    gx, gy = x.mean(dim=1, keepdim=True), y.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    total = torch.zeros_like(gx)
+    for scale in range(scales):
+        if scale > 0:  # ceil_mode: an odd or 1-px side still pools (a partial window is its own mean)
+            gx, gy = F.avg_pool2d(gx, 2, ceil_mode=True), F.avg_pool2d(gy, 2, ceil_mode=True)
+        mx, my = gradient_magnitude(gx), gradient_magnitude(gy)
+        gms = (2 * mx * my + GMS_C) / (mx * mx + my * my + GMS_C)  # (B, 1, h, w), in (0, 1]
+        total += F.interpolate(1.0 - gms, size=(height, width), mode="bilinear", align_corners=False)
+    return (total / scales).squeeze(1).clamp_min(0.0)  # (B, H, W); clamp: rounding where gms = 1
+
+
 def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor, *, score_map: str = "l2",
                 score_sigma: float = 0.0) -> torch.Tensor:
     """(B, C, H, W) image and reconstruction -> (B, H, W) map, >= 0, larger = more anomalous."""
     assert x.shape == x_hat.shape, f"image {tuple(x.shape)} and reconstruction {tuple(x_hat.shape)} differ"
     x, x_hat = x.float(), x_hat.float()
-    with torch.autocast(x.device.type, enabled=False):  # float32 maps: the blur's conv2d would run in bf16
+    with torch.autocast(x.device.type, enabled=False):  # float32 maps: the filters' conv2d would run in bf16
         if score_map == "l2":
             m = (x - x_hat).pow(2).mean(dim=1)
         elif score_map == "ssim":
             m = ((1.0 - ssim_map(x, x_hat)) / 2.0).clamp_min(0.0)
+        elif score_map == "msgms":
+            m = msgms_map(x, x_hat)
+        elif score_map == "l2msgms":
+            m = ((x - x_hat).pow(2).mean(dim=1) * msgms_map(x, x_hat)).sqrt()
         else:
             raise ValueError(f"unknown score_map {score_map!r}; valid: {', '.join(SCORE_MAPS)}")
         if score_sigma > 0:

@@ -104,8 +104,8 @@ class VAEGRF(VariationalModel):
     def kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         return self.prior.kl(mu, logvar)  # (B,), summed over channels and sites
 
-    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = super().loss(x)
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = super().loss(x, target)
         if self.config.learn_rho:
             out["rho"] = self.prior.rho.detach()
         return out

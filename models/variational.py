@@ -5,22 +5,24 @@ KL against their prior). Everything else lives here so the three are trained and
 identically and stay comparable (Kingma & Welling, "Auto-Encoding Variational Bayes",
 ICLR 2014)::
 
-    recon = sum_{c,h,w} (x - x_hat)^2        per image, averaged over the batch
+    recon = sum_{c,h,w} (t - x_hat)^2        per image, averaged over the batch
     kl    = KL(q(z|x) || p(z))               summed over all latent values, batch mean
     loss  = recon + beta * kl
 
-Both terms are SUMS per image, so their balance does not move with image or latent size.
-Multiplying by 1 / (2 s^2) shows this is the negative ELBO (up to constants) of a Gaussian
-decoder N(x_hat, s^2 I) with fixed pixel variance s^2 = beta / 2: beta is the pixel noise
-the model may leave unexplained (see vae.py for how the default was measured). Training
-uses z = mu + sigma * eps; reconstruct() and the eval-mode loss use z = mu, so maps and
-validation losses are deterministic.
+with x_hat decoded from z ~ q(z|x) and t the target: x itself, or in repair training the clean
+image of which x is a corrupted copy (the likelihood is of the clean image given the corrupted
+one; the KL is q(z|x)'s, unchanged). Both terms are SUMS per image, so their balance does not
+move with image or latent size. Multiplying by 1 / (2 s^2) shows this is the negative ELBO (up
+to constants) of a Gaussian decoder N(x_hat, s^2 I) with fixed pixel variance s^2 = beta / 2:
+beta is the pixel noise the model may leave unexplained (see vae.py for how the default was
+measured). Training uses z = mu + sigma * eps; reconstruct() and the eval-mode loss use z = mu,
+so maps and validation losses are deterministic.
 """
 from __future__ import annotations
 
 import torch
 
-from .base import AnomalyModel
+from .base import AnomalyModel, loss_target
 
 LOGVAR_LIMIT = 10.0  # |log sigma^2| <= 10: sigma in [0.0067, 148]
 
@@ -58,12 +60,13 @@ class VariationalModel(AnomalyModel):
         mu, _ = self.encode(x)
         return self.decode(mu)
 
-    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Negative ELBO (module docstring); eval mode uses z = mu."""
+    def loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Negative ELBO (module docstring) of ``target`` (None = x) given ``x``; eval mode uses z = mu."""
+        target = loss_target(x, target)
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
         x_hat = self.decode(z)
-        recon = (x_hat.float() - x.float()).pow(2).flatten(1).sum(dim=1).mean()  # summed per image
+        recon = (x_hat.float() - target.float()).pow(2).flatten(1).sum(dim=1).mean()  # summed per image
         kl = self.kl(mu, logvar).mean()
         loss = recon + self.config.beta * kl
         return {"loss": loss, "recon": recon.detach(), "kl": kl.detach()}

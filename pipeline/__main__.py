@@ -1,4 +1,5 @@
-"""Command line: ``python -m pipeline run | plots | demo-data`` (the notebook calls the same functions).
+"""Command line: ``python -m pipeline run | plots | demo-data | real-data | predict | export`` (the notebook calls the
+same functions).
 
 Exit status: 0 success; 1 some jobs failed (the others' rows are written); 2 a bad
 argument, dataset or file (one sentence on stderr, no traceback); 130 interrupted (every
@@ -19,16 +20,17 @@ import pandas as pd
 
 from models import DEFAULT_IMAGE_SIZE, MODEL_NAMES
 from models.errors import ConfigError, UserError
-from models.scoring import ScoreConfig
+from models.scoring import SCORE_MAPS, ScoreConfig
 
-from . import demo_data, plots, runs
+from . import demo_data, export, plots, predict, real_data, runs
 from .checkpoints import DEFAULT_CHECKPOINT_DIR
+from .defects import DEFECT_KINDS
 from .demo_data import make_synthetic_dataset
 from .evaluate import DEFAULT_EVAL_SIZE, EvalConfig, parse_eval_size
 from .grid import EXECUTORS, GridConfig, Settings, run_grid
 from .report import few_val_note
 from .results import DEFAULT_RESULTS_CSV, read_results
-from .sizes import ASPECTS, DEFAULT_ASPECT, parse_image_size
+from .sizes import ASPECTS, AUTO_KEEP, DEFAULT_ASPECT, parse_image_size
 from .thresholds import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 from .train import TrainConfig
 
@@ -83,7 +85,8 @@ def cmd_run(args) -> int:
     log = lambda msg: print(msg, flush=True)
     root = _data_root(args.data_root, log)
     seeds = args.seeds if args.seeds is not None else [args.seed]
-    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seeds[0],
+    train = TrainConfig(epochs=args.epochs, min_steps=args.min_steps, repair=args.repair, defects=args.defects,
+                        batch_size=args.batch_size, lr=args.lr, seed=seeds[0],
                         device=args.device, amp=not args.no_amp, compile=args.compile,
                         num_threads=args.num_threads, progress=not args.no_progress)
     eval_config = EvalConfig(score=ScoreConfig.parse(args.score), eval_size=parse_eval_size(args.eval_size),
@@ -125,6 +128,13 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
+def cmd_real_data(args) -> int:
+    out = args.out or real_data.DEFAULT_OUT.format(name=args.name)
+    print(real_data.write_elpv(out, seed=args.seed, max_train=args.max_train,
+                               test_good_fraction=args.test_good_fraction, source=args.source).message())
+    return 0
+
+
 def build_parser():
     d = TrainConfig()
     p = argparse.ArgumentParser(
@@ -134,7 +144,7 @@ def build_parser():
         epilog="Exit status: 0 ok, 1 some jobs failed (or rows kept without a file that could not be written), "
                "2 bad input (one sentence on stderr), 130 interrupted (Ctrl-C), 143 / 129 stopped by SIGTERM / SIGHUP.",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,plots,demo-data}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,plots,demo-data,real-data,predict,export}")
 
     r = sub.add_parser(
         "run", help="train and evaluate every (model, category) not yet in the results CSV",
@@ -151,13 +161,23 @@ def build_parser():
     r.add_argument("--models", nargs="+", action="extend", metavar="M",
                    help=f"models to run (default: all: {' '.join(MODEL_NAMES)})")
     r.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"training epochs (default {d.epochs})")
+    r.add_argument("--min-steps", type=int, default=d.min_steps, metavar="N",
+                   help="at least N optimiser steps per job: a small category trains for more epochs until it has "
+                        f"taken them (default {d.min_steps}; 0 = the epochs alone)")
+    r.add_argument("--repair", type=float, default=d.repair, metavar="F",
+                   help="repair training: this share of each training batch (0 to 1) gets synthetic defects and the "
+                        f"model learns to reconstruct the clean image (default {d.repair:g}: off)")
+    r.add_argument("--defects", default=d.defects, metavar="KIND",
+                   help=f"what fills the synthetic defects of --repair: {', '.join(DEFECT_KINDS)} (mixed = each "
+                        f"defect one of the others; default {d.defects})")
     r.add_argument("--image-size", default=str(DEFAULT_IMAGE_SIZE), metavar="S|HxW",
                    help=f"input size in px: S for S x S, or HxW (height x width, e.g. 96x240); every image is "
                         f"resized to it (default {DEFAULT_IMAGE_SIZE})")
     r.add_argument("--aspect", default=DEFAULT_ASPECT, choices=list(ASPECTS),
                    help="fixed = every image resized to --image-size as given; keep = --image-size is the short "
                         "side and the long side follows each category's median aspect ratio, for products that "
-                        f"are not square (default {DEFAULT_ASPECT})")
+                        "are not square; auto = keep for a category whose median image is beyond "
+                        f"{AUTO_KEEP:g}:1 either way, fixed for the others (default {DEFAULT_ASPECT})")
     r.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
                    help=f"batch size (default {d.batch_size})")
     r.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
@@ -173,7 +193,9 @@ def build_parser():
     r.add_argument("--set", action="append", metavar="MODEL.KEY=VALUE",
                    help="override a model setting, e.g. --set cae.latent_dim=64 --set vae.widths=[16,32,64]")
     r.add_argument("--score", default="default", metavar="MAP/SIGMA/REDUCE",
-                   help=f"scoring rule, e.g. l2/4/top0.01, ssim/4/max, l2/0/mean (default {ScoreConfig().name}); "
+                   help=f"scoring rule MAP/SIGMA/REDUCE, MAP one of {', '.join(SCORE_MAPS)} (msgms = multi-scale "
+                        "gradient-magnitude similarity), e.g. l2/4/top0.01, ssim/4/max, msgms/4/top0.01, l2/0/mean "
+                        f"(default {ScoreConfig().name}); "
                         "an evaluation setting: a trained model is re-scored from its checkpoint, not retrained")
     r.add_argument("--eval-size", default=str(DEFAULT_EVAL_SIZE), metavar="PX|original",
                    help=f"resolution of the pixel metrics: maps upsampled, masks read at it (default "
@@ -217,6 +239,28 @@ def build_parser():
     dd.add_argument("--out", default=DEMO_DIR, metavar="DIR", help=f"output folder (default {DEMO_DIR})")
     dd.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     dd.set_defaults(func=cmd_demo_data)
+
+    rd = sub.add_parser("real-data", help="write a real dataset anyone can install (ELPV solar cells) in MVTec layout",
+                        description="Write a real dataset in MVTec AD layout. elpv: the solar-cell images of the PyPI "
+                                    f"package elpv-dataset (install: {real_data.INSTALL_HINT}), one category per cell "
+                                    "type (elpv_mono, elpv_poly); defect-free cells split by seed into train/good and "
+                                    "test/good, defective ones in test/defect, the uncertain ones left out; no masks "
+                                    f"(image metrics only). Licence {real_data.LICENSE_NAME}.")
+    rd.add_argument("name", choices=list(real_data.DATASETS), help="the dataset to write")
+    rd.add_argument("--out", metavar="DIR", help="a new or empty output folder (default data/NAME)")
+    rd.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the train/test split (default 0)")
+    rd.add_argument("--max-train", type=int, default=real_data.DEFAULT_MAX_TRAIN, metavar="N",
+                    help=f"at most N defect-free cells per category in train/good, a seeded choice (default "
+                         f"{real_data.DEFAULT_MAX_TRAIN})")
+    rd.add_argument("--test-good-fraction", type=float, default=real_data.DEFAULT_TEST_GOOD_FRACTION, metavar="F",
+                    help="at least this share of the defect-free cells goes to test/good; the cells beyond "
+                         f"--max-train go there too (default {real_data.DEFAULT_TEST_GOOD_FRACTION})")
+    rd.add_argument("--source", metavar="DIR",
+                    help="a folder holding the package's labels.csv and images/ (default: the installed elpv-dataset)")
+    rd.set_defaults(func=cmd_real_data)
+
+    predict.add_parser(sub)
+    export.add_parser(sub)
     return p
 
 

@@ -57,7 +57,7 @@ from .results import (
     open_results,
     read_results,
 )
-from .sizes import DEFAULT_ASPECT, category_size, check_aspect
+from .sizes import DEFAULT_ASPECT, auto_aspect_line, category_size, check_aspect
 from .train import TrainConfig
 
 EXECUTORS = ("local", "ray")
@@ -71,7 +71,7 @@ class GridConfig:
     categories: list[str] | None = None  # None = every category of data_root
     models: list[str] | None = None  # None = every registered model
     image_size: ImageSize = DEFAULT_IMAGE_SIZE  # S or (H, W); with aspect "keep", the short side
-    aspect: str = DEFAULT_ASPECT  # "fixed" or "keep" (sizes.category_size)
+    aspect: str = DEFAULT_ASPECT  # "fixed", "keep" or "auto" (sizes.category_size)
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: list[int] | None = None  # None = train.seed alone
     model_overrides: dict = field(default_factory=dict)  # model name -> its settings
@@ -345,8 +345,9 @@ def run_grid(config: GridConfig, settings: Settings | None = None) -> pd.DataFra
     settings.check()
     specs = make_specs(config)
     for spec in {s.category: s for s in specs}.values():
-        if spec.image_size != canonical_size(config.image_size):  # chosen from the images (aspect="keep")
-            settings.log(f"{spec.category}: input {size_label(spec.image_size)} px (height x width), "
+        if spec.image_size != canonical_size(config.image_size):  # chosen from the images (aspect keep or auto)
+            settings.log(auto_aspect_line(spec.category, spec.image_size) if config.aspect == "auto" else
+                         f"{spec.category}: input {size_label(spec.image_size)} px (height x width), "
                          "the aspect of its images.")
     plan = plan_jobs(specs, settings)
     prepare(plan, settings)

@@ -30,7 +30,7 @@ from . import runs
 from .checkpoints import checkpoint_bytes, checkpoint_path, load_checkpoint, write_checkpoint
 from .evaluate import EvalConfig, Evaluation, evaluate
 from .memory import peak_memory_mb, reset_peak_memory
-from .train import TrainConfig, fit, resolve_device, seed_everything
+from .train import TrainConfig, check_repair_support, fit, resolve_device, seed_everything
 
 # Bump when the meaning of a config changes without its fields changing. 2: rows and
 # checkpoints keyed by the data's fingerprint; scoring, evaluation size and threshold moved
@@ -38,7 +38,7 @@ from .train import TrainConfig, fit, resolve_device, seed_everything
 HASH_VERSION = 2
 # The row's columns that describe the training (copied from the checkpoint when a row is re-evaluated).
 TRAINING_COLUMNS = ("train_seconds", "device", "peak_memory_mb", "train_loss", "val_loss", "batch_size",
-                    "data_seconds", "params")
+                    "data_seconds", "params", "epochs", "steps")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +66,7 @@ class JobSpec:
         config = model_config(self.model, image_size=self.image_size, in_channels=self.in_channels,
                               **self.model_overrides)
         object.__setattr__(self, "config", config)  # frozen: set once, here
+        check_repair_support(MODELS[self.model], self.train.repair, f"model {self.model!r}")
         if self.category_type is None:
             object.__setattr__(self, "category_type", category_type(self.data_root, self.category))
 
@@ -195,6 +196,8 @@ def training_columns(model: AnomalyModel, history: dict, *, peak_memory: float, 
         "batch_size": history["batch_size"],
         "data_seconds": data_seconds,
         "params": sum(p.numel() for p in model.parameters()),
+        "epochs": history["epochs"],  # cfg.epochs, or more for min_steps
+        "steps": history["steps"],  # optimiser steps taken
     }
 
 
@@ -208,6 +211,8 @@ def evaluate_checkpoint(spec: JobSpec, data: CategoryData, checkpoint: Path) -> 
     try:
         stored = model.checkpoint
         training = stored.get("training") or {k: (stored.get("row") or {}).get(k) for k in TRAINING_COLUMNS}
+        if training.get("steps") is None:  # a checkpoint older than the steps column: its history has them
+            training = {**training, "steps": (stored.get("history") or {}).get("steps")}
         batch_size = int(training.get("batch_size") or spec.train.batch_size)
         evaluation = evaluate(model, data, spec.eval_config, batch_size=batch_size, amp=spec.train.amp,
                               desc=spec.describe())

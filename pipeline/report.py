@@ -41,10 +41,10 @@ SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1")
 
 # The environment variables the notebook's parameters cell reads (tests/test_notebook.py keeps
 # this list equal to the cell's): any other AD_* name is a misspelling, said by warn_unknown_env.
-NOTEBOOK_ENV = ("AD_DATA_ROOT", "AD_CATEGORIES", "AD_MODELS", "AD_EPOCHS", "AD_IMAGE_SIZE", "AD_ASPECT",
-                "AD_BATCH_SIZE", "AD_SEEDS", "AD_SCORE", "AD_EVAL_SIZE", "AD_THRESHOLD_RULE", "AD_DEVICE",
-                "AD_EXECUTOR", "AD_RESULTS_CSV", "AD_CHECKPOINT_DIR", "AD_RESULTS_DIR", "AD_IMAGES_DIR",
-                "AD_DEMO_DIR", "AD_DEMO_OPTIONS", "AD_MODEL_OVERRIDES")
+NOTEBOOK_ENV = ("AD_DATA_ROOT", "AD_CATEGORIES", "AD_MODELS", "AD_EPOCHS", "AD_MIN_STEPS", "AD_REPAIR", "AD_DEFECTS",
+                "AD_IMAGE_SIZE", "AD_ASPECT", "AD_BATCH_SIZE", "AD_SEEDS", "AD_SCORE", "AD_EVAL_SIZE",
+                "AD_THRESHOLD_RULE", "AD_DEVICE", "AD_EXECUTOR", "AD_RESULTS_CSV", "AD_CHECKPOINT_DIR",
+                "AD_RESULTS_DIR", "AD_IMAGES_DIR", "AD_DEMO_DIR", "AD_DEMO_OPTIONS", "AD_MODEL_OVERRIDES")
 
 
 def _env_error(name: str, raw: str, what: str) -> ConfigError:

@@ -48,9 +48,9 @@ KEY_COLUMNS = ("dataset", "category", "model", "config_hash")
 # The contract's columns, in this order (docs/design.md, "The results CSV") ...
 COLUMNS = (
     "dataset", "category", "category_type", "model", "image_auroc", "pixel_auroc", "aupro", "f1",
-    "precision", "recall", "threshold", "threshold_rule", "f1_max", "f1_floor", "score", "epochs", "image_size",
-    "eval_size", "seed", "train_seconds", "infer_ms_per_image", "params", "data_fingerprint", "train_hash",
-    "config_hash", "device", "torch_version", "finished_at",
+    "precision", "recall", "threshold", "threshold_rule", "f1_max", "f1_floor", "score", "epochs", "steps",
+    "image_size", "eval_size", "seed", "train_seconds", "infer_ms_per_image", "params", "data_fingerprint",
+    "train_hash", "config_hash", "device", "torch_version", "finished_at",
 )
 # ... then these extras.
 EXTRA_COLUMNS = (

@@ -7,7 +7,12 @@ the short side is the given S and the long side follows the median aspect ratio 
 images (train and test, read from the file headers), rounded to the step every model of the
 grid takes (``models.size_multiple``: 16 for the default models), so a 1250 x 500 strip is
 trained at 128 x 320 instead of being squashed to 128 x 128 (bench/README.md, "Non-square
-images").
+images"). ``aspect="auto"`` decides per category: it keeps the aspect where the median image
+is wider or taller than ``AUTO_KEEP`` (1.5:1), where the fixed square would warn, and is
+``fixed`` elsewhere, so near-square categories keep the square size (and their rows). Only
+the size it resolves to enters a job's key, so an ``auto`` job is the same job, and reuses
+the same row and checkpoint, as the ``fixed`` or ``keep`` job it resolved to. An H x W
+``--image-size`` is a shape chosen by hand: ``auto`` keeps it as given.
 
 What is odd but legal is said, once per category (``warnings.warn``): a fixed size that
 distorts the median image by more than ``SQUASH_WARNING`` (it names the option), and images
@@ -25,9 +30,11 @@ from models import ImageSize, canonical_size, image_hw, size_label
 from models.errors import ConfigError, DatasetError
 from models.mvtec import image_dimensions
 
-ASPECTS = ("fixed", "keep")  # the --image-size as given | short side given, long side from the images
+# the --image-size as given | short side given, long side from the images | keep where the square would distort
+ASPECTS = ("fixed", "keep", "auto")
 DEFAULT_ASPECT = "fixed"
 SQUASH_WARNING = 1.5  # warn when the fixed size distorts the median image's aspect by more than this
+AUTO_KEEP = SQUASH_WARNING  # auto keeps the aspect of a category the square size would distort beyond this
 SPREAD_NOTE = 1.25  # say so when one H x W stretches some image of the category by more than this
 
 
@@ -47,7 +54,8 @@ def check_aspect(aspect: str, image_size: ImageSize) -> None:
     """ConfigError for an unknown aspect, or ``keep`` with an H x W size (it takes the short side)."""
     if aspect not in ASPECTS:
         raise ConfigError(f"unknown aspect {aspect!r}; valid: {', '.join(ASPECTS)} (keep = the short side is the "
-                          "image size, the long side follows the category's images).")
+                          "image size, the long side follows the category's images; auto = keep where they are "
+                          f"beyond {AUTO_KEEP:g}:1, else fixed).")
     if aspect == "keep" and not isinstance(image_size, int):
         raise ConfigError(f"--aspect keep chooses the long side from the images, so it takes one image size (the "
                           f"short side), got {size_label(image_size)}; pass one number or drop --aspect keep.")
@@ -94,6 +102,21 @@ def kept_size(median_aspect: float, short_side: int, step: int) -> ImageSize:
     return canonical_size((short_side, long_side) if median_aspect >= 1 else (long_side, short_side))
 
 
+def resolve_aspect(aspect: str, median_aspect: float, image_size: ImageSize) -> str:
+    """``fixed`` or ``keep``: ``auto`` keeps the aspect of images wider or taller than
+    ``AUTO_KEEP`` : 1 (median width / height) when ``image_size`` is one number, the short side."""
+    if aspect != "auto":
+        return aspect
+    beyond = max(median_aspect, 1 / median_aspect) > AUTO_KEEP
+    return "keep" if beyond and isinstance(image_size, int) else "fixed"
+
+
+def auto_aspect_line(category: str, size: ImageSize) -> str:
+    """The grid's line for a category whose aspect ``auto`` kept, from the size it resolved to."""
+    height, width = image_hw(size)
+    return f"{category}: aspect {ratio_text(width / height)}, kept (--aspect auto): {size_label(size)} px (H x W)."
+
+
 def category_size(root, category: str, image_size: ImageSize, *, aspect: str = DEFAULT_ASPECT,
                   step: int = 1) -> ImageSize:
     """The size every image of ``category`` is resized to, with the warnings it calls for.
@@ -109,6 +132,7 @@ def category_size(root, category: str, image_size: ImageSize, *, aspect: str = D
     if not dims:
         return image_size
     shapes = Shapes.of(dims)
+    aspect = resolve_aspect(aspect, shapes.median_aspect, image_size)
     size = kept_size(shapes.median_aspect, image_size, step) if aspect == "keep" else image_size
     height, width = image_hw(size)
     resized = f"resized to {height} x {width} px (H x W)"

@@ -10,6 +10,10 @@ copied non-blocking when it is too large), bf16 autocast (``amp``), fused AdamW,
 (NHWC) is used for the convolutional models on CUDA and on CPU: oneDNN's CPU convolutions are
 also faster in NHWC (bench/README.md, "Speed").
 
+With ``repair`` > 0 a share of each batch gets synthetic defects (pipeline/defects.py) and the
+model learns to reconstruct the clean image from it (``model.loss(x_in, target=x)``); with
+``min_steps`` a small category trains for as many epochs as that many optimiser steps take.
+
 ``fit`` reports each finished epoch to an optional ``on_epoch(epoch, history)`` callback
 (progress displays, tests that need a job to be mid-training at a known moment).
 """
@@ -28,24 +32,28 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.base import eval_mode
+from models.base import accepts_target, eval_mode
 from models.errors import ConfigError, DatasetError, TrainingError
 
 from .augment import AUGMENTATIONS, augment_batch
 from .batches import BatchSource, autocast, batch_indices, prefers_channels_last
+from .defects import check_repair, corrupt
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # torch seeds its CPU generator with the low 32 bits of the seed only (mt19937), so seeds
 # 2**32 apart give identical runs under different config hashes; larger seeds overflow.
 MAX_SEED = 2**32 - 1
 LR_SCHEDULES = ("cosine", "constant")
+# Added to the seed for the synthetic-defect generator: its own stream, apart from the data
+# order's generator (seeded with the seed itself) and torch's global RNG (model init).
+DEFECT_SEED_OFFSET = 7919
 
 
 @dataclass(kw_only=True)
 class TrainConfig:
     # 25 epochs x batch 8: MVTec-sized categories (20-400 images) are short of optimiser steps,
     # not of epochs; batch 32 gave 30 updates in 30 epochs on a 23-image category. Measured in
-    # bench/README.md ("Accuracy"); 25 epochs keep the demo notebook run under 10 min on 2 cores.
+    # bench/README.md ("Accuracy"); the smallest categories get more epochs from ``min_steps``.
     epochs: int = 25  # passes over the train split
     batch_size: int = 8  # clamped (with a warning) to the number of training images
     lr: float = 1e-3  # AdamW peak learning rate
@@ -60,6 +68,16 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
     augment: str = "none"  # per-batch random symmetries (pipeline/augment.py): "none", "flip", "dihedral" (textures)
     progress: bool = True  # tqdm bar per job (epoch, loss)
+    # The budget in optimiser steps: a category with few images trains for more epochs until it
+    # has taken at least this many steps (epochs = max(epochs, ceil(min_steps / steps per epoch))).
+    # 200: dev grid's 23 images get 201 steps instead of 75 (VAE-GRF image AUROC 0.58 -> 0.85 over
+    # 3 seeds), the demo's 54 get 203 instead of 175 (+16 % time, no metric moves beyond its seed
+    # spread), and categories of 64 or more images train as before (bench/README.md, "Step budget").
+    min_steps: int = 200  # 0 = the epochs alone
+    # Repair training: this share of each batch gets synthetic defects (pipeline/defects.py) and
+    # the model learns to reconstruct the clean image from it; 0 = plain reconstruction.
+    repair: float = 0.0
+    defects: str = "mixed"  # what fills the defects: "mixed", "texture", "patch", "colour" (with repair > 0)
 
     # Fields that do not change the trained model or its scores: left out of config_hash.
     RESULT_NEUTRAL = ("device", "num_threads", "progress", "compile")
@@ -89,13 +107,45 @@ class TrainConfig:
             bad(f"num_threads must be a whole number >= 0, got {self.num_threads!r}")
         if self.augment not in AUGMENTATIONS:
             bad(f"augment {self.augment!r} is unknown; valid: {', '.join(AUGMENTATIONS)}")
+        if isinstance(self.min_steps, bool) or not isinstance(self.min_steps, int) or self.min_steps < 0:
+            bad(f"min_steps must be a whole number >= 0 (0 = the epochs alone), got {self.min_steps!r}")
+        try:
+            check_repair(self.repair, self.defects)
+        except ConfigError as e:
+            bad(str(e).rstrip("."))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def result_dict(self) -> dict:
         """The fields that change results (hashed into the row's config_hash)."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.RESULT_NEUTRAL}
+        result = {k: v for k, v in self.to_dict().items() if k not in self.RESULT_NEUTRAL}
+        # Fields added after rows were written are hashed only when set: at their off values
+        # the training is the one before they existed, so those rows (the committed CSV) keep
+        # their keys. The defect kind changes nothing while repair is off.
+        if self.min_steps == 0:
+            del result["min_steps"]
+        if self.repair == 0:
+            del result["repair"], result["defects"]
+        else:
+            result["repair"] = float(self.repair)  # 1 and 1.0 are one setting, one key
+        return result
+
+
+def planned_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The epochs a job trains for: ``cfg.epochs``, or more when ``cfg.min_steps`` needs them."""
+    return max(cfg.epochs, math.ceil(cfg.min_steps / max(steps_per_epoch, 1)))
+
+
+def check_repair_support(model_cls, repair: float, what: str) -> None:
+    """A ``ConfigError`` naming ``what`` (the model) when repair training is asked of a model whose
+    ``loss`` takes no target (a model written before repair training existed)."""
+    if repair and not accepts_target(model_cls):
+        raise ConfigError(
+            f"{what} cannot be trained with repair {repair:g}: its loss(x) takes no target (the clean "
+            f"image a corrupted input is compared with); give it loss(x, target=None) as the README's "
+            f"'Adding a model' says, or set repair to 0."
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -156,6 +206,14 @@ def _training_images(train_ds, desc: str) -> int:
     )
 
 
+def _batch_size(cfg: TrainConfig, n: int, desc: str) -> int:
+    """``cfg.batch_size``, clamped with a warning to the ``n`` training images."""
+    if cfg.batch_size > n:
+        warnings.warn(f"{desc}: batch_size {cfg.batch_size} is larger than the {n} training images; using {n}.",
+                      stacklevel=3)
+    return min(cfg.batch_size, n)
+
+
 def _place_model(model, cfg: TrainConfig) -> tuple[torch.device, bool]:
     """Move ``model`` to ``cfg``'s device (NHWC where it is faster) and set the CPU threads;
     returns the device and whether batches are NHWC (channels_last) too."""
@@ -181,9 +239,10 @@ def _lr_scheduler(optimiser: torch.optim.Optimizer, lr_schedule: str, total_step
 
 
 def _train_epoch(model, source: BatchSource, batches: list[torch.Tensor], *, loss_fn, optimiser, scheduler,
-                 cfg: TrainConfig, history: dict) -> dict[str, float]:
+                 cfg: TrainConfig, history: dict, defects: torch.Generator | None = None) -> dict[str, float]:
     """One pass of AdamW steps over ``batches`` (index batches of ``source``); returns the epoch's
-    mean of each loss term. Adds the batching time and the steps to ``history``."""
+    mean of each loss term. Adds the batching time and the steps to ``history``. With
+    ``cfg.repair``, ``defects`` (a generator on the device) draws the synthetic defects."""
     model.train()
     sums: dict[str, torch.Tensor] = {}
     seen = 0
@@ -191,9 +250,10 @@ def _train_epoch(model, source: BatchSource, batches: list[torch.Tensor], *, los
         t0 = time.perf_counter()
         x = source.batch(idx)
         x = augment_batch(x, cfg.augment)  # a no-op for "none"
+        x_in = corrupt(x, cfg.repair, defects, kinds=cfg.defects)[0] if cfg.repair else x
         history["data_seconds"] += time.perf_counter() - t0
         with autocast(source.device, cfg.amp):
-            out = loss_fn(x)
+            out = loss_fn(x_in, target=x) if cfg.repair else loss_fn(x)  # repair: the clean x is the target
         loss = out["loss"]
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,6 +272,7 @@ def _train_epoch(model, source: BatchSource, batches: list[torch.Tensor], *, los
 def _record_epoch(history: dict, means: dict[str, float], val_loss: float) -> None:
     """Append one finished epoch's losses (``_train_epoch``'s means, the val loss) to ``history``."""
     history["train_loss"].append(means["loss"])
+    history["epochs"] += 1
     history["val_loss"].append(val_loss)
     history["terms"] = means
     for k, v in means.items():
@@ -228,17 +289,17 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
 
     history: train_loss / val_loss per epoch, terms (last epoch's mean of each loss term),
     term_curves (each loss term's mean per epoch, e.g. recon and kl: the training curves kept
-    with the checkpoint), seconds, data_seconds (batch gathering and conversion), batch_size,
-    steps, device.
+    with the checkpoint), seconds, data_seconds (batch gathering, conversion, synthetic
+    defects), batch_size, steps (optimiser steps taken), epochs (epochs run: ``planned_epochs``,
+    ``cfg.epochs`` unless ``cfg.min_steps`` needs more), device. With ``cfg.repair`` the train
+    losses are those of the repaired batches; the val loss is always on clean val images.
     A non-finite loss raises ``TrainingError`` naming ``desc`` (model and category) and the epoch.
     """
     cfg = cfg or TrainConfig()
     desc = desc or f"{type(model).__name__.lower()} on {getattr(train_ds, 'category', '?')!r}"
+    check_repair_support(type(model), cfg.repair, desc)
     n = _training_images(train_ds, desc)
-    batch_size = min(cfg.batch_size, n)
-    if batch_size < cfg.batch_size:
-        warnings.warn(f"{desc}: batch_size {cfg.batch_size} is larger than the {n} training images; using {n}.",
-                      stacklevel=2)
+    batch_size = _batch_size(cfg, n, desc)
 
     device, channels_last = _place_model(model, cfg)
     source = BatchSource(train_ds.images, device, channels_last=channels_last)
@@ -249,19 +310,21 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
     steps_per_epoch = len(batch_indices(n, batch_size, torch.Generator().manual_seed(0)))
-    scheduler = _lr_scheduler(optimiser, cfg.lr_schedule, cfg.epochs * steps_per_epoch)
+    epochs = planned_epochs(cfg, steps_per_epoch)
+    scheduler = _lr_scheduler(optimiser, cfg.lr_schedule, epochs * steps_per_epoch)  # spans every step taken
     loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
     generator = torch.Generator().manual_seed(cfg.seed)  # the data order, independent of model RNG use
+    defects = torch.Generator(device=device).manual_seed(cfg.seed + DEFECT_SEED_OFFSET) if cfg.repair else None
 
     history = {"train_loss": [], "val_loss": [], "terms": {}, "term_curves": {}, "seconds": 0.0, "data_seconds": 0.0,
-               "batch_size": batch_size, "steps": 0, "device": str(device)}
+               "batch_size": batch_size, "steps": 0, "epochs": 0, "device": str(device)}
     start = time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not cfg.progress, leave=False,
+    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not cfg.progress, leave=False,
                dynamic_ncols=True)
     try:
         for epoch in bar:
             means = _train_epoch(model, source, batch_indices(n, batch_size, generator), loss_fn=loss_fn,
-                                 optimiser=optimiser, scheduler=scheduler, cfg=cfg, history=history)
+                                 optimiser=optimiser, scheduler=scheduler, cfg=cfg, history=history, defects=defects)
             if not math.isfinite(means["loss"]):
                 raise TrainingError(
                     f"{desc}: the training loss became {means['loss']} at epoch {epoch}; "

@@ -31,7 +31,7 @@ TINY = {
     "vit_vae": {"patch_size": 8, "dim": 16, "depth": 1, "decoder_depth": 1, "heads": 2, "latent_dim": 4},
     "vae_grf": {"widths": (8, 16), "latent_channels": 4},
 }
-TRAIN = TrainConfig(epochs=1, batch_size=4, progress=False, num_threads=1)
+TRAIN = TrainConfig(min_steps=0, epochs=1, batch_size=4, progress=False, num_threads=1)
 # The command line's spelling of tiny models: the CAE's alone, and the CAE's, VAE's and ViT-VAE's.
 TINY_CAE_SET = ["--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16"]
 TINY_SET = [*TINY_CAE_SET, "--set", "vae.widths=[8,16]", "--set", "vae.latent_dim=16",
@@ -168,14 +168,15 @@ def run_args(root, csv, tmp, *extra, categories=("widget",), models=None):
     """A `run` command line of the tiny models (TINY_SET) on ``categories`` at 32 px, 1 epoch, batch 4,
     1 thread, checkpoints in tmp/ck; every model unless ``models`` (or a --models in ``extra``) names some."""
     return ["run", "--data-root", str(root), "--categories", *categories, *(["--models", *models] if models else []),
-            "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--results-csv", str(csv),
+            "--image-size", "32", "--epochs", "1", "--min-steps", "0", "--batch-size", "4", "--results-csv", str(csv),
             "--checkpoint-dir", str(tmp / "ck"), "--no-progress", "--num-threads", "1", *TINY_SET, *extra]
 
 
 def cae_run_args(root, tmp, *extra):
     """A `run` command line of the CAE at its default widths (what memory estimates and BatchNorm at
     16 px are about) on every category of ``root``, 32 px, 1 epoch, batch 4; tmp/r.csv, tmp/ck."""
-    return ["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--image-size", "32",
+    return ["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0", "--image-size",
+            "32",
             "--batch-size", "4", "--results-csv", str(tmp / "r.csv"), "--checkpoint-dir", str(tmp / "ck"),
             "--no-progress", "--num-threads", "1", *extra]
 

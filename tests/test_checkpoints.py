@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("fresh_memory_cache")  # conftest.py
 
 
 def cfg(**kw):
-    return TrainConfig(**{"epochs": 2, "batch_size": 4, "progress": False, "device": "cpu", **kw})
+    return TrainConfig(**{"min_steps": 0, "epochs": 2, "batch_size": 4, "progress": False, "device": "cpu", **kw})
 
 
 def tiny_cae():

@@ -345,7 +345,7 @@ def test_help_and_plots(tmp_path, capsys, monkeypatch):
 
 def test_figures_say_which_config_is_drawn_and_how_many_rows_were_left_out(root, tmp_path, monkeypatch):
     assert main(cae_run_args(root, tmp_path, *TINY_CAE_SET)) == 0
-    assert main(cae_run_args(root, tmp_path, *TINY_CAE_SET, "--epochs", "2")) == 0
+    assert main(cae_run_args(root, tmp_path, *TINY_CAE_SET, "--epochs", "2", "--min-steps", "0")) == 0
     rows = pd.read_csv(tmp_path / "r.csv")
     assert len(rows) == 2
     latest = rows.sort_values("finished_at")["config_hash"].iloc[-1]

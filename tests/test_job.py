@@ -20,13 +20,14 @@ def test_config_hash_covers_what_changes_results(tiny_mvtec):
         return pipeline.job.JobSpec(**spec).config_hash()
 
     base = h()
-    changed = [h(train=TrainConfig(epochs=2, batch_size=4)), h(train=TrainConfig(epochs=1, batch_size=4, seed=1)),
+    changed = [h(train=TrainConfig(min_steps=0, epochs=2, batch_size=4)),
+               h(train=TrainConfig(min_steps=0, epochs=1, batch_size=4, seed=1)),
                h(image_size=64), h(eval_config=EvalConfig(threshold_rule="val_p99")), h(dataset="other"),
                h(category="fabric"), h(eval_config=EvalConfig(score=ScoreConfig(score_reduce="max"))),
                h(eval_config=EvalConfig(eval_size=128)), h(data_fingerprint="0123456789abcdef"),
                h(model="vae", model_overrides=TINY["vae"])]
     assert base not in changed and len(set(changed)) == len(changed)
-    same = TrainConfig(epochs=1, batch_size=4, progress=True, num_threads=3, device="cpu")
+    same = TrainConfig(min_steps=0, epochs=1, batch_size=4, progress=True, num_threads=3, device="cpu")
     assert h(train=same) == base
 
 
@@ -43,4 +44,4 @@ def test_train_hash_covers_the_weights_and_not_the_evaluation(tiny_mvtec):
         other = spec(eval_config=ev)
         assert other.train_hash() == base.train_hash() and other.config_hash() != base.config_hash()
     assert spec(data_fingerprint="0123456789abcdef").train_hash() != base.train_hash()
-    assert spec(train=TrainConfig(epochs=1, batch_size=4, seed=1)).train_hash() != base.train_hash()
+    assert spec(train=TrainConfig(min_steps=0, epochs=1, batch_size=4, seed=1)).train_hash() != base.train_hash()

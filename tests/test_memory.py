@@ -53,7 +53,7 @@ def test_a_finished_grid_is_not_checked_again(root, tmp_path, monkeypatch):
     assert main(cae_run_args(root, tmp_path, *TINY_CAE_SET)) == 0
     monkeypatch.setattr(pipeline.memory, "available_bytes", lambda device: 1)
     assert main(cae_run_args(root, tmp_path, *TINY_CAE_SET)) == 0
-    assert main(cae_run_args(root, tmp_path, *TINY_CAE_SET, "--epochs", "2")) == 2  # a new job is
+    assert main(cae_run_args(root, tmp_path, *TINY_CAE_SET, "--epochs", "2", "--min-steps", "0")) == 2  # a new job is
 
 
 def test_memory_estimate_and_suggestion_keep_the_aspect():

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
 import models
-from models.base import AnomalyModel
+from models.base import AnomalyModel, accepts_target
 from models.errors import ConfigError
 from models.layers import BatchNorm2d
+from pipeline.defects import corrupt
+from pipeline.train import TrainConfig, fit, seed_everything
 
 SIZE = 32  # px; every model's stride / patch divides it
 
@@ -339,3 +342,54 @@ def test_batchnorm_is_unchanged_wherever_torch_could_train_it():
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     one = torch.randn(1, 3, 1, 1)
     assert torch.equal(ours(one), ours.eval()(one))  # one value: normalised as in evaluation
+
+
+# ---------------------------------------------------------------- repair training (a target other than x)
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_loss_compares_the_reconstruction_of_x_with_the_target(name):
+    """loss(x, target): the reconstruction of x, its error against target (None = x); a VAE's KL
+    is q(z|x)'s, whatever the target."""
+    torch.manual_seed(0)
+    model = _build(name).eval()
+    assert accepts_target(type(model))
+    gen = torch.Generator().manual_seed(4)
+    x, t = smooth_images(3, 3, SIZE, gen), smooth_images(3, 3, SIZE, gen)
+    plain, same, other = model.loss(x), model.loss(x, target=x), model.loss(x, target=t)
+    assert plain.keys() == same.keys() == other.keys() and all(torch.equal(plain[k], same[k]) for k in plain)
+    if "kl" in plain:
+        assert torch.equal(other["kl"], plain["kl"])
+    if "recon" in plain:  # the error's normalisation is the model's own; its ratio is not
+        with torch.no_grad():
+            x_hat = model.reconstruct(x)
+        ratio = ((x_hat - t).pow(2).sum() / (x_hat - x).pow(2).sum()).item()
+        assert (other["recon"] / plain["recon"]).item() == pytest.approx(ratio, rel=1e-4)
+    with pytest.raises(AssertionError, match="differ in shape"):
+        model.loss(x, target=t[:2])
+
+
+@pytest.mark.parametrize("name", models.MODEL_NAMES)
+def test_repair_training_lowers_the_repair_loss_and_is_seeded(name):
+    """fit with repair 0.5: the model gets better at giving back the clean image of a corrupted
+    one, and two fits with one seed end with the same weights."""
+    images = (smooth_images(16, 3, SIZE, torch.Generator().manual_seed(2)) * 255).round().to(torch.uint8)
+    clean = images.float() / 255
+    corrupted, _ = corrupt(clean, 1.0, torch.Generator().manual_seed(5))
+    cfg = TrainConfig(min_steps=0, epochs=5, batch_size=8, lr=3e-3, repair=0.5, progress=False, device="cpu")
+
+    def repair_loss(model) -> float:
+        torch.manual_seed(123)  # same reparameterisation noise before and after
+        with torch.no_grad():
+            return model.train().loss(corrupted, target=clean)["loss"].item()
+
+    weights = []
+    for _ in range(2):
+        seed_everything(0)
+        model = _build(name)
+        before = repair_loss(model)
+        history = fit(model, SimpleNamespace(images=images, category="smooth"), None, cfg)
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    after = repair_loss(model)  # (train mode: moves the BatchNorm statistics, hence the copies)
+    assert history["steps"] == 10 and after < 0.9 * before, f"{name}: repair loss {before:.4g} -> {after:.4g}"
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

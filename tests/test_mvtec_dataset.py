@@ -107,7 +107,8 @@ def test_two_train_images_says_one_went_to_val(tmp_path):
     train = models.MVTecAD(root, "widget", "train", image_size=32)
     assert (train.n_files, train.n_val, len(train)) == (2, 1, 1)
     model = models.build_model("cae", image_size=32, widths=[8, 16], latent_dim=16)
-    dataset_error(lambda: fit(model, train, cfg=TrainConfig(epochs=1, batch_size=4, device="cpu", progress=False)),
+    dataset_error(lambda: fit(model, train, cfg=TrainConfig(min_steps=0, epochs=1, batch_size=4, device="cpu",
+                                                            progress=False)),
                   "train/good has 2 images", "1 was held out as val (val_fraction 0.1)", "leaving 1 for training",
                   "add images to train/good")
 
@@ -116,7 +117,7 @@ def test_one_train_image_without_val_keeps_the_plain_message(tmp_path):
     root = make_tiny_mvtec(tmp_path, categories=("widget",), n_train=1)
     train = models.MVTecAD(root, "widget", "train", image_size=32)
     model = models.build_model("cae", image_size=32, widths=[8, 16], latent_dim=16)
-    msg = dataset_error(lambda: fit(model, train, cfg=TrainConfig(epochs=1, device="cpu", progress=False)),
+    msg = dataset_error(lambda: fit(model, train, cfg=TrainConfig(min_steps=0, epochs=1, device="cpu", progress=False)),
                         "found 1", "add images to train/good")
     assert "held out" not in msg
 
@@ -136,7 +137,8 @@ def test_cli_rows_of_masks_beside_images_and_16bit_masks_match_the_usual_layout(
     masks_beside_images(root, "beside")
     rewrite_masks(root, sixteen_bit, "sixteen")
     csv = tmp_path / "r.csv"
-    code = main(["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--image-size", "32",
+    code = main(["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0",
+                 "--image-size", "32",
                  "--batch-size", "4", "--eval-size", "32", "--results-csv", str(csv), "--checkpoint-dir",
                  str(tmp_path / "ck"), "--no-progress", "--num-threads", "1",
                  "--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16"])

@@ -236,7 +236,8 @@ def test_link_loops_name_the_link_and_fail_only_their_category(tmp_path, capsys,
     assert models.list_categories(root) == ["fine", "looped", "stray"]
     dataset_error(lambda: models.MVTecAD(root, "looped", "train"), str(good), "loops", "fix or remove the link")
     csv = tmp_path / "r.csv"
-    code = main(["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--image-size", "32",
+    code = main(["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0",
+                 "--image-size", "32",
                  "--batch-size", "4", "--eval-size", "32", "--results-csv", str(csv), "--checkpoint-dir",
                  str(tmp_path / "ck"), "--no-progress", "--num-threads", "1",
                  "--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16"])

@@ -128,6 +128,7 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
         "AD_CATEGORIES": ",".join(CATEGORIES),
         "AD_MODELS": "cae,vae,vit_vae,vae_grf",
         "AD_EPOCHS": "1",
+        "AD_MIN_STEPS": "2",  # the step budget's path: 7 training images at batch 8 take 2 epochs
         "AD_IMAGE_SIZE": "32",
         "AD_BATCH_SIZE": "8",
         "AD_SEEDS": "0,1",
@@ -160,6 +161,12 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
     assert set(df["model"]) == set(TINY_MODELS) and set(df["category"]) == set(CATEGORIES)
     for col in ("image_auroc", "pixel_auroc", "aupro", "f1"):
         assert df[col].between(0, 1).all(), col
+    assert (df["steps"] == 2).all()  # AD_MIN_STEPS reached the training
+
+    # The predict cell: a few test images of the first row's job, scored and drawn.
+    predictions = pd.read_csv(out / "results" / "predictions" / "predictions.csv")
+    assert 1 <= len(predictions) <= 6 and set(predictions["verdict"]) <= {"good", "defective"}
+    assert all((out / "results" / "predictions" / name).is_file() for name in predictions["heatmap"])
 
     figures = [out / "results" / name for name in
                ("f1_score_comparison.png", "roc_auc_comparison.png", "roc_auc_heatmap.png", "metrics_distribution.png",

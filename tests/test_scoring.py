@@ -7,6 +7,7 @@ import torch
 import models
 from helpers import TINY
 from models import scoring
+from models.errors import ConfigError
 
 
 def _pair(b=2, c=3, s=32, seed=0):
@@ -81,7 +82,7 @@ def test_reductions():
                           scoring.reduce_map(maps, score_reduce="mean"))
 
 
-@pytest.mark.parametrize("score_map", ["l2", "ssim"])
+@pytest.mark.parametrize("score_map", scoring.SCORE_MAPS)
 @pytest.mark.parametrize("score_sigma", [0.0, 4.0])
 @pytest.mark.parametrize("score_reduce", ["mean", "max", "topk"])
 def test_larger_residual_gives_larger_score(score_map, score_sigma, score_reduce):
@@ -138,3 +139,110 @@ def test_maps_are_float32_under_autocast():
     assert maps.dtype == scores.dtype == blurred.dtype == torch.float32
     assert torch.equal(blurred, scoring.anomaly_map(x, x_hat, score_sigma=4.0))  # as if autocast were off
     assert maps.unique().numel() > 1000  # not a few hundred bf16 levels
+
+
+# ---------------------------------------------------------------- MSGMS (multi-scale gradient-magnitude similarity)
+
+
+@pytest.mark.parametrize("score_map", ["msgms", "l2msgms"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_msgms_maps_of_identical_images_are_zero(score_map, channels):
+    x, _ = _pair(c=channels)
+    for sigma in (0.0, 4.0):
+        m = scoring.anomaly_map(x, x, score_map=score_map, score_sigma=sigma)
+        assert m.shape == (2, 32, 32) and torch.equal(m, torch.zeros(2, 32, 32))
+
+
+def test_msgms_of_a_step_edge_is_the_gms_formula_with_its_constant():
+    """One scale by hand: a vertical step of height h against a flat image. The Prewitt
+    filters (each / 3) give gradient magnitude h on the two columns beside the step and 0
+    elsewhere, so 1 - GMS = 1 - c / (h^2 + c) there (c = 0.0026) and 0 everywhere else."""
+    h = 0.5
+    x = torch.zeros(1, 1, 16, 16)
+    x[..., 8:] = h
+    m = scoring.msgms_map(x, torch.zeros_like(x), scales=1)[0]
+    expected = torch.zeros(16, 16)
+    expected[:, 7:9] = 1 - scoring.GMS_C / (h * h + scoring.GMS_C)
+    assert torch.allclose(m, expected, atol=1e-6)
+    assert scoring.GMS_C == 0.0026
+    # Channels are averaged to gray first: the step in one of three channels is a step of h / 3.
+    rgb = torch.zeros(1, 3, 16, 16)
+    rgb[:, 0, :, 8:] = h
+    gray = scoring.msgms_map(rgb, torch.zeros_like(rgb), scales=1)[0]
+    assert torch.allclose(gray[0, 7], torch.tensor(1 - scoring.GMS_C / ((h / 3) ** 2 + scoring.GMS_C)))
+
+
+@pytest.mark.parametrize("score_map", ["msgms", "l2msgms"])
+def test_msgms_map_peaks_at_a_local_change(score_map):
+    gen = torch.Generator().manual_seed(2)
+    x = 0.3 + 0.4 * torch.rand(2, 3, 64, 64, generator=gen)
+    y = x.clone()
+    y[:, :, 20:28, 40:48] = 0.9  # a bright square the reconstruction added
+    m = scoring.anomaly_map(x, y, score_map=score_map, score_sigma=4.0)
+    for image in m:
+        row, col = divmod(int(image.argmax()), 64)
+        assert 16 <= row < 32 and 36 <= col < 52, (row, col)
+        assert image[:8, :8].max() < 0.05 * image.max()  # far from the change: (almost) nothing
+
+
+def test_msgms_ignores_a_uniform_brightness_change_that_l2_sees():
+    x, _ = _pair(seed=4)
+    x = 0.2 + 0.5 * x
+    brighter = x + 0.2  # no clipping: every gradient is the same
+    assert scoring.anomaly_map(x, brighter, score_map="msgms").max() < 1e-5
+    assert scoring.anomaly_map(x, brighter, score_map="l2").min() > 0.03
+
+
+def test_l2msgms_is_the_geometric_mean_of_the_two_maps():
+    x, y = _pair(seed=5)
+    l2 = scoring.anomaly_map(x, y, score_map="l2")
+    msgms = scoring.anomaly_map(x, y, score_map="msgms")
+    assert torch.allclose(scoring.anomaly_map(x, y, score_map="l2msgms"), (l2 * msgms).sqrt())
+    assert ((msgms >= 0) & (msgms <= 1)).all()
+
+
+@pytest.mark.parametrize("score_map", ["msgms", "l2msgms"])
+@pytest.mark.parametrize("hw", [(32, 32), (32, 80), (80, 32), (16, 16), (16, 24), (13, 7), (1, 1)])
+def test_msgms_map_shape_for_square_rectangular_and_tiny_inputs(score_map, hw):
+    """At 16 px the 1/8 scale is 2 x 2 px; odd sides and a 1-px image pool too (ceil_mode)."""
+    gen = torch.Generator().manual_seed(6)
+    x, y = torch.rand(2, 3, *hw, generator=gen), torch.rand(2, 3, *hw, generator=gen)
+    for sigma in (0.0, 4.0):
+        m = scoring.anomaly_map(x, y, score_map=score_map, score_sigma=sigma)
+        assert m.shape == (2, *hw) and m.dtype == torch.float32 and torch.isfinite(m).all() and (m >= 0).all()
+
+
+@pytest.mark.parametrize("score_map", ["msgms", "l2msgms"])
+def test_msgms_map_is_float32_under_bf16_autocast(score_map):
+    torch.manual_seed(0)
+    m = models.build_model("cae", image_size=32, **TINY["cae"]).eval()
+    x = torch.rand(2, 3, 32, 32)
+    score = scoring.ScoreConfig.parse(f"{score_map}/4/top0.01")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = m.anomaly_map(x, score)
+        scores = m.anomaly_score(x, score)
+        x_hat = m.reconstruct(x)
+        assert x_hat.dtype == torch.bfloat16
+        direct = scoring.anomaly_map(x.bfloat16(), x_hat, score_map=score_map, score_sigma=4.0)
+    assert maps.dtype == scores.dtype == direct.dtype == torch.float32
+    assert torch.equal(direct, scoring.anomaly_map(x.bfloat16(), x_hat, score_map=score_map, score_sigma=4.0))
+    assert maps.unique().numel() > 1000  # not a few hundred bf16 levels
+
+
+@pytest.mark.parametrize("text,name", [("msgms/4/top0.01", "msgms|sigma4|top0.01"),
+                                       ("msgms/4/mean", "msgms|sigma4|mean"), ("msgms/0/max", "msgms|sigma0|max"),
+                                       ("l2msgms/4/top0.05", "l2msgms|sigma4|top0.05")])
+def test_msgms_rules_parse_and_round_trip(text, name):
+    score = scoring.ScoreConfig.parse(text)
+    assert score.name == name
+    assert scoring.ScoreConfig.parse(name.replace("|sigma", "/").replace("|", "/")) == score
+    assert score.to_dict()["score_map"] == text.split("/")[0]
+
+
+@pytest.mark.parametrize("text", ["gms/4/max", "msgm/4/top0.01"])
+def test_an_unknown_map_is_one_sentence_naming_msgms(text):
+    with pytest.raises(ConfigError) as info:
+        scoring.ScoreConfig.parse(text)
+    message = str(info.value)
+    assert message.startswith(f"score_map {text.split('/')[0]!r} is unknown") and message.count(". ") == 0
+    assert "msgms" in message and "l2msgms" in message and "\n" not in message

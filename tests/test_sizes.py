@@ -92,7 +92,7 @@ def test_keep_takes_one_size_and_a_bad_size_is_one_sentence(tmp_path, capsys):
         make_specs(root, None, ["vae_grf"], image_size=(32, 34), train=TRAIN,
                    model_overrides={"vae_grf": TINY["vae_grf"]})
     args = ["run", "--data-root", str(root), "--results-csv", str(tmp_path / "r.csv"),
-            "--checkpoint-dir", str(tmp_path / "ck"), "--epochs", "1"]
+            "--checkpoint-dir", str(tmp_path / "ck"), "--epochs", "1", "--min-steps", "0"]
     assert main([*args, "--image-size", "32x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: the image size must be S") and len(err.strip().splitlines()) == 1
@@ -112,7 +112,7 @@ def test_dihedral_augmentation_of_rectangles_is_flips_and_said_once(tmp_path):
     expected = {tuple(v.flatten().tolist()) for v in (x[0], x[0].flip(-1), x[0].flip(-2), x[0].flip(-1).flip(-2))}
     assert variants == expected  # the rectangle's 4 symmetries, all drawn
     root = wide_root(tmp_path)
-    train = TrainConfig(epochs=1, batch_size=4, progress=False, num_threads=1, augment="dihedral")
+    train = TrainConfig(min_steps=0, epochs=1, batch_size=4, progress=False, num_threads=1, augment="dihedral")
     with pytest.warns(UserWarning, match="by flips only") as record:
         make_specs(root, None, ["cae"], image_size=32, aspect="keep", train=train, model_overrides=TINY)
     assert sum("flips only" in str(w.message) for w in record) == 1 and "'strip'" in messages(record)
@@ -190,6 +190,7 @@ def test_mixed_sizes_run_with_a_note(tmp_path):
 def test_command_line_warns_on_squash_and_keeps_the_aspect(tmp_path, capsys):
     root = wide_root(tmp_path)
     args = ["run", "--data-root", str(root), "--categories", "strip", "--models", "cae", "--epochs", "1",
+            "--min-steps", "0",
             "--image-size", "32", "--batch-size", "4", "--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16",
             "--num-threads", "1", "--no-progress", "--results-csv", str(tmp_path / "r.csv"),
             "--checkpoint-dir", str(tmp_path / "ck")]
@@ -203,3 +204,63 @@ def test_command_line_warns_on_squash_and_keeps_the_aspect(tmp_path, capsys):
         assert main([*args, "--aspect", "keep"]) == 0
     assert "strip: input 32x80 px (height x width)" in capsys.readouterr().out
     assert sorted(read_results(tmp_path / "r.csv")["image_size"]) == ["32", "32x80"]  # two rows, two sizes
+
+
+# ---------------------------------------------------------------- aspect "auto"
+
+
+@pytest.mark.parametrize("aspect,median,size,resolved", [
+    ("auto", 2.5, 32, "keep"), ("auto", 1 / 2.5, 32, "keep"),  # wide or tall, either way
+    ("auto", 1.51, 128, "keep"), ("auto", 1.5, 128, "fixed"), ("auto", 1 / 1.5, 128, "fixed"),  # beyond 1.5:1 only
+    ("auto", 1.375, 32, "fixed"), ("auto", 1.0, 32, "fixed"),
+    ("auto", 2.5, (32, 80), "fixed"),  # an H x W size is a shape chosen by hand: kept as given
+    ("fixed", 2.5, 32, "fixed"), ("keep", 1.0, 32, "keep"),
+])
+def test_auto_keeps_the_aspect_beyond_one_and_a_half_to_one(aspect, median, size, resolved):
+    assert sizes.resolve_aspect(aspect, median, size) == resolved
+    assert sizes.AUTO_KEEP == sizes.SQUASH_WARNING == 1.5  # auto keeps exactly where the fixed square would warn
+
+
+def test_auto_jobs_are_the_jobs_of_the_aspect_they_resolve_to(tmp_path):
+    """A 2.5:1 category under auto is the keep job and a square one the fixed job: same size,
+    same train_hash and config_hash (only the resolved size enters the key), and no squash warning."""
+    root = wide_root(tmp_path)
+    make_tiny_mvtec(tmp_path / "data", categories=("tower",), size=(32, 80), gray_categories=(), seed=2)  # 1:2.5
+    make_tiny_mvtec(tmp_path / "data", categories=("widget",), size=(44, 32), gray_categories=(), seed=3)  # 1.375:1
+    kw = dict(image_size=32, train=TRAIN, model_overrides=TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = make_specs(root, None, ["cae", "vae_grf"], aspect="auto", **kw)
+        keep = make_specs(root, ["strip", "tower"], ["cae", "vae_grf"], aspect="keep", **kw)
+    with pytest.warns(UserWarning, match="distorts"):  # the fixed square squashes strip and tower
+        fixed = make_specs(root, None, ["cae", "vae_grf"], aspect="fixed", **kw)
+    assert {s.category: s.image_size for s in auto} == {"strip": (32, 80), "tower": (80, 32), "tile": 32,
+                                                        "widget": 32}
+    keys = {(s.category, s.model): (s.image_size, s.train_hash(), s.config_hash()) for s in auto}
+    expected = {(s.category, s.model): (s.image_size, s.train_hash(), s.config_hash())
+                for s in [*keep, *(s for s in fixed if s.category in ("tile", "widget"))]}
+    assert keys == expected
+    assert len({k[1] for k in keys.values()}) == len(keys)  # and the hashes do tell the jobs apart
+
+
+def test_auto_through_the_grid_says_which_categories_it_kept_and_reuses_their_rows(tmp_path, capsys):
+    """One line per kept category, none for the square one; the rows written under auto are the
+    rows of keep (strip) and fixed (tile): a rerun under either trains nothing."""
+    root = wide_root(tmp_path)
+    csv, ckpt = tmp_path / "r.csv", tmp_path / "ck"
+    args = ["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0", "--image-size",
+            "32",
+            "--aspect", "auto", "--batch-size", "4", "--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16",
+            "--num-threads", "1", "--no-progress", "--results-csv", str(csv), "--checkpoint-dir", str(ckpt)]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert main(args) == 0
+    assert "distorts" not in messages(record)  # nothing is squashed (the few-val-images note may come)
+    out = capsys.readouterr().out
+    assert "strip: aspect 2.5:1, kept (--aspect auto): 32x80 px (H x W)." in out
+    assert "tile: aspect" not in out and "tile: input" not in out
+    assert sorted(read_results(csv)["image_size"]) == ["32", "32x80"]
+    for category, aspect in (("strip", "keep"), ("tile", "fixed")):
+        assert main([*args, "--aspect", aspect, "--categories", category]) == 0
+        assert len(read_results(csv)) == 2, (category, aspect)  # the same key: no new row, nothing trained
+        assert f"1 job(s): 1 already in {csv}, 0 to train." in capsys.readouterr().out
