@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from models import ImageSize, image_hw
 from models.errors import ConfigError, DatasetError
 from models.mvtec import HUGE_PIXELS
-from models.mvtec.decode import decode_image
+from models.mvtec.decode import decode_image, resize_array
 
 from . import heatmaps
 from .evaluate import score_split
@@ -74,18 +74,6 @@ def _header_size(path: Path) -> tuple[int, int] | None:
     return (height, width) if turned else (width, height)
 
 
-def _resized(image: np.ndarray, image_size: ImageSize, in_channels: int) -> np.ndarray:
-    """decode_image's last steps, on an image it decoded at its own size: the same PIL conversion
-    and antialiased resize, so the pixels are those of ``decode_image(path, image_size, in_channels)``
-    (tests/test_predict.py checks every mode) without decoding the file twice."""
-    height, width = image_hw(image_size)
-    pil = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))  # (h, w, 3) RGB
-    if in_channels == 1:
-        pil = pil.convert("L")  # of a gray image replicated to RGB: the gray values exactly
-    out = np.asarray(pil.resize((width, height), Image.BILINEAR))
-    return np.repeat(out[None], in_channels, axis=0) if out.ndim == 2 else np.ascontiguousarray(out.transpose(2, 0, 1))
-
-
 def decode_for_prediction(path: Path, image_size: ImageSize, in_channels: int, *, with_image: bool = True) -> Decoded:
     """``path`` decoded once at its own size (the heatmap's background) and resized from there to the
     model's input as ``decode_image`` resizes. An image whose header size is not its decoded size
@@ -95,7 +83,8 @@ def decode_for_prediction(path: Path, image_size: ImageSize, in_channels: int, *
     if size is not None and size[0] * size[1] <= HUGE_PIXELS:
         full = decode_image(path, (size[1], size[0]), 3)
         if tuple(full.original_size) == size:
-            return Decoded(_resized(full.array, image_size, in_channels), full.array, size)
+            pixels = resize_array(full.array.transpose(1, 2, 0), image_size, in_channels)  # decode_image's own resize
+            return Decoded(pixels, full.array, size)
     model_input = decode_image(path, image_size, in_channels)
     width, height = model_input.original_size
     image = decode_image(path, (height, width), 3).array if with_image else None

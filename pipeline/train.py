@@ -272,7 +272,6 @@ def _train_epoch(model, source: BatchSource, batches: list[torch.Tensor], *, los
 def _record_epoch(history: dict, means: dict[str, float], val_loss: float) -> None:
     """Append one finished epoch's losses (``_train_epoch``'s means, the val loss) to ``history``."""
     history["train_loss"].append(means["loss"])
-    history["epochs"] += 1
     history["val_loss"].append(val_loss)
     history["terms"] = means
     for k, v in means.items():
@@ -317,7 +316,7 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
     defects = torch.Generator(device=device).manual_seed(cfg.seed + DEFECT_SEED_OFFSET) if cfg.repair else None
 
     history = {"train_loss": [], "val_loss": [], "terms": {}, "term_curves": {}, "seconds": 0.0, "data_seconds": 0.0,
-               "batch_size": batch_size, "steps": 0, "epochs": 0, "device": str(device)}
+               "batch_size": batch_size, "steps": 0, "device": str(device)}
     start = time.perf_counter()
     bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not cfg.progress, leave=False,
                dynamic_ncols=True)
@@ -340,6 +339,7 @@ def fit(model, train_ds, val_ds=None, cfg: TrainConfig | None = None, *, desc: s
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         history["seconds"] = time.perf_counter() - start
+        history["epochs"] = len(history["train_loss"])  # epochs run: planned_epochs, or fewer if it raised
         del optimiser, scheduler, loss_fn, source, val_source  # nothing outlives the job
     model.eval()
     return history

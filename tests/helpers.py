@@ -175,10 +175,9 @@ def run_args(root, csv, tmp, *extra, categories=("widget",), models=None):
 def cae_run_args(root, tmp, *extra):
     """A `run` command line of the CAE at its default widths (what memory estimates and BatchNorm at
     16 px are about) on every category of ``root``, 32 px, 1 epoch, batch 4; tmp/r.csv, tmp/ck."""
-    return ["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0", "--image-size",
-            "32",
-            "--batch-size", "4", "--results-csv", str(tmp / "r.csv"), "--checkpoint-dir", str(tmp / "ck"),
-            "--no-progress", "--num-threads", "1", *extra]
+    return ["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0",
+            "--image-size", "32", "--batch-size", "4", "--results-csv", str(tmp / "r.csv"),
+            "--checkpoint-dir", str(tmp / "ck"), "--no-progress", "--num-threads", "1", *extra]
 
 
 def one_error_line(err: str) -> str:

@@ -108,9 +108,9 @@ def test_unreachable_address_is_exit_2_before_any_data(tmp_path, monkeypatch, ca
     root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
     monkeypatch.setattr(pipeline.grid, "load_category", lambda *a, **k: pytest.fail("data read"))
     code = main(["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0",
-                 "--image-size", "32",
-                 "--results-csv", str(tmp_path / "r.csv"), "--checkpoint-dir", str(tmp_path / "ck"),
-                 "--executor", "ray", "--address", "127.0.0.1:1", "--no-progress", "--set", "cae.widths=[8,16]"])
+                 "--image-size", "32", "--results-csv", str(tmp_path / "r.csv"),
+                 "--checkpoint-dir", str(tmp_path / "ck"), "--executor", "ray", "--address", "127.0.0.1:1",
+                 "--no-progress", "--set", "cae.widths=[8,16]"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: cannot reach the Ray cluster at '127.0.0.1:1'")
     assert len(err.splitlines()) == 1 and not (tmp_path / "r.csv").exists()
@@ -150,8 +150,7 @@ def test_ctrl_c_cancels_outstanding_tasks_and_keeps_finished_rows(cluster, tmp_p
     monkeypatch.setattr(pipeline.grid, "append_row", append_then_interrupt)
     monkeypatch.setattr(ray, "cancel", lambda ref, **k: (cancelled.append(ref), real_cancel(ref, **k)))
     code = main(["run", "--data-root", str(root), "--epochs", "1", "--min-steps", "0", "--image-size", "32",
-                 "--no-progress",
-                 "--results-csv", str(tmp_path / "r.csv"), "--checkpoint-dir", str(tmp_path / "ck"),
+                 "--no-progress", "--results-csv", str(tmp_path / "r.csv"), "--checkpoint-dir", str(tmp_path / "ck"),
                  "--executor", "ray", "--max-concurrent-jobs", "2", "--set", "cae.widths=[8,16]",
                  "--set", "vae.widths=[8,16]", "--models", "cae", "vae", "vae_grf"])
     assert code == 130 and "interrupted" in capsys.readouterr().err
@@ -162,9 +161,8 @@ def test_ctrl_c_cancels_outstanding_tasks_and_keeps_finished_rows(cluster, tmp_p
 def test_a_job_larger_than_the_cluster_is_exit_2(cluster, tmp_path, capsys, flag, value):
     root = make_tiny_mvtec(tmp_path / "data", categories=("widget",))
     code = main(["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0",
-                 "--image-size", "32",
-                 "--results-csv", str(tmp_path / "r.csv"), "--executor", "ray", flag, value, "--no-progress",
-                 "--checkpoint-dir", str(tmp_path / "ck")])
+                 "--image-size", "32", "--results-csv", str(tmp_path / "r.csv"), "--executor", "ray", flag, value,
+                 "--no-progress", "--checkpoint-dir", str(tmp_path / "ck")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"error: {flag} {value} but the Ray cluster has") and len(err.splitlines()) == 1
 

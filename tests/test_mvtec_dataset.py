@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import models
-from helpers import dataset_error, make_tiny_mvtec
+from helpers import TINY_CAE_SET, cae_run_args, dataset_error, make_tiny_mvtec
 from loader_helpers import good_folder, masks_beside_images, rewrite_masks, sixteen_bit
 from models.errors import ConfigError
 from pipeline.__main__ import main
@@ -137,11 +137,7 @@ def test_cli_rows_of_masks_beside_images_and_16bit_masks_match_the_usual_layout(
     masks_beside_images(root, "beside")
     rewrite_masks(root, sixteen_bit, "sixteen")
     csv = tmp_path / "r.csv"
-    code = main(["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0",
-                 "--image-size", "32",
-                 "--batch-size", "4", "--eval-size", "32", "--results-csv", str(csv), "--checkpoint-dir",
-                 str(tmp_path / "ck"), "--no-progress", "--num-threads", "1",
-                 "--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16"])
+    code = main(cae_run_args(root, tmp_path, "--eval-size", "32", *TINY_CAE_SET))
     assert code == 0
     rows = pd.read_csv(csv).set_index("category")
     assert rows.loc["usual", "n_test"] == 6 and not np.isnan(rows.loc["usual", "pixel_auroc"])

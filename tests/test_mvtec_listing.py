@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import models
-from helpers import dataset_error, make_tiny_mvtec
+from helpers import TINY_CAE_SET, cae_run_args, dataset_error, make_tiny_mvtec
 from loader_helpers import good_folder, load, mask_files, masks_beside_images, reference
 from models import mvtec
 from pipeline import demo_data
@@ -236,11 +236,7 @@ def test_link_loops_name_the_link_and_fail_only_their_category(tmp_path, capsys,
     assert models.list_categories(root) == ["fine", "looped", "stray"]
     dataset_error(lambda: models.MVTecAD(root, "looped", "train"), str(good), "loops", "fix or remove the link")
     csv = tmp_path / "r.csv"
-    code = main(["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0",
-                 "--image-size", "32",
-                 "--batch-size", "4", "--eval-size", "32", "--results-csv", str(csv), "--checkpoint-dir",
-                 str(tmp_path / "ck"), "--no-progress", "--num-threads", "1",
-                 "--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16"])
+    code = main(cae_run_args(root, tmp_path, "--eval-size", "32", *TINY_CAE_SET))
     err = capsys.readouterr().err
     assert code == 1, err
     assert pd.read_csv(csv)["category"].tolist() == ["fine"]

@@ -98,9 +98,8 @@ def test_a_renamed_seed_column_is_one_sentence_naming_the_csv(tmp_path, capsys):
     assert "r.csv" in message and "no seed column" in message and "'Seed'" in message and "\n" not in message
     assert main(["plots", "--results-csv", str(csv), "--out", str(tmp_path / "figs")]) == 2
     assert main(["run", "--data-root", str(make_tiny_mvtec(tmp_path / "data", categories=("widget",))),
-                 "--models", "cae", "--epochs", "1", "--min-steps", "0", "--image-size", "32", "--results-csv",
-                     str(csv),
-                 "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress"]) == 2
+                 "--models", "cae", "--epochs", "1", "--min-steps", "0", "--image-size", "32",
+                 "--results-csv", str(csv), "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("error: ") == 2 and "no seed column" in err
     assert csv.read_bytes() == before  # untouched, no row added

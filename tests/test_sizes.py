@@ -190,10 +190,9 @@ def test_mixed_sizes_run_with_a_note(tmp_path):
 def test_command_line_warns_on_squash_and_keeps_the_aspect(tmp_path, capsys):
     root = wide_root(tmp_path)
     args = ["run", "--data-root", str(root), "--categories", "strip", "--models", "cae", "--epochs", "1",
-            "--min-steps", "0",
-            "--image-size", "32", "--batch-size", "4", "--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16",
-            "--num-threads", "1", "--no-progress", "--results-csv", str(tmp_path / "r.csv"),
-            "--checkpoint-dir", str(tmp_path / "ck")]
+            "--min-steps", "0", "--image-size", "32", "--batch-size", "4", "--set", "cae.widths=[8,16]",
+            "--set", "cae.latent_dim=16", "--num-threads", "1", "--no-progress",
+            "--results-csv", str(tmp_path / "r.csv"), "--checkpoint-dir", str(tmp_path / "ck")]
     with pytest.warns(UserWarning, match="distorts") as record:  # the CLI prints it as "warning: ..."
         assert main(args) == 0
     warned = [str(w.message) for w in record if "distorts" in str(w.message)]
@@ -248,10 +247,10 @@ def test_auto_through_the_grid_says_which_categories_it_kept_and_reuses_their_ro
     rows of keep (strip) and fixed (tile): a rerun under either trains nothing."""
     root = wide_root(tmp_path)
     csv, ckpt = tmp_path / "r.csv", tmp_path / "ck"
-    args = ["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0", "--image-size",
-            "32",
-            "--aspect", "auto", "--batch-size", "4", "--set", "cae.widths=[8,16]", "--set", "cae.latent_dim=16",
-            "--num-threads", "1", "--no-progress", "--results-csv", str(csv), "--checkpoint-dir", str(ckpt)]
+    args = ["run", "--data-root", str(root), "--models", "cae", "--epochs", "1", "--min-steps", "0",
+            "--image-size", "32", "--aspect", "auto", "--batch-size", "4", "--set", "cae.widths=[8,16]",
+            "--set", "cae.latent_dim=16", "--num-threads", "1", "--no-progress", "--results-csv", str(csv),
+            "--checkpoint-dir", str(ckpt)]
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         assert main(args) == 0

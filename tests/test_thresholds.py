@@ -190,9 +190,9 @@ def test_a_threshold_from_few_val_images_is_warned_once_per_category_and_footnot
     # 8 train/good: 1 val image. A name of its own: the warning is said once per process and category.
     root = make_tiny_mvtec(tmp_path / "data", categories=("few_val",))
     args = ["run", "--data-root", str(root), "--models", "cae", "vae", "--epochs", "1", "--min-steps", "0",
-            "--image-size", "32",
-            "--batch-size", "4", "--results-csv", str(tmp_path / "r.csv"), "--checkpoint-dir", str(tmp_path / "ck"),
-            "--no-progress", "--num-threads", "1", "--set", "cae.widths=[8,16]", "--set", "vae.widths=[8,16]"]
+            "--image-size", "32", "--batch-size", "4", "--results-csv", str(tmp_path / "r.csv"),
+            "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress", "--num-threads", "1",
+            "--set", "cae.widths=[8,16]", "--set", "vae.widths=[8,16]"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")  # Python's own: each distinct text once
         assert main(args) == 0

@@ -144,18 +144,21 @@ def decode_image(path: Path, image_size: ImageSize, in_channels: int) -> Decoded
     ``image_size`` (S or (H, W)), whatever the file's own aspect."""
     height, width = image_hw(image_size)
     im, original_size = open_image(path, reduce_to=(width, height))
-    a = _to_array(im, path)
+    return Decoded(resize_array(_to_array(im, path), image_size, in_channels), original_size)
+
+
+def resize_array(a: np.ndarray, image_size: ImageSize, in_channels: int) -> np.ndarray:
+    """uint8 (H, W) gray or (H, W, 3) colour -> uint8 (C, H', W') at ``image_size``: luma for a
+    1-channel model, antialiased bilinear resize (PIL), gray replicated for an RGB model."""
+    height, width = image_hw(image_size)
     pil = Image.fromarray(a)
     if in_channels == 1 and a.ndim == 3:
         pil = pil.convert("L")  # ITU-R 601-2 luma
     # PIL's resize widens the filter support when it shrinks, so this is antialiased.
-    pil = pil.resize((width, height), Image.BILINEAR)
-    out = np.asarray(pil)
+    out = np.asarray(pil.resize((width, height), Image.BILINEAR))
     if out.ndim == 2:
-        out = np.repeat(out[None], in_channels, axis=0)  # (C, H, W), gray replicated for RGB models
-    else:
-        out = np.ascontiguousarray(out.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
-    return Decoded(out, original_size)
+        return np.repeat(out[None], in_channels, axis=0)  # (C, H, W), gray replicated for RGB models
+    return np.ascontiguousarray(out.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
 
 
 # --------------------------------------------------------------------------- masks
